@@ -1,0 +1,233 @@
+"""The whole job: load -> groups -> score -> select -> cut -> verify -> export -> report.
+
+`compress` is the Python API behind the `dimap-compress` command.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from . import __version__
+from .adapters import BlockSite
+from .budget import check_fraction, target_macs
+from .costs import CostModel, Counts, build_cost_model
+from .criteria import score
+from .errors import UserError
+from .export import atomic_output, export_onnx
+from .models import LoadedModel, load_model, wrap_model
+from .select import Selection, select_to_budget
+from .surgery import apply_plan
+from .verify import max_abs_diff, probe_input, zero_removed
+
+MASK_TOLERANCE = 1e-3
+"""Max abs logit difference allowed between the pruned model and the zeroed original."""
+
+
+@dataclass
+class CompressionResult:
+    """What `compress` returns: the pruned model (an ordinary nn.Module, eval mode), the plan
+    that made it, and the report (also written as JSON beside the ONNX file)."""
+
+    model: nn.Module
+    selection: Selection
+    report: dict
+    onnx_path: Path | None = None
+    json_path: Path | None = None
+
+
+@dataclass
+class _Steps:
+    """Timing of the pipeline's stages, with an optional callback for progress display."""
+
+    on_step: Callable[[str], object] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, label: str) -> Iterator[None]:
+        ctx = self.on_step(label) if self.on_step else None
+        start = time.perf_counter()
+        with ctx if ctx is not None else _null():
+            yield
+        self.seconds[label] = round(time.perf_counter() - start, 3)
+
+
+@contextmanager
+def _null():
+    yield
+
+
+def check_output(output: str | os.PathLike, force: bool) -> tuple[Path, Path]:
+    """Validate the output path before any work; return (onnx path, json path beside it)."""
+    path = Path(output)
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"output {path} must end in .onnx")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {parent} is not writable")
+    report = path.with_suffix(".json")
+    for p in (path, report):
+        if p.exists() and not force:
+            raise UserError(f"{p} already exists; pass --force to overwrite")
+    return path, report
+
+
+def compress(
+    model: str | nn.Module,
+    flops: float | str = 0.5,
+    *,
+    output: str | os.PathLike | None = None,
+    force: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    seed: int = 0,
+    criterion: str = "dimap",
+    score_mode: str = "group",
+    min_heads: int = 1,
+    min_mlp: int = 8,
+    round_to: int = 1,
+    opset: int = 17,
+    model_kwargs: dict | None = None,
+    on_step: Callable[[str], object] | None = None,
+) -> CompressionResult:
+    """Prune attention heads and MLP channels of a Swin to `flops` of its MACs.
+
+    model: a timm name / alias ('swin_b', 'swin_base_patch4_window7_224.ms_in22k_ft_in1k') or
+        an already-built model of a supported family (it is not modified).
+    flops: fraction of the original MACs to keep (0 < R <= 1) or an absolute budget ('7.3G').
+    output: write a dense ONNX model there (and the report as JSON beside it, same stem).
+    checkpoint / pretrained / seed: where weights come from (see `models.load_model`).
+    criterion, score_mode: group importance (`criteria.CRITERIA`; score_mode 'group' or
+        'weight' for DIMAP, see `scoring.group_scores`).
+    min_heads, min_mlp, round_to: structure constraints per block (see `select`).
+    on_step: called with each stage's label; may return a context manager (progress display).
+    """
+    check_fraction(flops)
+    for name, value, low in (("min_heads", min_heads, 1), ("min_mlp", min_mlp, 1), ("round_to", round_to, 1)):
+        if int(value) != value or value < low:
+            raise UserError(f"{name.replace('_', '-')} must be an integer >= {low}, got {value}")
+    paths = check_output(output, force) if output is not None else None
+    steps = _Steps(on_step)
+
+    with steps("load model"):
+        if isinstance(model, nn.Module):
+            loaded = wrap_model(copy.deepcopy(model))
+        else:
+            loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed,
+                                **(model_kwargs or {}))
+    net, adapter = loaded.model, loaded.adapter
+    input_size = tuple(loaded.data_config["input_size"])
+
+    with steps("find groups and count MACs"):
+        blocks = adapter.blocks()
+        costs = build_cost_model(net, adapter, blocks, input_size)
+        before = costs.count()
+    target = target_macs(flops, before.macs)
+
+    with steps(f"score ({criterion})"):
+        scores = score(criterion, blocks, score_mode=score_mode, seed=seed)
+    with steps("select to the MACs budget"):
+        selection = select_to_budget(
+            scores, costs,
+            head_weights=[4 * b.attn.head_dim * b.attn.qkv.in_features for b in blocks],
+            channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
+            target_macs=target, min_heads=min_heads, min_mlp=min_mlp, round_to=round_to)
+    plan = selection.plan
+
+    with steps("cut heads and channels"):
+        reference = copy.deepcopy(net)
+        zero_removed(adapter.__class__(reference).blocks(), plan)
+        apply_plan(net, adapter, blocks, plan, input_size)
+        net.eval()
+    with steps("verify mask equivalence"):
+        probe = probe_input(input_size)
+        mask_diff = max_abs_diff(net, reference, probe)
+        del reference
+        if not mask_diff <= MASK_TOLERANCE:
+            raise RuntimeError(f"pruned model differs from the zeroed original by {mask_diff:.3g}: surgery bug")
+        after = costs.count(plan.head_counts, plan.mlp_widths)
+        measured_params = sum(p.numel() for p in net.parameters())
+        if measured_params != after.params:
+            raise RuntimeError(f"parameter count {measured_params} != analytic {after.params}: surgery bug")
+
+    report = build_report(loaded, blocks, costs, before, after, selection, flops, criterion, score_mode,
+                          dict(min_heads=min_heads, min_mlp=min_mlp, round_to=round_to), mask_diff)
+    result = CompressionResult(net, selection, report)
+    if paths is not None:
+        onnx_path, json_path = paths
+        with steps("export ONNX and check parity"), ExitStack() as stack:
+            tmp_onnx = stack.enter_context(atomic_output(onnx_path, ".onnx"))
+            tmp_json = stack.enter_context(atomic_output(json_path, ".json"))
+            parity = export_onnx(net, tmp_onnx, input_size, onnx_metadata(report), opset=opset)
+            report["onnx"] = {"path": str(onnx_path), "opset": opset, "dynamic_batch": True,
+                              "parity_max_abs_diff": parity, "bytes": tmp_onnx.stat().st_size}
+            report["timings_s"] = steps.seconds
+            tmp_json.write_text(json.dumps(report, indent=2) + "\n")
+        result.onnx_path, result.json_path = onnx_path, json_path
+    report["timings_s"] = steps.seconds
+    return result
+
+
+def onnx_metadata(report: dict) -> dict:
+    """The subset of the report stored inside the ONNX file (metadata key 'dimap_struct')."""
+    keys = ("package_version", "source_model", "weights", "criterion", "score_mode", "target", "achieved",
+            "original", "pruned", "input", "constraints")
+    meta = {k: report[k] for k in keys}
+    meta["blocks"] = [{k: b[k] for k in ("name", "stage", "kept_heads", "mlp_width")} for b in report["blocks"]]
+    return meta
+
+
+def _counts_dict(c: Counts) -> dict:
+    return {"macs": c.macs, "params": c.params, "macs_by_stage": c.macs_by_stage,
+            "macs_by_module": c.macs_by_module, "params_by_stage": c.params_by_stage,
+            "params_by_module": c.params_by_module}
+
+
+def build_report(loaded: LoadedModel, blocks: list[BlockSite], costs: CostModel, before: Counts,
+                 after: Counts, selection: Selection, flops, criterion: str, score_mode: str,
+                 constraints: dict, mask_diff: float) -> dict:
+    plan = selection.plan
+    dc = loaded.data_config
+    notes = ["MACs are multiply-accumulates (the DIMAP paper's 'FLOPs' are MACs): Linear and Conv "
+             "layers plus the window-attention matmuls q.k^T and attn.v; norms, softmax and biases "
+             "are not counted."]
+    if not loaded.pretrained and loaded.weights.startswith("random"):
+        notes.append("Weights are a random initialisation, not pretrained: the pruned model's accuracy means nothing.")
+    if selection.note:
+        notes.append(selection.note)
+    return {
+        "package_version": __version__,
+        "source_model": loaded.name,
+        "family": loaded.adapter.family,
+        "weights": loaded.weights,
+        "criterion": criterion,
+        "score_mode": score_mode,
+        "constraints": constraints,
+        "target": {"flops": str(flops), "macs": selection.target_macs,
+                   "ratio": selection.target_macs / before.macs},
+        "achieved": {"macs": after.macs, "ratio": after.macs / before.macs, "on_target": selection.on_target,
+                     "params_ratio": after.params / before.params},
+        "selection": {"removed_weight_fraction_per_module": selection.removed_weight_fraction,
+                      "thresholds": selection.thresholds},
+        "original": _counts_dict(before),
+        "pruned": _counts_dict(after),
+        "input": {"input_size": list(dc["input_size"]), "mean": list(dc["mean"]), "std": list(dc["std"]),
+                  "interpolation": dc.get("interpolation"), "crop_pct": dc.get("crop_pct")},
+        "blocks": [
+            {"name": b.name, "stage": b.stage, "heads_before": bc.num_heads, "heads": len(h),
+             "kept_heads": h, "mlp_width_before": bc.mlp_width, "mlp_width": len(m)}
+            for b, bc, h, m in zip(blocks, costs.blocks, plan.heads, plan.mlp)
+        ],
+        "verification": {"mask_equivalence_max_abs_diff": mask_diff},
+        "notes": notes,
+    }

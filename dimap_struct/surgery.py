@@ -1,0 +1,83 @@
+"""Stage 5, cut: physically remove attention heads and MLP channels.
+
+MLP channels go through torch-pruning's DependencyGraph: it finds every layer coupled to an
+fc1 output channel (fc2's input column, and anything a model variant adds) and prunes them
+together; we check that the coupled set is exactly what the adapter declared. Heads are cut by
+our own function, because torch-pruning 1.6.1 cannot: its head grouping does not cut the
+per-head relative-position-bias table, so the pruned timm Swin fails in forward. For heads we
+still use torch-pruning's per-layer pruning functions on qkv and proj.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .adapters import AttentionSite, BlockSite, FamilyAdapter
+from .select import Plan
+
+
+def head_rows(site: AttentionSite, heads: list[int]) -> list[int]:
+    """qkv output rows (layout (3, H, d)) belonging to `heads`."""
+    h, d = site.num_heads, site.head_dim
+    return [t * h * d + head * d + i for t in range(3) for head in heads for i in range(d)]
+
+
+def head_columns(site: AttentionSite, heads: list[int]) -> list[int]:
+    """proj input columns (layout (H, d)) belonging to `heads`."""
+    d = site.head_dim
+    return [head * d + i for head in heads for i in range(d)]
+
+
+def cut_heads(adapter: FamilyAdapter, site: AttentionSite, keep: list[int]) -> None:
+    """Remove every head of `site` not in `keep` (qkv rows, proj columns, per-head tensors)."""
+    kept = set(keep)
+    drop = [h for h in range(site.num_heads) if h not in kept]
+    if not drop:
+        return
+    tp.prune_linear_out_channels(site.qkv, head_rows(site, drop))
+    tp.prune_linear_in_channels(site.proj, head_columns(site, drop))
+    index = torch.tensor(sorted(keep), dtype=torch.long)
+    for tensor in site.per_head:
+        old = tensor.tensor
+        new = nn.Parameter(old.data.index_select(tensor.axis, index).clone(), requires_grad=old.requires_grad)
+        setattr(tensor.module, tensor.name, new)
+    adapter.set_num_heads(site, len(keep))
+    site.num_heads = len(keep)
+
+
+def build_dependency_graph(model: nn.Module, blocks: list[BlockSite], input_size) -> tp.DependencyGraph:
+    """Trace `model` once (batch 1). Per-head tensors are declared so torch-pruning does not
+    guess their pruning dimension."""
+    unwrapped = [(t.tensor, t.axis) for b in blocks for t in b.attn.per_head]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=torch.zeros(1, *input_size), unwrapped_parameters=unwrapped)
+
+
+def cut_mlp(graph: tp.DependencyGraph, block: BlockSite, keep: list[int]) -> None:
+    """Remove every hidden channel of the block's MLP not in `keep`, via the dependency graph."""
+    fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+    kept = set(keep)
+    drop = [j for j in range(fc1.out_features) if j not in kept]
+    if not drop:
+        return
+    group = graph.get_pruning_group(fc1, tp.prune_linear_out_channels, idxs=drop)
+    touched = {id(dep.target.module) for dep, _ in group if isinstance(dep.target.module, nn.Module)
+               and any(True for _ in dep.target.module.parameters(recurse=False))}
+    if touched != {id(fc1), id(fc2)}:
+        raise RuntimeError(f"{block.name}: MLP channels are coupled to layers beyond fc1/fc2; "
+                           "this model variant needs its own adapter rule")
+    group.prune()
+
+
+def apply_plan(model: nn.Module, adapter: FamilyAdapter, blocks: list[BlockSite], plan: Plan,
+               input_size) -> None:
+    """Cut `model` in place to the structure `plan` keeps. `blocks` are `adapter.blocks()`."""
+    graph = build_dependency_graph(model, blocks, input_size)
+    for block, heads, channels in zip(blocks, plan.heads, plan.mlp):
+        cut_heads(adapter, block.attn, heads)
+        cut_mlp(graph, block, channels)
