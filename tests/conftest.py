@@ -1,0 +1,29 @@
+import os
+
+import pytest
+import timm
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+MODELS = {
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224",
+    "swin_b384": "swin_base_patch4_window12_384",
+}
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """Build (and cache for the session) a timm Swin with seeded random weights; callers must
+    not modify it (compress() copies its input)."""
+    cache = {}
+
+    def get(key: str):
+        if key not in cache:
+            torch.manual_seed(0)
+            cache[key] = timm.create_model(MODELS.get(key, key), pretrained=False).eval()
+        return cache[key]
+
+    return get
