@@ -83,8 +83,9 @@ def load_model(
             model = timm.create_model(name, pretrained=True, **model_kwargs)
         except (OSError, RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first.split(". ")[0].rstrip(".")  # first sentence: the Hub's messages run long
             raise UserError(
-                f"could not fetch pretrained weights for '{name}' ({first[:160]}); "
+                f"could not fetch pretrained weights for '{name}' ({first[:200]}); "
                 "use --checkpoint PATH for local weights or --no-pretrained for random init"
             ) from err
         adapter = _adapter(model, name)

@@ -86,8 +86,8 @@ def _head_weights(site: AttentionSite, h: int) -> tuple[list[float], list[float]
     """Brute force: the qkv weights and proj weights head h owns, by explicit index arithmetic."""
     H, d = site.num_heads, site.head_dim
     qkv_rows = [t * H * d + h * d + i for t in range(3) for i in range(d)]
-    qkv = [float(site.qkv.weight[r, c]) for r in qkv_rows for c in range(site.qkv.in_features)]
-    proj = [float(site.proj.weight[r, h * d + i]) for r in range(site.proj.out_features) for i in range(d)]
+    qkv = [float(site.qkv.weight.detach()[r, c]) for r in qkv_rows for c in range(site.qkv.in_features)]
+    proj = [float(site.proj.weight.detach()[r, h * d + i]) for r in range(site.proj.out_features) for i in range(d)]
     return qkv, proj
 
 

@@ -1,0 +1,132 @@
+"""Bad input: one clear line on stderr, exit code 2, nothing written. Checkpoints load."""
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dimap_struct import cli
+from dimap_struct.models import load_model
+
+
+def _run(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_user_error(code, err, *needles):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("done ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("flops", ["0", "-0.3", "1.5", "nan", "abc", "inf", ""])
+def test_bad_ratio(capsys, tmp_path, flops):
+    out = tmp_path / "m.onnx"
+    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--flops", flops, "-o", str(out))
+    _assert_user_error(code, err, "--flops")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model_suggests(capsys):
+    code, _, err = _run(capsys, "swin_tinny_patch4_window7_224", "--no-pretrained")
+    _assert_user_error(code, err, "unknown model", "swin_tiny_patch4_window7_224")
+
+
+def test_unsupported_family_names_supported(capsys):
+    code, _, err = _run(capsys, "resnet18", "--no-pretrained")
+    _assert_user_error(code, err, "not a supported", "Swin")
+
+
+def test_output_directory_problems(capsys, tmp_path):
+    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "-o", str(tmp_path / "nope" / "m.onnx"))
+    _assert_user_error(code, err, "does not exist")
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        code, _, err = _run(capsys, "swin_t", "--no-pretrained", "-o", str(locked / "m.onnx"))
+        _assert_user_error(code, err, "not writable")
+    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "-o", str(tmp_path / "m.txt"))
+    _assert_user_error(code, err, ".onnx")
+
+
+def test_existing_output_needs_force(capsys, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"precious")
+    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "-o", str(out))
+    _assert_user_error(code, err, "already exists", "--force")
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    torch.manual_seed(3)
+    return load_model("swin_t", pretrained=False, seed=3).model.state_dict()
+
+
+def test_checkpoint_problems(capsys, tmp_path, tiny_state):
+    code, _, err = _run(capsys, "swin_t", "--checkpoint", str(tmp_path / "missing.pth"))
+    _assert_user_error(code, err, "not found")
+
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x02not a checkpoint at all")
+    code, _, err = _run(capsys, "swin_t", "--checkpoint", str(corrupt))
+    _assert_user_error(code, err, "cannot read checkpoint")
+
+    corrupt_st = tmp_path / "corrupt.safetensors"
+    corrupt_st.write_bytes(b"garbage")
+    code, _, err = _run(capsys, "swin_t", "--checkpoint", str(corrupt_st))
+    _assert_user_error(code, err, "cannot read checkpoint")
+
+    other = tmp_path / "swin_t.pth"
+    torch.save({"model": tiny_state}, other)
+    code, _, err = _run(capsys, "swin_s", "--checkpoint", str(other))
+    _assert_user_error(code, err, "missing keys")
+
+    if os.geteuid() != 0:
+        unreadable = tmp_path / "unreadable.pth"
+        torch.save(tiny_state, unreadable)
+        unreadable.chmod(0)
+        code, _, err = _run(capsys, "swin_t", "--checkpoint", str(unreadable))
+        _assert_user_error(code, err, "not readable")
+
+
+def test_checkpoint_formats_load_the_same_weights(tmp_path, tiny_state):
+    files = {
+        "bare.pth": lambda p: torch.save(tiny_state, p),
+        "wrapped.pth": lambda p: torch.save({"model": tiny_state, "epoch": 300}, p),
+        "wrapped.pt": lambda p: torch.save({"state_dict": tiny_state}, p),
+        "weights.safetensors": lambda p: save_file({k: v.contiguous() for k, v in tiny_state.items()}, str(p)),
+    }
+    for name, write in files.items():
+        write(tmp_path / name)
+        loaded = load_model("swin_t", checkpoint=tmp_path / name, seed=99).model.state_dict()
+        assert loaded.keys() == tiny_state.keys(), name
+        assert all(torch.equal(loaded[k], tiny_state[k]) for k in loaded), name
+        assert "checkpoint" in load_model("swin_t", checkpoint=tmp_path / name).weights
+
+
+def test_offline_pretrained_says_what_to_do(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, "-m", "dimap_struct.cli", "swin_t", "--flops", "0.5",
+                           "-o", str(tmp_path / "m.onnx"), "--quiet"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--checkpoint" in proc.stderr and "--no-pretrained" in proc.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bad_structure_options(capsys):
+    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--round-to", "0")
+    _assert_user_error(code, err, "round-to")
+    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--min-heads", "0")
+    _assert_user_error(code, err, "min-heads")

@@ -1,0 +1,82 @@
+"""End to end through the CLI: a valid, dense ONNX at the MACs target, counted from the graph."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import dimap_struct
+from dimap_struct.export import read_metadata
+from dimap_struct.onnx_macs import count_onnx_macs
+
+
+def _cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "dimap_struct.cli", *args], capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "x.onnx"
+    proc = _cli("swin_t", "--no-pretrained", "--flops", "0.5", "-o", str(out), "--quiet")
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def unpruned(tmp_path_factory, random_model):
+    out = tmp_path_factory.mktemp("dense") / "dense.onnx"
+    dimap_struct.compress(random_model("swin_t"), 1.0, output=out)
+    return out
+
+
+def test_onnx_is_valid_and_runs_any_batch(exported):
+    path, _ = exported
+    onnx.checker.check_model(str(path))
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version >= 17
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        (logits,) = session.run(None, {"input": np.random.rand(batch, 3, 224, 224).astype(np.float32)})
+        assert logits.shape == (batch, 1000) and np.isfinite(logits).all()
+
+
+def test_graph_macs_are_half_of_the_original(exported, unpruned):
+    path, _ = exported
+    pruned_macs, dense_macs = count_onnx_macs(str(path)), count_onnx_macs(str(unpruned))
+    assert abs(pruned_macs / dense_macs - 0.5) <= 0.01
+    meta = read_metadata(path)
+    # the analytic counts agree with the graph exactly (biases/norms/softmax are not MACs in either)
+    assert meta["pruned"]["macs"] == pruned_macs
+    assert meta["original"]["macs"] == dense_macs
+    assert count_onnx_macs(str(path), batch=3) == 3 * pruned_macs
+
+
+def test_metadata_and_report_beside(exported):
+    path, proc = exported
+    meta = read_metadata(path)
+    for key in ("source_model", "weights", "criterion", "target", "achieved", "original", "pruned",
+                "blocks", "input", "package_version"):
+        assert key in meta, key
+    assert meta["source_model"] == "swin_tiny_patch4_window7_224"
+    assert "random" in meta["weights"]
+    assert meta["input"]["input_size"] == [3, 224, 224] and len(meta["input"]["mean"]) == 3
+    assert len(meta["blocks"]) == 12 and all(b["kept_heads"] for b in meta["blocks"])
+    report = json.loads(path.with_suffix(".json").read_text())
+    assert report["onnx"]["parity_max_abs_diff"] <= 1e-3
+    assert report["verification"]["mask_equivalence_max_abs_diff"] <= 1e-4
+    assert abs(report["achieved"]["ratio"] - 0.5) <= 0.01
+    assert "NOT pretrained" in proc.stdout or "not pretrained" in proc.stdout.lower()
+    # no temporary files left beside the outputs
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.json", "x.onnx"]
+
+
+def test_json_on_stdout(tmp_path):
+    proc = _cli("swin_t", "--no-pretrained", "--flops", "0.7", "--json", "--quiet")
+    report = json.loads(proc.stdout)
+    assert abs(report["achieved"]["ratio"] - 0.7) <= 0.01
+    assert report["original"]["macs"] > report["pruned"]["macs"]
