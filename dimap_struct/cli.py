@@ -12,6 +12,10 @@ from contextlib import contextmanager
 
 from . import __version__
 
+CRITERION_NAMES = ("dimap", "l1", "l2", "magnitude-global", "lamp-global", "random", "taylor", "dimap-cost")
+"""Kept in step with criteria.CRITERIA by a test; listed here so --help needs no torch import."""
+STRUCTURED_ONLY = ("criterion", "score_mode", "min_heads", "min_mlp", "round_to", "compare", "calib_data")
+
 EPILOG = """\
 examples:
   dimap-compress swin_b --flops 0.5 -o swin_b_small.onnx
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="timm model name, optionally with a pretrained tag "
                    "(swin_base_patch4_window7_224.ms_in22k_ft_in1k), or an alias: swin_t, swin_s, swin_b, swin_l")
-    p.add_argument("--flops", default="0.5", metavar="R",
+    p.add_argument("--flops", metavar="R",
                    help="MACs to keep: a fraction 0 < R <= 1 of the original, or an absolute budget "
                         "such as 7.3G (default: 0.5)")
     p.add_argument("-o", "--output", metavar="OUT.onnx",
@@ -46,21 +50,34 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local .pth / .pt / .safetensors state dict (bare, or under 'model' / 'state_dict')")
     src.add_argument("--no-pretrained", action="store_true",
                      help="random initialisation instead of pretrained weights (for trying the tool)")
-    w.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: 0)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the random initialisation and of --criterion random (default: 0)")
 
     s = p.add_argument_group("selection")
-    s.add_argument("--score", choices=("group", "weight"), default="group", dest="score_mode",
-                   help="group: DIMAP on per-group energies (option A, default); "
-                        "weight: mean of the paper's per-weight scores over the group (option B)")
-    s.add_argument("--min-heads", type=int, default=1, metavar="N", help="heads every block keeps (default: 1)")
-    s.add_argument("--min-mlp", type=int, default=8, metavar="N",
-                   help="MLP channels every block keeps (default: 8)")
-    s.add_argument("--round-to", type=int, default=1, metavar="N",
+    s.add_argument("--criterion", metavar="NAME",
+                   help="group importance (default: dimap): " + ", ".join(CRITERION_NAMES))
+    s.add_argument("--calib-data", metavar="PATH",
+                   help="data for data-driven criteria (taylor): an MNIST directory or an ImageFolder")
+    s.add_argument("--calib-batches", type=int, default=4, metavar="N",
+                   help="calibration batches of 32 images for taylor (default: 4)")
+    s.add_argument("--score", choices=("group", "weight"), dest="score_mode",
+                   help="DIMAP group score: group = per-group energies (option A, default); "
+                        "weight = mean of the paper's per-weight scores over the group (option B)")
+    s.add_argument("--min-heads", type=int, metavar="N", help="heads every block keeps (default: 1)")
+    s.add_argument("--min-mlp", type=int, metavar="N", help="MLP channels every block keeps (default: 8)")
+    s.add_argument("--round-to", type=int, metavar="N",
                    help="round kept MLP widths to multiples of N (e.g. 8 or 16 for faster kernels; default: 1)")
+    s.add_argument("--granularity", choices=("structured", "weight"), default="structured",
+                   help="structured (default): remove heads and MLP channels, the model gets faster; "
+                        "weight: the paper's setting, zero single weights (one threshold per module), not faster")
+    s.add_argument("--params", metavar="R",
+                   help="with --granularity weight: keep the fraction R of the prunable weights (instead of --flops)")
 
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of tables")
     o.add_argument("--blocks", action="store_true", help="also print the per-block table (always in the JSON)")
+    o.add_argument("--plot", metavar="OUT.png", help="draw kept heads and MLP width per block (matplotlib)")
+    o.add_argument("--compare", metavar="C1,C2",
+                   help="with --plot: also draw these criteria at the same target (not exported)")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -91,19 +108,52 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .budget import check_fraction
-    from .pipeline import check_output, compress
+    from .criteria import get_criterion
+    from .errors import UserError
+    from .pipeline import check_output, compress, load_any
 
     # cheap checks first, so bad input fails in well under a second
-    check_fraction(args.flops)
+    weight = args.granularity == "weight"
+    if weight:
+        given = [f"--{k.replace('_', '-')}" for k in STRUCTURED_ONLY if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to structured pruning, not to --granularity weight")
+        if args.flops is not None and args.params is not None:
+            raise UserError("give either --flops or --params, not both")
+        if args.flops is None and args.params is None:
+            args.params = "0.5"
+    elif args.params is not None:
+        raise UserError("--params is a target of --granularity weight; structured pruning takes --flops")
+    if args.flops is not None:
+        check_fraction(args.flops)
+    criterion = args.criterion or "dimap"
+    compare = [c.strip() for c in args.compare.split(",") if c.strip()] if args.compare else []
+    for name in [criterion] + compare:
+        get_criterion(name)
+    if compare and not args.plot:
+        raise UserError("--compare only draws into --plot OUT.png")
+    if args.calib_data is not None and not get_criterion(criterion).needs_data and \
+            not any(get_criterion(c).needs_data for c in compare):
+        raise UserError(f"--calib-data is only used by data-driven criteria (taylor), not by '{criterion}'")
     if args.output:
         check_output(args.output, args.force)
+    if args.plot:
+        _check_plot_path(args.plot, args.force)
 
     err_console = Console(stderr=True)
-    result = compress(
-        args.model, args.flops, output=args.output, force=args.force, checkpoint=args.checkpoint,
-        pretrained=not args.no_pretrained, seed=args.seed, score_mode=args.score_mode,
-        min_heads=args.min_heads, min_mlp=args.min_mlp, round_to=args.round_to,
-        on_step=None if args.quiet else _progress(err_console))
+    on_step = None if args.quiet else _progress(err_console)
+    loaded = load_any(args.model, checkpoint=args.checkpoint, pretrained=not args.no_pretrained, seed=args.seed)
+    options = dict(
+        flops=args.flops, output=args.output, force=args.force, seed=args.seed, on_step=on_step,
+        granularity=args.granularity, params=args.params)
+    if not weight:
+        options.update(
+            criterion=criterion, score_mode=args.score_mode or "group", min_heads=_or(args.min_heads, 1),
+            min_mlp=_or(args.min_mlp, 8), round_to=_or(args.round_to, 1), calib_data=args.calib_data,
+            calib_batches=args.calib_batches)
+    result = compress(loaded, **options)
+    if args.plot:
+        _plot(args, loaded, options, result.report, compare)
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
@@ -111,6 +161,43 @@ def _run(args: argparse.Namespace) -> int:
 
         print_report(result.report, Console(), blocks=args.blocks)
     return 0
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _check_plot_path(path: str, force: bool) -> None:
+    from pathlib import Path
+
+    from .errors import UserError
+
+    plot = Path(path)
+    if plot.suffix.lower() != ".png":
+        raise UserError(f"--plot {plot} must end in .png")
+    if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
+        raise UserError(f"--plot: directory {plot.parent} does not exist")
+    if plot.exists() and not force:
+        raise UserError(f"{plot} already exists; pass --force to overwrite")
+
+
+def _plot(args, loaded, options, report: dict, compare: list[str]) -> None:
+    """Draw this run and, for --compare, the same target under other criteria (no export)."""
+    from pathlib import Path
+
+    from .export import atomic_output
+    from .pipeline import compress
+
+    reports = [report]
+    for name in compare:
+        others = dict(options, criterion=name, output=None, on_step=None)
+        reports.append(compress(loaded, **others).report)
+    from .plot import plot_blocks
+
+    path = Path(args.plot)
+    with atomic_output(path, ".png") as tmp:
+        plot_blocks(reports, tmp)
+    report["plot"] = str(path)
 
 
 def _progress(console):

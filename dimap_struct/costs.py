@@ -90,7 +90,7 @@ class CostModel:
 def build_cost_model(model: nn.Module, adapter: FamilyAdapter, blocks: list[BlockSite],
                      input_size: tuple[int, int, int]) -> CostModel:
     """Measure token counts with one batch-1 forward pass of the unpruned `model`."""
-    tokens = _tokens_per_layer(model, input_size)
+    tokens = tokens_per_layer(model, input_size)
     block_layers = set()
     block_costs = []
     for b in blocks:
@@ -130,7 +130,7 @@ def build_cost_model(model: nn.Module, adapter: FamilyAdapter, blocks: list[Bloc
     return CostModel(block_costs, dict(fixed_macs), dict(fixed_params))
 
 
-def _tokens_per_layer(model: nn.Module, input_size) -> dict[int, int]:
+def tokens_per_layer(model: nn.Module, input_size) -> dict[int, int]:
     """id(module) -> positions it is applied to (tokens for Linear, output pixels for Conv2d)."""
     seen: dict[int, int] = {}
 

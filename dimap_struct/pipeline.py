@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -20,7 +21,7 @@ from . import __version__
 from .adapters import BlockSite
 from .budget import check_fraction, target_macs
 from .costs import CostModel, Counts, build_cost_model
-from .criteria import score
+from .criteria import get_criterion, score
 from .errors import UserError
 from .export import atomic_output, export_onnx
 from .models import LoadedModel, load_model, wrap_model
@@ -38,7 +39,8 @@ class CompressionResult:
     that made it, and the report (also written as JSON beside the ONNX file)."""
 
     model: nn.Module
-    selection: Selection
+    selection: Selection | None
+    """None for weight granularity (no structure is selected)."""
     report: dict
     onnx_path: Path | None = None
     json_path: Path | None = None
@@ -83,9 +85,11 @@ def check_output(output: str | os.PathLike, force: bool) -> tuple[Path, Path]:
 
 
 def compress(
-    model: str | nn.Module,
-    flops: float | str = 0.5,
+    model: str | nn.Module | LoadedModel,
+    flops: float | str | None = None,
     *,
+    granularity: str = "structured",
+    params: float | str | None = None,
     output: str | os.PathLike | None = None,
     force: bool = False,
     checkpoint: str | os.PathLike | None = None,
@@ -96,35 +100,52 @@ def compress(
     min_heads: int = 1,
     min_mlp: int = 8,
     round_to: int = 1,
+    calib_data: str | os.PathLike | None = None,
+    calib_batches: int = 4,
     opset: int = 17,
     model_kwargs: dict | None = None,
     on_step: Callable[[str], object] | None = None,
 ) -> CompressionResult:
     """Prune attention heads and MLP channels of a Swin to `flops` of its MACs.
 
-    model: a timm name / alias ('swin_b', 'swin_base_patch4_window7_224.ms_in22k_ft_in1k') or
-        an already-built model of a supported family (it is not modified).
-    flops: fraction of the original MACs to keep (0 < R <= 1) or an absolute budget ('7.3G').
+    model: a timm name / alias ('swin_b', 'swin_base_patch4_window7_224.ms_in22k_ft_in1k'), an
+        already-built model of a supported family, or a `load_model` result (neither is modified).
+    flops: fraction of the original MACs to keep (0 < R <= 1) or an absolute budget ('7.3G');
+        default 0.5.
+    granularity: 'structured' (heads and channels removed) or 'weight' (the paper's setting:
+        single weights zeroed, see `unstructured`; target `flops` or `params`, the fraction of
+        prunable weights kept). Weight granularity returns `selection=None` and is not faster.
     output: write a dense ONNX model there (and the report as JSON beside it, same stem).
     checkpoint / pretrained / seed: where weights come from (see `models.load_model`).
     criterion, score_mode: group importance (`criteria.CRITERIA`; score_mode 'group' or
         'weight' for DIMAP, see `scoring.group_scores`).
+    calib_data, calib_batches: data for data-driven criteria ('taylor'): an MNIST directory or
+        an image folder, and how many batches of 32 to use.
     min_heads, min_mlp, round_to: structure constraints per block (see `select`).
     on_step: called with each stage's label; may return a context manager (progress display).
     """
+    if granularity == "weight":
+        return _compress_weights(model, flops=flops, params=params, output=output, force=force,
+                                 checkpoint=checkpoint, pretrained=pretrained, seed=seed, opset=opset,
+                                 model_kwargs=model_kwargs, on_step=on_step)
+    if granularity != "structured":
+        raise UserError(f"unknown granularity '{granularity}'; choose structured or weight")
+    if params is not None:
+        raise UserError("--params is a target of --granularity weight; structured pruning takes --flops")
+    flops = 0.5 if flops is None else flops
     check_fraction(flops)
     for name, value, low in (("min_heads", min_heads, 1), ("min_mlp", min_mlp, 1), ("round_to", round_to, 1)):
         if int(value) != value or value < low:
             raise UserError(f"{name.replace('_', '-')} must be an integer >= {low}, got {value}")
+    spec = get_criterion(criterion)
+    if spec.needs_data and calib_data is None:
+        raise UserError(f"criterion '{criterion}' is data-driven: give --calib-data PATH "
+                        "(an MNIST directory or an ImageFolder) for its calibration batches")
     paths = check_output(output, force) if output is not None else None
     steps = _Steps(on_step)
 
     with steps("load model"):
-        if isinstance(model, nn.Module):
-            loaded = wrap_model(copy.deepcopy(model))
-        else:
-            loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed,
-                                **(model_kwargs or {}))
+        loaded = load_any(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, model_kwargs=model_kwargs)
     net, adapter = loaded.model, loaded.adapter
     input_size = tuple(loaded.data_config["input_size"])
 
@@ -135,13 +156,18 @@ def compress(
     target = target_macs(flops, before.macs)
 
     with steps(f"score ({criterion})"):
-        scores = score(criterion, blocks, score_mode=score_mode, seed=seed)
+        if spec.needs_data:
+            from .taylor import accumulate_gradients
+
+            accumulate_gradients(net, calib_data, loaded.data_config, batches=calib_batches, seed=seed)
+        scores = score(criterion, blocks, score_mode=score_mode, seed=seed, costs=costs)
+        net.zero_grad(set_to_none=True)
     with steps("select to the MACs budget"):
         selection = select_to_budget(
             scores, costs,
             head_weights=[4 * b.attn.head_dim * b.attn.qkv.in_features for b in blocks],
             channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
-            target_macs=target, min_heads=min_heads, min_mlp=min_mlp, round_to=round_to)
+            target_macs=target, policy=spec.policy, min_heads=min_heads, min_mlp=min_mlp, round_to=round_to)
     plan = selection.plan
 
     with steps("cut heads and channels"):
@@ -164,26 +190,68 @@ def compress(
                           dict(min_heads=min_heads, min_mlp=min_mlp, round_to=round_to), mask_diff)
     result = CompressionResult(net, selection, report)
     if paths is not None:
-        onnx_path, json_path = paths
-        with steps("export ONNX and check parity"), ExitStack() as stack:
-            tmp_onnx = stack.enter_context(atomic_output(onnx_path, ".onnx"))
-            tmp_json = stack.enter_context(atomic_output(json_path, ".json"))
-            parity = export_onnx(net, tmp_onnx, input_size, onnx_metadata(report), opset=opset)
-            report["onnx"] = {"path": str(onnx_path), "opset": opset, "dynamic_batch": True,
-                              "parity_max_abs_diff": parity, "bytes": tmp_onnx.stat().st_size}
-            report["timings_s"] = steps.seconds
-            tmp_json.write_text(json.dumps(report, indent=2) + "\n")
-        result.onnx_path, result.json_path = onnx_path, json_path
+        with steps("export ONNX and check parity"):
+            write_outputs(net, report, paths, input_size, opset, steps.seconds)
+        result.onnx_path, result.json_path = paths
     report["timings_s"] = steps.seconds
     return result
 
 
+def _compress_weights(model, *, flops, params, output, force, checkpoint, pretrained, seed, opset,
+                      model_kwargs, on_step) -> CompressionResult:
+    from .unstructured import prune_weights
+
+    if flops is not None:
+        check_fraction(flops)
+    paths = check_output(output, force) if output is not None else None
+    steps = _Steps(on_step)
+    with steps("load model"):
+        loaded = load_any(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, model_kwargs=model_kwargs)
+    with steps("score and mask single weights"):
+        net, report = prune_weights(loaded, flops=flops, params=params)
+    result = CompressionResult(net, None, report)
+    if paths is not None:
+        with steps("export ONNX and check parity"):
+            write_outputs(net, report, paths, tuple(loaded.data_config["input_size"]), opset, steps.seconds)
+        result.onnx_path, result.json_path = paths
+    report["timings_s"] = steps.seconds
+    return result
+
+
+def load_any(model: str | nn.Module | LoadedModel, *, checkpoint=None, pretrained: bool = True, seed: int = 0,
+             model_kwargs: dict | None = None) -> LoadedModel:
+    """A name goes through `load_model`; an nn.Module or LoadedModel is copied (the caller's
+    stays intact)."""
+    if isinstance(model, LoadedModel):
+        net = copy.deepcopy(model.model)
+        return dataclasses.replace(model, model=net, adapter=model.adapter.__class__(net))
+    if isinstance(model, nn.Module):
+        return wrap_model(copy.deepcopy(model))
+    return load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, **(model_kwargs or {}))
+
+
+def write_outputs(net: nn.Module, report: dict, paths: tuple[Path, Path], input_size, opset: int,
+                  timings: dict) -> None:
+    """Export `net` to ONNX (checked, parity-tested) and the report as JSON, both atomically:
+    neither file appears unless both are complete. Adds the 'onnx' section to `report`."""
+    onnx_path, json_path = paths
+    with ExitStack() as stack:
+        tmp_onnx = stack.enter_context(atomic_output(onnx_path, ".onnx"))
+        tmp_json = stack.enter_context(atomic_output(json_path, ".json"))
+        parity = export_onnx(net, tmp_onnx, input_size, onnx_metadata(report), opset=opset)
+        report["onnx"] = {"path": str(onnx_path), "opset": opset, "dynamic_batch": True,
+                          "parity_max_abs_diff": parity, "bytes": tmp_onnx.stat().st_size}
+        report["timings_s"] = timings
+        tmp_json.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def onnx_metadata(report: dict) -> dict:
     """The subset of the report stored inside the ONNX file (metadata key 'dimap_struct')."""
-    keys = ("package_version", "source_model", "weights", "criterion", "score_mode", "target", "achieved",
-            "original", "pruned", "input", "constraints")
-    meta = {k: report[k] for k in keys}
-    meta["blocks"] = [{k: b[k] for k in ("name", "stage", "kept_heads", "mlp_width")} for b in report["blocks"]]
+    keys = ("package_version", "granularity", "source_model", "weights", "criterion", "score_mode", "target",
+            "achieved", "original", "pruned", "input", "constraints")
+    meta = {k: report[k] for k in keys if k in report}
+    block_keys = ("name", "stage", "kept_heads", "mlp_width", "kept_weight_fraction")
+    meta["blocks"] = [{k: b[k] for k in block_keys if k in b} for b in report["blocks"]]
     return meta
 
 
@@ -207,17 +275,19 @@ def build_report(loaded: LoadedModel, blocks: list[BlockSite], costs: CostModel,
         notes.append(selection.note)
     return {
         "package_version": __version__,
+        "granularity": "structured",
         "source_model": loaded.name,
         "family": loaded.adapter.family,
         "weights": loaded.weights,
         "criterion": criterion,
+        "criterion_summary": get_criterion(criterion).summary,
         "score_mode": score_mode,
         "constraints": constraints,
         "target": {"flops": str(flops), "macs": selection.target_macs,
                    "ratio": selection.target_macs / before.macs},
         "achieved": {"macs": after.macs, "ratio": after.macs / before.macs, "on_target": selection.on_target,
                      "params_ratio": after.params / before.params},
-        "selection": {"removed_weight_fraction_per_module": selection.removed_weight_fraction,
+        "selection": {"policy": selection.policy, "removed_weight_fraction_per_module": selection.removed_weight_fraction,
                       "thresholds": selection.thresholds},
         "original": _counts_dict(before),
         "pruned": _counts_dict(after),

@@ -48,14 +48,19 @@ def _proj_by_head(site: AttentionSite, w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], site.num_heads, site.head_dim).transpose(0, 1).reshape(site.num_heads, -1)
 
 
-def head_weight_views(site: AttentionSite) -> list[torch.Tensor]:
-    """Per-layer (heads, n) views of the weights a head owns: [qkv rows, proj columns]."""
-    return [_qkv_by_head(site, site.qkv.weight.detach()), _proj_by_head(site, site.proj.weight.detach())]
+def _tensor(layer: torch.nn.Linear, grad: bool) -> torch.Tensor:
+    return layer.weight.grad if grad else layer.weight.detach()
 
 
-def channel_weight_views(site: MlpSite) -> list[torch.Tensor]:
+def head_weight_views(site: AttentionSite, grad: bool = False) -> list[torch.Tensor]:
+    """Per-layer (heads, n) views of the weights a head owns: [qkv rows, proj columns]
+    (with `grad`, the same views of the weights' gradients)."""
+    return [_qkv_by_head(site, _tensor(site.qkv, grad)), _proj_by_head(site, _tensor(site.proj, grad))]
+
+
+def channel_weight_views(site: MlpSite, grad: bool = False) -> list[torch.Tensor]:
     """Per-layer (channels, n) views of the weights an MLP channel owns: [fc1 row, fc2 column]."""
-    return [site.fc1.weight.detach(), site.fc2.weight.detach().t()]
+    return [_tensor(site.fc1, grad), _tensor(site.fc2, grad).t()]
 
 
 def group_scores(views: list[torch.Tensor], mode: str = "group") -> torch.Tensor:
