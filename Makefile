@@ -16,9 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dynamo]'
 	touch $(STAMP)
 
+DATA ?= ../shared/data/mnist
+
 demo: install
 	mkdir -p build/demo
-	$(BIN)/dimap-compress swin_t --no-pretrained --flops 0.5 --force -o build/demo/swin_t_050.onnx
+	$(BIN)/dimap-compress reference --flops 0.5 --force -o build/demo/reference_050.onnx
+	@if [ -d "$(DATA)" ]; then \
+		echo "top-1 before pruning:"; $(BIN)/dimap-eval reference --data "$(DATA)" --quiet; \
+		echo "top-1 after pruning (no fine-tuning):"; $(BIN)/dimap-eval build/demo/reference_050.onnx --data "$(DATA)" --quiet; \
+	else \
+		echo "accuracy skipped: no data directory at $(DATA) (set DATA=... to an MNIST directory)"; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

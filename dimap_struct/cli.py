@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
 
 from . import __version__
+from .cli_common import add_common_flags, progress, run_command
 
 CRITERION_NAMES = ("dimap", "l1", "l2", "magnitude-global", "lamp-global", "random", "taylor", "dimap-cost")
 """Kept in step with criteria.CRITERIA by a test; listed here so --help needs no torch import."""
-STRUCTURED_ONLY = ("criterion", "score_mode", "min_heads", "min_mlp", "round_to", "compare", "calib_data")
+STRUCTURED_ONLY = ("criterion", "score_mode", "min_heads", "min_mlp", "round_to", "compare", "calib_data",
+                   "prune_embed", "min_embed", "save_pt")
 
 EPILOG = """\
 examples:
@@ -35,14 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "data-free DIMAP scores, until its MACs meet a budget; export a dense ONNX "
                     "model with a MACs / params report (JSON beside it).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="timm model name, optionally with a pretrained tag "
-                   "(swin_base_patch4_window7_224.ms_in22k_ft_in1k), or an alias: swin_t, swin_s, swin_b, swin_l")
+    p.add_argument("model", nargs="?", help="timm model name, optionally with a pretrained tag "
+                   "(swin_base_patch4_window7_224.ms_in22k_ft_in1k), an alias (swin_t, swin_s, swin_b, swin_l), "
+                   "'torchvision:swin_t', 'reference', or a pruned checkpoint written by --save-pt")
     p.add_argument("--flops", metavar="R",
                    help="MACs to keep: a fraction 0 < R <= 1 of the original, or an absolute budget "
                         "such as 7.3G (default: 0.5)")
     p.add_argument("-o", "--output", metavar="OUT.onnx",
                    help="write the pruned model as ONNX here, and the report as OUT.json beside it")
     p.add_argument("--force", action="store_true", help="overwrite OUT.onnx / OUT.json if present")
+    p.add_argument("--save-pt", metavar="OUT.pt",
+                   help="also save the pruned PyTorch model (safetensors + architecture spec, no pickle); "
+                        "dimap_struct.load_pruned(OUT.pt) rebuilds it")
+    p.add_argument("--from-pt", metavar="PRUNED.pt", help="start from a pruned checkpoint instead of MODEL")
 
     w = p.add_argument_group("weights")
     src = w.add_mutually_exclusive_group()
@@ -65,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-heads", type=int, metavar="N", help="heads every block keeps (default: 1)")
     s.add_argument("--min-mlp", type=int, metavar="N", help="MLP channels every block keeps (default: 8)")
     s.add_argument("--round-to", type=int, metavar="N",
-                   help="round kept MLP widths to multiples of N (e.g. 8 or 16 for faster kernels; default: 1)")
+                   help="round kept MLP widths, residual widths and heads' total width to multiples of N "
+                        "(e.g. 8 or 16 for faster kernels; default: 1)")
+    s.add_argument("--prune-embed", action="store_true", default=None,
+                   help="also remove residual (embedding) channels of every stage: a narrower, faster model")
+    s.add_argument("--min-embed", type=int, metavar="N", help="residual channels every stage keeps (default: 16)")
     s.add_argument("--granularity", choices=("structured", "weight"), default="structured",
                    help="structured (default): remove heads and MLP channels, the model gets faster; "
                         "weight: the paper's setting, zero single weights (one threshold per module), not faster")
@@ -78,30 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plot", metavar="OUT.png", help="draw kept heads and MLP width per block (matplotlib)")
     o.add_argument("--compare", metavar="C1,C2",
                    help="with --plot: also draw these criteria at the same target (not exported)")
-    o.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    o.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common_flags(o)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        print("dimap-compress: interrupted; no output written", file=sys.stderr)
-        return 130
-    except Exception as err:
-        from .errors import UserError
-
-        if args.debug:
-            raise
-        if isinstance(err, UserError):
-            print(f"dimap-compress: error: {err}", file=sys.stderr)
-            return 2
-        print(f"dimap-compress: internal error: {type(err).__name__}: {err} (rerun with --debug "
-              "for the traceback)", file=sys.stderr)
-        return 1
+    return run_command("dimap-compress", args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,6 +107,13 @@ def _run(args: argparse.Namespace) -> int:
     from .pipeline import check_output, compress, load_any
 
     # cheap checks first, so bad input fails in well under a second
+    if (args.model is None) == (args.from_pt is None):
+        raise UserError("give a MODEL or --from-pt PRUNED.pt (exactly one)")
+    if args.from_pt is not None:
+        from .checkpoint import read_spec
+
+        read_spec(args.from_pt)  # one clear line if it is not a pruned checkpoint
+        args.model = args.from_pt
     weight = args.granularity == "weight"
     if weight:
         given = [f"--{k.replace('_', '-')}" for k in STRUCTURED_ONLY if getattr(args, k) is not None]
@@ -141,15 +142,18 @@ def _run(args: argparse.Namespace) -> int:
         _check_plot_path(args.plot, args.force)
 
     err_console = Console(stderr=True)
-    on_step = None if args.quiet else _progress(err_console)
+    on_step = None if args.quiet else progress(err_console)
     loaded = load_any(args.model, checkpoint=args.checkpoint, pretrained=not args.no_pretrained, seed=args.seed)
     options = dict(
         flops=args.flops, output=args.output, force=args.force, seed=args.seed, on_step=on_step,
         granularity=args.granularity, params=args.params)
+    if args.save_pt is not None:
+        options["save_pt"] = args.save_pt
     if not weight:
         options.update(
             criterion=criterion, score_mode=args.score_mode or "group", min_heads=_or(args.min_heads, 1),
             min_mlp=_or(args.min_mlp, 8), round_to=_or(args.round_to, 1), calib_data=args.calib_data,
+            prune_embed=bool(args.prune_embed), min_embed=_or(args.min_embed, 16),
             calib_batches=args.calib_batches)
     result = compress(loaded, **options)
     if args.plot:
@@ -198,20 +202,6 @@ def _plot(args, loaded, options, report: dict, compare: list[str]) -> None:
     with atomic_output(path, ".png") as tmp:
         plot_blocks(reports, tmp)
     report["plot"] = str(path)
-
-
-def _progress(console):
-    """One spinner per stage on stderr; a tick with the elapsed time when it ends."""
-    import time
-
-    @contextmanager
-    def step(label: str):
-        start = time.perf_counter()
-        with console.status(f"{label}..."):
-            yield
-        console.print(f"[green]done[/] {label} [dim]({time.perf_counter() - start:.1f} s)[/]", highlight=False)
-
-    return step
 
 
 if __name__ == "__main__":

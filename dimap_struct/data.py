@@ -69,7 +69,11 @@ def read_idx(path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"IDX file not found: {path}") from None
     except (OSError, EOFError, zlib.error) as exc:
@@ -194,7 +198,8 @@ class MNISTDataset(Dataset):
         """Preprocessed images for ``index`` as one float32 tensor ``(B, C, H, W)``."""
         if self.augment:
             return self._transform(index, self._rng())
-        if self._cache is None and 4 * len(self) * self.channels * self.height * self.width <= _CACHE_LIMIT:
+        nbytes = 4 * len(self) * self.channels * self.height * self.width
+        if self._cache is None and nbytes <= _CACHE_LIMIT:
             self._cache = self._transform(torch.arange(len(self)), None)
         if self._cache is not None:
             return self._cache[index]

@@ -27,6 +27,7 @@ from .export import atomic_output, export_onnx
 from .models import LoadedModel, load_model, wrap_model
 from .select import Selection, select_to_budget
 from .surgery import apply_plan
+from .residual import cut_residual, mask_residual, residual_options
 from .verify import max_abs_diff, probe_input, zero_removed
 
 MASK_TOLERANCE = 1e-3
@@ -44,6 +45,9 @@ class CompressionResult:
     report: dict
     onnx_path: Path | None = None
     json_path: Path | None = None
+    source: dict = field(default_factory=dict)
+    """How to rebuild the unpruned model: source_model, model_kwargs, data_config, weights."""
+    pt_path: Path | None = None
 
 
 @dataclass
@@ -67,18 +71,19 @@ def _null():
     yield
 
 
-def check_output(output: str | os.PathLike, force: bool) -> tuple[Path, Path]:
-    """Validate the output path before any work; return (onnx path, json path beside it)."""
+def check_output(output: str | os.PathLike, force: bool, suffixes: tuple[str, ...] = (".onnx",)) -> tuple[Path, Path]:
+    """Validate the output path before any work; return (path, json path beside it). For
+    suffixes other than .onnx the JSON path is returned but not checked."""
     path = Path(output)
-    if path.suffix.lower() != ".onnx":
-        raise UserError(f"output {path} must end in .onnx")
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"output {path} must end in {' or '.join(suffixes)}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"output directory {parent} is not writable")
     report = path.with_suffix(".json")
-    for p in (path, report):
+    for p in (path, report) if suffixes == (".onnx",) else (path,):
         if p.exists() and not force:
             raise UserError(f"{p} already exists; pass --force to overwrite")
     return path, report
@@ -100,8 +105,11 @@ def compress(
     min_heads: int = 1,
     min_mlp: int = 8,
     round_to: int = 1,
+    prune_embed: bool = False,
+    min_embed: int = 16,
     calib_data: str | os.PathLike | None = None,
     calib_batches: int = 4,
+    save_pt: str | os.PathLike | None = None,
     opset: int = 17,
     model_kwargs: dict | None = None,
     on_step: Callable[[str], object] | None = None,
@@ -122,6 +130,9 @@ def compress(
     calib_data, calib_batches: data for data-driven criteria ('taylor'): an MNIST directory or
         an image folder, and how many batches of 32 to use.
     min_heads, min_mlp, round_to: structure constraints per block (see `select`).
+    prune_embed, min_embed: also remove residual (embedding) channels of every stage, keeping at
+        least `min_embed` per stage (see `residual`); round_to applies to them too.
+    save_pt: also write a pruned PyTorch checkpoint there (`checkpoint.load_pruned` rebuilds it).
     on_step: called with each stage's label; may return a context manager (progress display).
     """
     if granularity == "weight":
@@ -134,7 +145,8 @@ def compress(
         raise UserError("--params is a target of --granularity weight; structured pruning takes --flops")
     flops = 0.5 if flops is None else flops
     check_fraction(flops)
-    for name, value, low in (("min_heads", min_heads, 1), ("min_mlp", min_mlp, 1), ("round_to", round_to, 1)):
+    for name, value, low in (("min_heads", min_heads, 1), ("min_mlp", min_mlp, 1), ("round_to", round_to, 1),
+                             ("min_embed", min_embed, 1)):
         if int(value) != value or value < low:
             raise UserError(f"{name.replace('_', '-')} must be an integer >= {low}, got {value}")
     spec = get_criterion(criterion)
@@ -142,6 +154,8 @@ def compress(
         raise UserError(f"criterion '{criterion}' is data-driven: give --calib-data PATH "
                         "(an MNIST directory or an ImageFolder) for its calibration batches")
     paths = check_output(output, force) if output is not None else None
+    if save_pt is not None:
+        check_output(save_pt, force, suffixes=(".pt", ".safetensors"))
     steps = _Steps(on_step)
 
     with steps("load model"):
@@ -161,19 +175,26 @@ def compress(
 
             accumulate_gradients(net, calib_data, loaded.data_config, batches=calib_batches, seed=seed)
         scores = score(criterion, blocks, score_mode=score_mode, seed=seed, costs=costs)
+        embed = residual_options(adapter, criterion, seed) if prune_embed else {}
         net.zero_grad(set_to_none=True)
     with steps("select to the MACs budget"):
         selection = select_to_budget(
             scores, costs,
             head_weights=[4 * b.attn.head_dim * b.attn.qkv.in_features for b in blocks],
             channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
-            target_macs=target, policy=spec.policy, min_heads=min_heads, min_mlp=min_mlp, round_to=round_to)
+            target_macs=target, policy=spec.policy, head_dims=[b.attn.head_dim for b in blocks],
+            min_heads=min_heads, min_mlp=min_mlp, round_to=round_to, min_embed=min_embed, **embed)
     plan = selection.plan
 
     with steps("cut heads and channels"):
         reference = copy.deepcopy(net)
-        zero_removed(adapter.__class__(reference).blocks(), plan)
+        ref_adapter = adapter.__class__(reference)
+        zero_removed(ref_adapter.blocks(), plan)
         apply_plan(net, adapter, blocks, plan, input_size)
+        if plan.residual is not None:
+            for site, ref_site, keep in zip(adapter.residual_sites(), ref_adapter.residual_sites(), plan.residual):
+                mask_residual(reference, ref_site, keep)
+                cut_residual(adapter, site, keep)
         net.eval()
     with steps("verify mask equivalence"):
         probe = probe_input(input_size)
@@ -181,20 +202,34 @@ def compress(
         del reference
         if not mask_diff <= MASK_TOLERANCE:
             raise RuntimeError(f"pruned model differs from the zeroed original by {mask_diff:.3g}: surgery bug")
-        after = costs.count(plan.head_counts, plan.mlp_widths)
+        after = costs.count(plan.head_counts, plan.mlp_widths, plan.residual_widths)
         measured_params = sum(p.numel() for p in net.parameters())
         if measured_params != after.params:
             raise RuntimeError(f"parameter count {measured_params} != analytic {after.params}: surgery bug")
 
     report = build_report(loaded, blocks, costs, before, after, selection, flops, criterion, score_mode,
-                          dict(min_heads=min_heads, min_mlp=min_mlp, round_to=round_to), mask_diff)
-    result = CompressionResult(net, selection, report)
+                          dict(min_heads=min_heads, min_mlp=min_mlp, round_to=round_to, prune_embed=prune_embed,
+                               min_embed=min_embed if prune_embed else None), mask_diff)
+    result = CompressionResult(net, selection, report, source=source_of(loaded))
+    if save_pt is not None:
+        from .checkpoint import pruned_spec, save_pruned
+
+        with steps("save pruned checkpoint"):
+            save_pruned(net, pruned_spec(result.source, plan), save_pt)
+        result.pt_path = Path(save_pt)
+        report["pruned_checkpoint"] = str(save_pt)
     if paths is not None:
         with steps("export ONNX and check parity"):
             write_outputs(net, report, paths, input_size, opset, steps.seconds)
         result.onnx_path, result.json_path = paths
     report["timings_s"] = steps.seconds
     return result
+
+
+def source_of(loaded: LoadedModel) -> dict:
+    return {"source_model": loaded.name, "model_kwargs": getattr(loaded, "model_kwargs", {}),
+            "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.data_config.items()},
+            "weights": loaded.weights}
 
 
 def _compress_weights(model, *, flops, params, output, force, checkpoint, pretrained, seed, opset,
@@ -227,6 +262,13 @@ def load_any(model: str | nn.Module | LoadedModel, *, checkpoint=None, pretraine
         return dataclasses.replace(model, model=net, adapter=model.adapter.__class__(net))
     if isinstance(model, nn.Module):
         return wrap_model(copy.deepcopy(model))
+    from .checkpoint import is_pruned_checkpoint, load_pruned
+
+    if is_pruned_checkpoint(model):
+        net, spec = load_pruned(model, with_spec=True)
+        loaded = wrap_model(net, spec["source_model"])
+        return dataclasses.replace(loaded, weights=f"pruned checkpoint {Path(model).name} (from {spec['weights']})",
+                                   data_config=spec["data_config"])
     return load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, **(model_kwargs or {}))
 
 
@@ -248,7 +290,7 @@ def write_outputs(net: nn.Module, report: dict, paths: tuple[Path, Path], input_
 def onnx_metadata(report: dict) -> dict:
     """The subset of the report stored inside the ONNX file (metadata key 'dimap_struct')."""
     keys = ("package_version", "granularity", "source_model", "weights", "criterion", "score_mode", "target",
-            "achieved", "original", "pruned", "input", "constraints")
+            "achieved", "original", "pruned", "input", "constraints", "residual")
     meta = {k: report[k] for k in keys if k in report}
     block_keys = ("name", "stage", "kept_heads", "mlp_width", "kept_weight_fraction")
     meta["blocks"] = [{k: b[k] for k in block_keys if k in b} for b in report["blocks"]]
@@ -298,6 +340,9 @@ def build_report(loaded: LoadedModel, blocks: list[BlockSite], costs: CostModel,
              "kept_heads": h, "mlp_width_before": bc.mlp_width, "mlp_width": len(m)}
             for b, bc, h, m in zip(blocks, costs.blocks, plan.heads, plan.mlp)
         ],
+        "residual": None if plan.residual is None else [
+            {"stage": s, "width_before": full, "width": len(kept)}
+            for s, (full, kept) in enumerate(zip(costs.residual_widths, plan.residual))],
         "verification": {"mask_equivalence_max_abs_diff": mask_diff},
         "notes": notes,
     }

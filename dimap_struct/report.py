@@ -60,6 +60,9 @@ def print_report(report: dict, console: Console, *, blocks: bool = False) -> Non
             table.add_row(b["name"], f"{b['heads']}/{b['heads_before']}", f"{b['mlp_width']}/{b['mlp_width_before']}")
         console.print(table)
     else:
+        if report.get("residual"):
+            console.print("residual width per stage: " + "  ".join(
+                f"{r['width_before']}->{r['width']}" for r in report["residual"]), highlight=False)
         console.print("kept heads / MLP width per block: "
                       + "  ".join(f"{b['heads']}/{b['mlp_width']}" for b in report["blocks"]), highlight=False)
     for note in report["notes"]:

@@ -15,6 +15,7 @@ grows): `one-module` ranks heads and channels together under one threshold (the 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,6 +31,8 @@ class Plan:
     blocks: list[str]
     heads: list[list[int]]
     mlp: list[list[int]]
+    residual: list[list[int]] | None = None
+    """Kept residual channels per stage (None: residual width untouched)."""
 
     @property
     def head_counts(self) -> list[int]:
@@ -38,6 +41,10 @@ class Plan:
     @property
     def mlp_widths(self) -> list[int]:
         return [len(m) for m in self.mlp]
+
+    @property
+    def residual_widths(self) -> list[int] | None:
+        return None if self.residual is None else [len(r) for r in self.residual]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,70 +107,64 @@ class _Module:
 
 
 class _Policy:
-    """Maps a knob q in [0, 1] (more pruning as q grows) to kept heads / channels per block."""
+    """Maps a knob q in [0, 1] (more pruning as q grows) to the groups each module removes.
 
-    def __init__(self, heads: _Module, channels: _Module, min_heads: int, min_mlp: int):
-        self.heads, self.channels = heads, channels
-        self.min_heads, self.min_mlp = min_heads, min_mlp
+    `modules` are the `_Module`s in a fixed order (attention heads, MLP channels and, with
+    residual pruning, residual channels); `floors[i]` is what every block / stage of module i
+    keeps at least."""
 
-    def removed(self, q: float) -> tuple[int, int]:
-        """Groups removed from (heads, channels) modules in their removal order."""
+    def __init__(self, modules: list[_Module], floors: list[int]):
+        self.modules, self.floors = modules, floors
+
+    def removed(self, q: float) -> list[int]:
+        """Groups removed from each module, in its removal order."""
         raise NotImplementedError
 
-    def kept_counts(self, q: float) -> tuple[list[int], list[int]]:
-        rh, rc = self.removed(q)
-        return self.heads.kept_counts(rh), self.channels.kept_counts(rc)
+    def kept_counts(self, q: float) -> list[list[int]]:
+        return [m.kept_counts(r) for m, r in zip(self.modules, self.removed(q))]
 
-    def kept(self, q: float) -> tuple[list[set[int]], list[set[int]]]:
-        rh, rc = self.removed(q)
-        return self.heads.kept(rh), self.channels.kept(rc)
+    def kept(self, q: float) -> list[list[set[int]]]:
+        return [m.kept(r) for m, r in zip(self.modules, self.removed(q))]
 
-    def thresholds(self, q: float) -> dict[str, float | None]:
-        rh, rc = self.removed(q)
-        return {"attention": self.heads.threshold(rh), "mlp": self.channels.threshold(rc)}
+    def thresholds(self, q: float) -> list[float | None]:
+        return [m.threshold(r) for m, r in zip(self.modules, self.removed(q))]
 
 
 class ModuleAware(_Policy):
     """The paper's rule: each module loses the same fraction q of its weights, lowest score first."""
 
     def removed(self, q):
-        return self.heads.removed_for_fraction(q), self.channels.removed_for_fraction(q)
+        return [m.removed_for_fraction(q) for m in self.modules]
 
 
 class OneModule(_Policy):
-    """Heads and channels ranked together: one threshold, the q-quantile of all candidate scores."""
+    """All groups ranked together: one threshold, the q-quantile of all candidate scores."""
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.all_scores = sorted(self.heads.score + self.channels.score)
+        self.all_scores = sorted(x for m in self.modules for x in m.score)
 
     def removed(self, q):
         k = int(round(q * len(self.all_scores)))
         if k == 0:
-            return 0, 0
+            return [0] * len(self.modules)
         t = self.all_scores[k - 1]
-        return self.heads.removed_below(t), self.channels.removed_below(t)
+        return [m.removed_below(t) for m in self.modules]
 
 
 class Uniform(_Policy):
-    """Every block removes the same fraction q of its heads and of its channels (best kept)."""
-
-    def _counts(self, q: float) -> tuple[list[int], list[int]]:
-        def keep(n: int, floor: int) -> int:
-            return max(min(floor, n), n - int(round(q * n)))
-        return ([keep(n, self.min_heads) for n in self.heads.sizes],
-                [keep(n, self.min_mlp) for n in self.channels.sizes])
+    """Every block (stage) removes the same fraction q of each kind of group (best kept)."""
 
     def kept_counts(self, q):
-        return self._counts(q)
+        return [[max(min(floor, n), n - int(round(q * n))) for n in m.sizes]
+                for m, floor in zip(self.modules, self.floors)]
 
     def kept(self, q):
-        hc, cc = self._counts(q)
-        return ([set(r[:k]) for r, k in zip(self.heads.ranked, hc)],
-                [set(r[:k]) for r, k in zip(self.channels.ranked, cc)])
+        return [[set(r[:k]) for r, k in zip(m.ranked, counts)]
+                for m, counts in zip(self.modules, self.kept_counts(q))]
 
     def thresholds(self, q):
-        return {"attention": None, "mlp": None, "uniform_ratio": q}
+        return [None] * len(self.modules)
 
 
 POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform}
@@ -174,6 +175,9 @@ def _round_width(width: int, full: int, multiple: int, floor: int) -> int:
         return width
     rounded = max(multiple, int(round(width / multiple)) * multiple)
     return min(full, max(rounded, floor))
+
+
+MODULE_NAMES = ("attention", "mlp", "residual")
 
 
 def select_to_budget(
@@ -187,31 +191,46 @@ def select_to_budget(
     min_heads: int = 1,
     min_mlp: int = 8,
     round_to: int = 1,
+    head_dims: list[int] | None = None,
+    residual_scores: list[torch.Tensor] | None = None,
+    residual_weights: list[int] | None = None,
+    min_embed: int = 16,
     tolerance: float = 0.01,
 ) -> Selection:
     """Find the policy's knob whose pruned model has MACs closest to `target_macs`.
 
     `head_weights[b]` / `channel_weights[b]`: weights one head / one MLP channel of block b owns
     (the paper's equal-fraction-per-module rule, and the reported removed fractions).
-    `policy`: 'module-aware' (default), 'one-module' or 'uniform' (see `POLICIES`)."""
-    heads = _Module(scores.heads, head_weights, min_heads)
-    channels = _Module(scores.mlp, channel_weights, min_mlp)
-    rule = POLICIES[policy](heads, channels, min_heads, min_mlp)
+    `policy`: 'module-aware' (default), 'one-module' or 'uniform' (see `POLICIES`).
+    With `residual_scores` (one tensor per stage) and `residual_weights` (weights one residual
+    channel of each stage owns), residual channels are a third module; every stage keeps at
+    least `min_embed` of them. `round_to` rounds kept MLP widths, residual widths and the total
+    width of kept heads (heads x `head_dims[b]`) to multiples of it."""
+    modules = [_Module(scores.heads, head_weights, min_heads), _Module(scores.mlp, channel_weights, min_mlp)]
+    floors = [min_heads, min_mlp]
+    if residual_scores is not None:
+        modules.append(_Module(residual_scores, residual_weights, min_embed))
+        floors.append(min_embed)
+    rule = POLICIES[policy](modules, floors)
+    head_dims = head_dims or [1] * len(head_weights)
+    steps = [[round_to // math.gcd(round_to, d) for d in head_dims]] + \
+        [[round_to] * len(m.sizes) for m in modules[1:]]
 
-    def rounded(widths: list[int]) -> list[int]:
-        return [_round_width(w, full, round_to, min(min_mlp, full)) for w, full in zip(widths, channels.sizes)]
+    def rounded(counts: list[list[int]]) -> list[list[int]]:
+        return [[_round_width(c, full, step, min(floor, full)) for c, full, step in zip(cs, m.sizes, st)]
+                for cs, m, st, floor in zip(counts, modules, steps, floors)]
 
     def plan_for(q: float) -> Plan:
-        kept_heads, kept_channels = rule.kept(q)
-        kept_mlp = [set(channels.ranked[b][:w]) if w != len(kept) else kept
-                    for b, (kept, w) in enumerate(zip(kept_channels, rounded([len(k) for k in kept_channels])))]
-        return Plan([bc.name for bc in costs.blocks], [sorted(k) for k in kept_heads], [sorted(k) for k in kept_mlp])
+        kept = []
+        for m, sets, widths in zip(modules, rule.kept(q), rounded(rule.kept_counts(q))):
+            kept.append([sorted(k) if w == len(k) else sorted(m.ranked[b][:w])
+                         for b, (k, w) in enumerate(zip(sets, widths))])
+        return Plan([bc.name for bc in costs.blocks], kept[0], kept[1], kept[2] if len(kept) > 2 else None)
 
     def macs_for(q: float) -> int:
-        h, w = rule.kept_counts(q)
-        return costs.macs(h, rounded(w))
+        return costs.macs(*rounded(rule.kept_counts(q)))
 
-    original = costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks])
+    original = costs.macs(*[m.sizes for m in modules])
     lo, hi = 0.0, 1.0
     if macs_for(lo) <= target_macs:
         best = lo
@@ -223,22 +242,25 @@ def select_to_budget(
             lo, hi = (lo, mid) if macs_for(mid) <= target_macs else (mid, hi)
         best = min((lo, hi), key=lambda q: (abs(macs_for(q) - target_macs), q))
     plan = plan_for(best)
-    achieved = costs.macs(plan.head_counts, plan.mlp_widths)
+    achieved = costs.macs(plan.head_counts, plan.mlp_widths, plan.residual_widths)
     on_target = abs(achieved - target_macs) <= tolerance * original
     note = None
     if not on_target:
         note = (f"target {target_macs / original:.3f} of the MACs is not reachable within +-{tolerance} "
                 f"with these constraints (policy {policy}, min heads {min_heads}, min MLP {min_mlp}, "
                 f"round-to {round_to}); nearest reachable: {achieved / original:.3f}")
-    removed = {
-        "attention": 1 - sum(h * w for h, w in zip(plan.head_counts, head_weights)) / heads.total_weight,
-        "mlp": 1 - sum(m * w for m, w in zip(plan.mlp_widths, channel_weights)) / channels.total_weight,
-    }
+    kept_counts = [plan.head_counts, plan.mlp_widths, plan.residual_widths]
+    weights = [head_weights, channel_weights, residual_weights]
+    removed = {name: 1 - sum(c * w for c, w in zip(kept_counts[i], weights[i])) / modules[i].total_weight
+               for i, name in enumerate(MODULE_NAMES[:len(modules)])}
+    thresholds = dict(zip(MODULE_NAMES, rule.thresholds(best)))
+    if policy == "uniform":
+        thresholds["uniform_ratio"] = best
     return Selection(
         plan=plan,
         policy=policy,
         removed_weight_fraction=removed,
-        thresholds=rule.thresholds(best),
+        thresholds=thresholds,
         target_macs=target_macs,
         achieved_macs=achieved,
         original_macs=original,

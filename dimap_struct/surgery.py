@@ -32,26 +32,31 @@ def head_columns(site: AttentionSite, heads: list[int]) -> list[int]:
 
 
 def cut_heads(adapter: FamilyAdapter, site: AttentionSite, keep: list[int]) -> None:
-    """Remove every head of `site` not in `keep` (qkv rows, proj columns, per-head tensors)."""
+    """Remove every head of `site` not in `keep` (qkv rows, proj columns, per-head tensors
+    and per-head layer rows)."""
     kept = set(keep)
     drop = [h for h in range(site.num_heads) if h not in kept]
     if not drop:
         return
     tp.prune_linear_out_channels(site.qkv, head_rows(site, drop))
     tp.prune_linear_in_channels(site.proj, head_columns(site, drop))
-    index = torch.tensor(sorted(keep), dtype=torch.long)
+    for layer in site.per_head_layers:
+        tp.prune_linear_out_channels(layer, drop)
     for tensor in site.per_head:
         old = tensor.tensor
-        new = nn.Parameter(old.data.index_select(tensor.axis, index).clone(), requires_grad=old.requires_grad)
-        setattr(tensor.module, tensor.name, new)
+        index = torch.tensor(tensor.indices(sorted(keep)), dtype=torch.long)
+        new = old.data.index_select(tensor.axis, index).clone()
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
+        setattr(tensor.module, tensor.name, new)  # a plain tensor stays a registered buffer
     adapter.set_num_heads(site, len(keep))
     site.num_heads = len(keep)
 
 
 def build_dependency_graph(model: nn.Module, blocks: list[BlockSite], input_size) -> tp.DependencyGraph:
-    """Trace `model` once (batch 1). Per-head tensors are declared so torch-pruning does not
-    guess their pruning dimension."""
-    unwrapped = [(t.tensor, t.axis) for b in blocks for t in b.attn.per_head]
+    """Trace `model` once (batch 1). Per-head parameters are declared so torch-pruning does not
+    guess their pruning dimension (buffers are not parameters to it)."""
+    unwrapped = [(t.tensor, t.axis) for b in blocks for t in b.attn.per_head if isinstance(t.tensor, nn.Parameter)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return tp.DependencyGraph().build_dependency(

@@ -1,8 +1,9 @@
 """Stage 6, verify: the pruned model must equal the original with the removed groups zeroed.
 
 Zeroing a head's qkv rows (and biases) makes its values zero, so whatever its attention
-weights are, the head contributes nothing; zeroing its proj columns and bias-table column as
-well removes every weight the head owns. Zeroing an MLP channel's fc1 row, bias and fc2 column
+weights are, the head contributes nothing; zeroing its proj columns, bias-table column and
+other per-head entries (adapter's `per_head`, `per_head_layers`) as well removes every weight
+the head owns. Zeroing an MLP channel's fc1 row, bias and fc2 column
 makes it contribute exactly zero. So "zeroed original" and "pruned" must agree to rounding.
 """
 from __future__ import annotations
@@ -29,7 +30,11 @@ def zero_removed(blocks: list[BlockSite], plan: Plan) -> None:
                 a.qkv.bias[rows] = 0
             a.proj.weight[:, torch.tensor(head_columns(a, drop))] = 0
             for t in a.per_head:
-                t.tensor.index_fill_(t.axis, torch.tensor(drop), 0)
+                t.tensor.index_fill_(t.axis, torch.tensor(t.indices(drop)), 0)
+            for layer in a.per_head_layers:
+                layer.weight[drop] = 0
+                if layer.bias is not None:
+                    layer.bias[drop] = 0
         drop = torch.tensor([j for j in range(mlp.width) if j not in kept_channels], dtype=torch.long)
         if len(drop):
             mlp.fc1.weight[drop] = 0

@@ -11,7 +11,7 @@ from .base import (
     registered_adapters,
     supported_families,
 )
-from . import timm_swin  # noqa: F401  (registers the adapter)
+from . import timm_swin, timm_swinv2, timm_swinv2_cr, torchvision_swin  # noqa: F401,E402  (register the adapters)
 
 __all__ = [
     "AttentionSite", "BlockSite", "FamilyAdapter", "MlpSite", "PerHeadTensor",

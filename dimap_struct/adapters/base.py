@@ -16,16 +16,25 @@ from torch import nn
 
 @dataclass
 class PerHeadTensor:
-    """A parameter with one slice per attention head along `axis` (e.g. a relative-position
-    bias table of shape (T, heads): axis 1)."""
+    """A parameter (or buffer) holding `per_head_size` consecutive entries per attention head
+    along `axis`, heads in order: head h owns entries h*s .. (h+1)*s-1 (s = per_head_size).
+    E.g. a relative-position bias table of shape (T, heads): axis 1, size 1; Swin v2's
+    `q_bias` of shape (heads*d,): axis 0, size d. Buffers are cut with their head but are
+    not counted as parameters."""
 
     module: nn.Module
     name: str
     axis: int
+    per_head_size: int = 1
 
     @property
     def tensor(self) -> torch.Tensor:
         return getattr(self.module, self.name)
+
+    def indices(self, heads: list[int]) -> list[int]:
+        """Positions along `axis` owned by `heads`."""
+        s = self.per_head_size
+        return [h * s + i for h in heads for i in range(s)]
 
 
 @dataclass
@@ -44,6 +53,9 @@ class AttentionSite:
     head_dim: int
     window_area: int
     per_head: list[PerHeadTensor] = field(default_factory=list)
+    per_head_layers: list[nn.Linear] = field(default_factory=list)
+    """Linear layers with one output row (and bias entry) per head, e.g. the last layer of
+    Swin v2's position-bias MLP: cut, zeroed and counted (MACs and params) with their head."""
 
 
 @dataclass
@@ -68,6 +80,26 @@ class BlockSite:
     mlp: MlpSite
 
 
+@dataclass
+class ResidualSite:
+    """Every tensor indexed by the residual (embedding) channels of one stage, width `width`.
+
+    producers write the stream (Linear output rows / Conv2d output channels, with biases);
+    consumers read it (Linear input columns); norms are LayerNorms over it (entries);
+    interleaved consumers read `groups` concatenated copies of it (Linear input columns or
+    LayerNorm entries k*width + c for k < groups, e.g. the next stage's 2x2 patch merging);
+    per_channel are other tensors with one entry per channel along `axis`.
+    """
+
+    stage: int
+    width: int
+    producers: list[nn.Module]
+    consumers: list[nn.Linear]
+    norms: list[nn.LayerNorm]
+    interleaved: list[tuple[nn.Module, int]] = field(default_factory=list)
+    per_channel: list[PerHeadTensor] = field(default_factory=list)
+
+
 class FamilyAdapter(ABC):
     """Knows one model family. Subclasses register themselves with `register_adapter`."""
 
@@ -80,7 +112,8 @@ class FamilyAdapter(ABC):
     @classmethod
     @abstractmethod
     def accepts_name(cls, timm_name: str) -> bool:
-        """True if a timm model name (without pretrained tag) belongs to this family."""
+        """True if a model name belongs to this family: a timm name without pretrained tag,
+        or a prefixed name such as 'torchvision:swin_t' (see `models.resolve_name`)."""
 
     @classmethod
     @abstractmethod
@@ -99,9 +132,24 @@ class FamilyAdapter(ABC):
     def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
         """Update the attention module's bookkeeping after heads were cut."""
 
+    def residual_sites(self) -> list[ResidualSite]:
+        """Residual channel groups per stage, for `--prune-embed`. Families that do not
+        declare them cannot prune residual channels."""
+        raise NotImplementedError(f"{self.family} does not support residual-channel pruning yet")
+
+    def set_residual_width(self, stage: int, width: int) -> None:
+        """Update bookkeeping attributes (dims, num_features) after a stage's stream was cut."""
+
     def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Map a checkpoint in the family's other published layouts to this model's keys."""
         return state_dict
+
+    def data_config(self) -> dict:
+        """Preprocessing in timm's format (input_size, mean, std, interpolation, crop_pct);
+        the default asks timm, which reads the model's `pretrained_cfg`."""
+        import timm.data
+
+        return timm.data.resolve_model_data_config(self.model)
 
     def build_kwargs(self) -> dict:
         """Extra keyword arguments to recreate a model like this one (e.g. num_classes)."""

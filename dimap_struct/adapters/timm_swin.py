@@ -14,7 +14,7 @@ import torch
 from timm.models import swin_transformer as timm_swin
 from torch import nn
 
-from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, register_adapter
+from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, ResidualSite, register_adapter
 
 _STAGE = re.compile(r"^layers\.(\d+)\.")
 
@@ -63,6 +63,45 @@ class TimmSwinV1Adapter(FamilyAdapter):
         # WindowAttention reshapes qkv with `self.num_heads` and infers head_dim (-1), and its
         # scale comes from the unchanged head_dim, so the attribute is all that needs updating.
         site.module.num_heads = num_heads
+
+    def residual_sites(self) -> list[ResidualSite]:
+        # Stage s's stream is written by the patch embedding (s = 0) or its own merging's
+        # reduction, and read by the next stage's merging, which concatenates the 2x2
+        # neighbours channel-last: input k*C + c (k < 4) is channel c (timm's reshape/permute).
+        m = self.model
+        sites = []
+        for s, stage in enumerate(m.layers):
+            first = [m.patch_embed.proj] if s == 0 else [stage.downsample.reduction]
+            norms = [m.patch_embed.norm] if s == 0 and isinstance(m.patch_embed.norm, nn.LayerNorm) else []
+            producers, consumers = list(first), []
+            for block in stage.blocks:
+                producers += [block.attn.proj, block.mlp.fc2]
+                consumers += [block.attn.qkv, block.mlp.fc1]
+                norms += [block.norm1, block.norm2]
+            interleaved = []
+            if s + 1 < len(m.layers):
+                nxt = m.layers[s + 1].downsample
+                interleaved = [(nxt.norm, 4), (nxt.reduction, 4)]
+            else:
+                norms.append(m.norm)
+                consumers.append(m.head.fc)
+            sites.append(ResidualSite(s, stage.blocks[0].attn.qkv.in_features, producers, consumers, norms,
+                                      interleaved))
+        return sites
+
+    def set_residual_width(self, stage: int, width: int) -> None:
+        m = self.model
+        layer = m.layers[stage]
+        layer.dim = width
+        if hasattr(layer.downsample, "out_dim"):
+            layer.downsample.out_dim = width
+        if stage + 1 < len(m.layers):
+            m.layers[stage + 1].downsample.dim = width
+        for block in layer.blocks:
+            block.dim = block.attn.dim = width
+        if stage == len(m.layers) - 1:
+            m.num_features = m.head_hidden_size = width
+            m.head.in_features = width
 
     def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # timm's own converter understands the official Microsoft release layout

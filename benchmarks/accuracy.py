@@ -1,0 +1,172 @@
+"""Accuracy versus MACs: every criterion on the trained reference Swin, before and after fine-tuning.
+
+For each kept-MACs fraction R and each criterion (random: 3 seeds, mean +- std), the reference
+model (dimap_struct/weights, trained on the MNIST train split) is pruned and its top-1 on the
+MNIST eval split measured (a) straight away and (b) after the same fine-tune budget for all:
+one epoch of knowledge distillation from the unpruned model plus labels. The paper-faithful
+weight mode runs at the same fractions of prunable weights (its zeros are kept during
+fine-tuning). Writes benchmarks/results/accuracy.{md,json,png}.
+
+    .venv/bin/python benchmarks/accuracy.py                      # the full grid (about 20-30 min)
+    .venv/bin/python benchmarks/accuracy.py --ratios 0.5 --criteria dimap l1 --epochs 0.2   # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dimap_struct import compress, load_model  # noqa: E402
+from dimap_struct.criteria import CRITERIA  # noqa: E402
+from dimap_struct.data import MNIST_DEFAULT  # noqa: E402
+from dimap_struct.evaluate import accuracy, torch_classifier  # noqa: E402
+from dimap_struct.finetune import FinetuneConfig, finetune  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RANDOM_SEEDS = (0, 1, 2)
+
+
+def top1(model, data_config, data) -> float:
+    return accuracy(torch_classifier(model, data_config, ""), data, split="eval")["top1"]
+
+
+def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: FinetuneConfig) -> dict:
+    start = time.perf_counter()
+    if criterion == "weight":
+        result = compress(loaded, granularity="weight", params=ratio)
+        masks = [(p, (p != 0).to(p.dtype)) for n, p in result.model.named_parameters()
+                 if n.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight")) and ".blocks." in n]
+        macs_ratio = result.report["achieved"]["ratio"]
+    else:
+        result = compress(loaded, ratio, criterion=criterion, seed=seed,
+                          calib_data=data if CRITERIA[criterion].needs_data else None)
+        masks = None
+        macs_ratio = result.report["achieved"]["ratio"]
+    model = result.model
+    zero_shot = top1(model, loaded.data_config, data)
+    finetune(model, loaded.model, data, loaded.data_config, cfg, keep_masks=masks)
+    if masks:
+        assert all(bool((p[m == 0] == 0).all()) for p, m in masks), "fine-tuning revived pruned weights"
+    tuned = top1(model, loaded.data_config, data)
+    return {"ratio": ratio, "criterion": criterion, "seed": seed, "macs_ratio": macs_ratio,
+            "params_ratio": result.report["achieved"]["params_ratio"], "zero_shot": zero_shot,
+            "finetuned": tuned, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per (criterion, ratio): mean and std over seeds (std only when > 1 seed)."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["criterion"], r["ratio"]), []).append(r)
+    out = []
+    for (criterion, ratio), rs in groups.items():
+        entry = {"criterion": criterion, "ratio": ratio, "runs": len(rs),
+                 "macs_ratio": statistics.mean(r["macs_ratio"] for r in rs)}
+        for key in ("zero_shot", "finetuned"):
+            values = [r[key] for r in rs]
+            entry[key] = statistics.mean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(entry)
+    return out
+
+
+def fmt(entry: dict, key: str) -> str:
+    std = entry[f"{key}_std"]
+    return f"{entry[key]:.2f}" + (f" +- {std:.2f}" if std is not None else "")
+
+
+def write_markdown(path: Path, meta: dict, summary: list[dict], ratios: list[float]) -> None:
+    criteria = list(dict.fromkeys(e["criterion"] for e in summary))
+    by = {(e["criterion"], e["ratio"]): e for e in summary}
+    lines = [f"`{meta['command']}` ({meta['date']}, {meta['machine']}, wall {meta['wall_s'] / 60:.1f} min)", "",
+             f"Reference model: unpruned top-1 **{meta['reference_top1']:.2f}%** on the MNIST eval split "
+             f"(2,000 digits). Fine-tune: {meta['finetune']['epochs']} epoch(s) of KD, batch "
+             f"{meta['finetune']['batch_size']}, lr {meta['finetune']['lr']}. `weight` is the paper-faithful "
+             "unstructured mode at the same fraction of prunable weights (its MACs column is effective MACs; "
+             "the model is not faster). `random`: mean +- std over seeds 0, 1, 2.", ""]
+    for key, title in (("zero_shot", "Top-1 (%) straight after pruning"), ("finetuned", "Top-1 (%) after fine-tuning")):
+        lines += [f"### {title}", "", "| criterion | " + " | ".join(f"R = {r}" for r in ratios) + " |",
+                  "|---|" + "---|" * len(ratios)]
+        for c in criteria:
+            cells = [fmt(by[c, r], key) if (c, r) in by else "-" for r in ratios]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["MACs ratio achieved (structured: real MACs; weight: effective MACs):", "",
+              "| criterion | " + " | ".join(f"R = {r}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    for c in criteria:
+        lines.append(f"| {c} | " + " | ".join(f"{by[c, r]['macs_ratio']:.3f}" if (c, r) in by else "-"
+                                              for r in ratios) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path: Path, summary: list[dict], reference_top1: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, title in zip(axes, ("zero_shot", "finetuned"), ("straight after pruning", "after 1 epoch KD")):
+        for c in dict.fromkeys(e["criterion"] for e in summary):
+            pts = sorted((e["macs_ratio"], e[key], e[f"{key}_std"] or 0) for e in summary if e["criterion"] == c)
+            xs, ys, err = zip(*pts)
+            ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, label=c,
+                        ls="--" if c == "weight" else "-")
+        ax.axhline(reference_top1, color="k", lw=0.8, ls=":", label="unpruned")
+        ax.set_title(title)
+        ax.set_xlabel("MACs kept (fraction)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%), MNIST eval split")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35])
+    p.add_argument("--criteria", nargs="+", default=list(CRITERIA) + ["weight"])
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--data", default=str(MNIST_DEFAULT))
+    p.add_argument("--out", default=str(RESULTS / "accuracy"), help="output stem (.md, .json, .png)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (results do not depend on it)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    loaded = load_model("reference")
+    reference_top1 = top1(loaded.model, loaded.data_config, args.data)
+    cfg = FinetuneConfig(epochs=args.epochs)
+    rows = []
+    for ratio in args.ratios:
+        for criterion in args.criteria:
+            for seed in (RANDOM_SEEDS if criterion == "random" else (0,)):
+                row = run_one(loaded, args.data, ratio, criterion, seed, cfg)
+                rows.append(row)
+                print(f"R={ratio} {criterion:16s} seed {seed}: MACs {row['macs_ratio']:.3f} "
+                      f"zero-shot {row['zero_shot']:6.2f}  fine-tuned {row['finetuned']:6.2f}  "
+                      f"({row['seconds']} s)", flush=True)
+    summary = summarise(rows)
+    meta = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "wall_s": time.perf_counter() - start,
+            "reference_top1": reference_top1, "finetune": cfg.__dict__, "data": args.data}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2) + "\n")
+    write_markdown(out.with_suffix(".md"), meta, summary, args.ratios)
+    plot(out.with_suffix(".png"), summary, reference_top1)
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

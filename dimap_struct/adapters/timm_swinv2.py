@@ -1,0 +1,120 @@
+"""Adapter for timm's Swin Transformer v2 (`timm.models.swin_transformer_v2`, `swinv2_*`).
+
+Layout (timm 1.0): `model.layers[s]` is a `SwinTransformerV2Stage`; its `downsample` (a
+`PatchMerging`, Identity in stage 0) runs before its `blocks`. Blocks are post-norm
+(x + norm1(attn(x)), x + norm2(mlp(x))). Each block's `attn` (a `WindowAttention`, cosine
+attention) holds, for H heads of width d:
+
+- `qkv`: Linear C -> 3*H*d without bias, rows laid out (3, H, d);
+- `q_bias`, `v_bias` (parameters) and `k_bias` (a zero buffer), each (H*d,), head-major;
+- `logit_scale` (H, 1, 1): the per-head temperature of the cosine attention;
+- `cpb_mlp`: Linear(2, 512) -> ReLU -> Linear(512, H, no bias), the continuous position bias,
+  whose last layer has one output row per head;
+- `proj`: Linear H*d -> C.
+
+timm's forward cannot run with fewer heads (it reshapes the attention output to the input
+width C) and applies `qkv` through `F.linear`, invisible to forward hooks. The adapter
+therefore turns every `WindowAttention` into `PrunableWindowAttention`, same parameters and
+state-dict keys, same computation, with a forward that calls `qkv` as a module and infers
+the attention width from the heads.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import swin_transformer_v2 as timm_v2
+from torch import nn
+
+from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, register_adapter
+
+_STAGE = re.compile(r"^layers\.(\d+)\.")
+_MAX_LOGIT_SCALE = math.log(100.0)  # timm clamps the learned temperature at 100
+
+
+class PrunableWindowAttention(timm_v2.WindowAttention):
+    """timm's Swin v2 window attention for any head count (forward only differs)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        windows, n, _ = x.shape
+        qkv = self.qkv(x)
+        if self.q_bias is not None:
+            qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        q, k, v = qkv.reshape(windows, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE).exp()
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        bias = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        attn = attn + 16 * torch.sigmoid(bias).unsqueeze(0)
+        if mask is not None:
+            num_win = mask.shape[0]
+            attn = attn.view(-1, num_win, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, n, n)
+        attn = self.attn_drop(self.softmax(attn))
+        x = (attn @ v).transpose(1, 2).reshape(windows, n, -1)
+        return self.proj_drop(self.proj(x))
+
+
+@register_adapter
+class TimmSwinV2Adapter(FamilyAdapter):
+    family = "timm Swin v2 (swin_transformer_v2: swinv2_tiny/small/base/large_*)"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        for module in model.modules():
+            if type(module) is timm_v2.WindowAttention:
+                module.__class__ = PrunableWindowAttention
+
+    @classmethod
+    def accepts_name(cls, timm_name: str) -> bool:
+        return timm_name in timm.list_models(module="swin_transformer_v2")
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, timm_v2.SwinTransformerV2)
+
+    def blocks(self) -> list[BlockSite]:
+        sites = []
+        for s, stage in enumerate(self.model.layers):
+            for b, block in enumerate(stage.blocks):
+                attn = block.attn
+                heads = attn.num_heads
+                d = attn.qkv.out_features // (3 * heads)
+                per_head = [PerHeadTensor(attn, "logit_scale", axis=0)]
+                if attn.q_bias is not None:
+                    per_head += [PerHeadTensor(attn, name, axis=0, per_head_size=d)
+                                 for name in ("q_bias", "k_bias", "v_bias")]
+                sites.append(BlockSite(
+                    name=f"layers.{s}.blocks.{b}",
+                    stage=s,
+                    attn=AttentionSite(
+                        module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=heads, head_dim=d,
+                        window_area=attn.window_size[0] * attn.window_size[1],
+                        per_head=per_head,
+                        per_head_layers=[attn.cpb_mlp[-1]],
+                    ),
+                    mlp=MlpSite(fc1=block.mlp.fc1, fc2=block.mlp.fc2),
+                ))
+        return sites
+
+    def stage_of(self, module_name: str) -> int | None:
+        if module_name.startswith("patch_embed"):
+            return 0
+        match = _STAGE.match(module_name)
+        return int(match.group(1)) if match else None
+
+    def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
+        # cosine attention has no 1/sqrt(d) scale; each head's temperature is its own
+        # logit_scale entry, cut with the head
+        site.module.num_heads = num_heads
+
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # the official release keeps downsample at the end of a stage and the non-persistent
+        # buffers in the file; timm's filter maps both
+        return timm_v2.checkpoint_filter_fn(state_dict, self.model)
+
+    def build_kwargs(self) -> dict:
+        return {"num_classes": self.model.num_classes}

@@ -1,0 +1,109 @@
+"""Adapter for timm's Swin v2 "CR" reimplementation (`timm.models.swin_transformer_v2_cr`,
+`swinv2_cr_*`).
+
+Layout (timm 1.0): `model.stages[s]` is a `SwinTransformerV2CrStage` whose `downsample` (a
+`PatchMerging`, Identity in stage 0) runs before its `blocks`; some blocks end in an extra
+`norm3` (the `_ns` variants). Blocks are post-norm. Each block's `attn` (a
+`WindowMultiHeadAttention`, cosine attention) holds, for H heads of width d:
+
+- `qkv`: Linear C -> 3*H*d with bias, rows laid out (3, H, d);
+- `logit_scale` (H,): the per-head temperature;
+- `meta_mlp`: a timm `Mlp` 2 -> 384 -> H (ReLU, both layers biased), the position bias, whose
+  `fc2` has one output row and one bias entry per head;
+- `proj`: Linear H*d -> C.
+
+timm's forward splits qkv into heads of width C // H (C the input width), which is wrong
+once heads are cut, so the adapter turns every attention into `PrunableWindowMultiHeadAttention`:
+same parameters and state-dict keys, same computation, head width inferred from qkv.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import swin_transformer_v2_cr as timm_cr
+from torch import nn
+
+from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, register_adapter
+
+_STAGE = re.compile(r"^stages\.(\d+)\.")
+_MAX_LOGIT_SCALE = math.log(100.0)  # timm clamps the learned temperature at 100
+
+
+class PrunableWindowMultiHeadAttention(timm_cr.WindowMultiHeadAttention):
+    """timm's Swin v2 CR window attention for any head count (forward only differs)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        windows, n, _ = x.shape
+        qkv = self.qkv(x).view(windows, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        scale = torch.clamp(self.logit_scale.reshape(1, self.num_heads, 1, 1), max=_MAX_LOGIT_SCALE).exp()
+        attn = attn * scale
+        attn = attn + self._relative_positional_encodings()
+        if mask is not None:
+            num_win = mask.shape[0]
+            attn = attn.view(windows // num_win, num_win, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, n, n)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = (attn @ v).transpose(1, 2).reshape(windows, n, -1)
+        return self.proj_drop(self.proj(x))
+
+
+@register_adapter
+class TimmSwinV2CrAdapter(FamilyAdapter):
+    family = "timm Swin v2 CR (swin_transformer_v2_cr: swinv2_cr_*)"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        for module in model.modules():
+            if type(module) is timm_cr.WindowMultiHeadAttention:
+                module.__class__ = PrunableWindowMultiHeadAttention
+
+    @classmethod
+    def accepts_name(cls, timm_name: str) -> bool:
+        return timm_name in timm.list_models(module="swin_transformer_v2_cr")
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, timm_cr.SwinTransformerV2Cr)
+
+    def blocks(self) -> list[BlockSite]:
+        sites = []
+        for s, stage in enumerate(self.model.stages):
+            for b, block in enumerate(stage.blocks):
+                attn = block.attn
+                heads = attn.num_heads
+                sites.append(BlockSite(
+                    name=f"stages.{s}.blocks.{b}",
+                    stage=s,
+                    attn=AttentionSite(
+                        module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=heads,
+                        head_dim=attn.qkv.out_features // (3 * heads),
+                        window_area=attn.window_size[0] * attn.window_size[1],
+                        per_head=[PerHeadTensor(attn, "logit_scale", axis=0)],
+                        per_head_layers=[attn.meta_mlp.fc2],
+                    ),
+                    mlp=MlpSite(fc1=block.mlp.fc1, fc2=block.mlp.fc2),
+                ))
+        return sites
+
+    def stage_of(self, module_name: str) -> int | None:
+        if module_name.startswith("patch_embed"):
+            return 0
+        match = _STAGE.match(module_name)
+        return int(match.group(1)) if match else None
+
+    def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
+        # cosine attention: no 1/sqrt(d) scale; the per-head temperatures are cut with the heads
+        site.module.num_heads = num_heads
+
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # old checkpoints store the inverse temperature 'tau'; timm's filter converts it
+        return timm_cr.checkpoint_filter_fn(state_dict, self.model)
+
+    def build_kwargs(self) -> dict:
+        return {"num_classes": self.model.num_classes}

@@ -1,0 +1,234 @@
+"""`dimap-bench`: onnxruntime latency of ONNX models side by side, against the MACs they promise.
+
+Prints one table row per batch size and model (median, p10, p90 latency, images/s, speed-up
+against the first model, ideal speed-up from the MACs in the metadata, efficiency). Optional
+outputs (--md, --json-out, --plot) appear atomically; an existing one is kept unless --force.
+User errors print one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .cli_common import add_common_flags, run_command
+
+EPILOG = """\
+examples:
+  dimap-bench dense.onnx half.onnx                      # batch 1 and 8, 2 threads
+  dimap-bench dense.onnx half.onnx --batch 1 32 --threads 8 --min-time 10 --md bench.md
+
+The first model is the baseline of the speed-up. Models run interleaved (A B A B ...), so a
+noisy machine slows all of them alike; the ideal speed-up is the ratio of the MACs that
+dimap-compress stores in each file's metadata, and efficiency = speed-up / ideal.
+"""
+COLUMNS = ("model", "batch", "median ms", "p10 ms", "p90 ms", "img/s", "speed-up", "ideal", "efficiency", "runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dimap-bench", description="Latency of ONNX models in onnxruntime, "
+                                "timed interleaved, with speed-up against the MACs they promise.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files; the first is the baseline")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], metavar="N", help="batch sizes (default: 1 8)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="onnxruntime intra-op threads (default: 2)")
+    p.add_argument("--warmup", type=float, default=1.0, metavar="S",
+                   help="warm-up seconds per model and batch (default: 1)")
+    p.add_argument("--min-time", type=float, default=3.0, metavar="S",
+                   help="measure at least S seconds per model and batch (default: 3)")
+    p.add_argument("--min-iters", type=int, default=20, metavar="N",
+                   help="and at least N runs per model and batch (default: 20)")
+    p.add_argument("--torch", action="store_true", help="also time PyTorch eager models (not available yet)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+    o.add_argument("--md", metavar="OUT.md", help="write the table as Markdown")
+    o.add_argument("--json-out", metavar="OUT.json", help="write the full result as JSON")
+    o.add_argument("--plot", metavar="OUT.png", help="draw median latency (p10-p90 bars) against MACs per batch")
+    o.add_argument("--force", action="store_true", help="overwrite existing output files")
+    add_common_flags(p)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("dimap-bench", args, _run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .bench import benchmark
+    from .errors import UserError
+
+    if args.torch:
+        raise UserError("--torch needs PyTorch checkpoints (coming with --save-pt)")
+    _check_outputs(args)
+    if args.plot:
+        _check_plottable(args.models)
+    with _progress(Console(stderr=True), args.models, args.quiet) as on_run:
+        result = benchmark(args.models, batches=args.batch, threads=args.threads, warmup=args.warmup,
+                           min_iters=args.min_iters, min_time=args.min_time, on_run=on_run)
+    result["package_version"] = __version__
+    _write_outputs(args, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result, Console())
+    return 0
+
+
+def _check_outputs(args) -> None:
+    """Fail before timing anything if an output cannot be written."""
+    from .errors import UserError
+
+    for flag, path in (("--md", args.md), ("--json-out", args.json_out), ("--plot", args.plot)):
+        if path is None:
+            continue
+        path = Path(path)
+        if flag == "--plot" and path.suffix.lower() != ".png":
+            raise UserError(f"--plot {path} must end in .png")
+        if not (path.parent if str(path.parent) else Path(".")).is_dir():
+            raise UserError(f"{flag}: directory {path.parent} does not exist")
+        if path.exists() and not args.force:
+            raise UserError(f"{path} already exists; pass --force to overwrite")
+
+
+def _check_plottable(paths: list[str]) -> None:
+    """--plot places models by their MACs: every readable file must carry them. Missing or
+    unreadable files are left to `benchmark`, which reports them."""
+    from .bench import model_macs
+    from .errors import UserError
+    from .export import read_metadata
+
+    for path in paths:
+        try:
+            meta = read_metadata(path)
+        except Exception:
+            continue
+        if model_macs(meta)[0] is None:
+            raise UserError(f"--plot places models by their MACs, and {path} has none in its metadata")
+
+
+class _progress:
+    """Context manager yielding an `on_run` callback that drives a rich progress bar on stderr."""
+
+    def __init__(self, console, paths, quiet: bool):
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
+
+        self.names = [Path(p).name for p in paths]
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
+                            TimeElapsedColumn(), console=console, disable=quiet, transient=True)
+        self.tasks: dict[int, int] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self.update
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def update(self, run) -> None:
+        if run.batch not in self.tasks:
+            self.tasks[run.batch] = self.bar.add_task("", total=1.0)
+        label = (f"batch {run.batch}: warming up {self.names[run.index]}" if run.phase == "warmup"
+                 else f"batch {run.batch}: timing {len(self.names)} model(s) in turn")
+        self.bar.update(self.tasks[run.batch], description=label, completed=run.done)
+
+
+def _cells(row: dict) -> list[str]:
+    ms = lambda v: f"{v:.2f}" if v >= 1 else f"{v:.3f}"  # noqa: E731
+    ideal, eff = row["ideal_speedup"], row["efficiency"]
+    return [row["model"], str(row["batch"]), ms(row["median_ms"]), ms(row["p10_ms"]), ms(row["p90_ms"]),
+            f"{row['images_per_s']:,.1f}", f"{row['speedup']:.2f}x", "?" if ideal is None else f"{ideal:.2f}x",
+            "?" if eff is None else f"{eff:.0%}", str(row["iterations"])]
+
+
+def _headline(result: dict) -> str:
+    m = result["machine"]
+    return (f"onnxruntime {result['onnxruntime']}, {result['provider']}, {result['threads']} intra-op threads "
+            f"(inter-op 1, sequential, ORT_ENABLE_ALL); input {'x'.join(map(str, result['input_shape']))} "
+            f"random float32; {result['schedule']}; {m['platform']}, {m['usable_cpus']} of {m['cpu_count']} "
+            f"CPUs usable; {result['date']}")
+
+
+def _print_table(result: dict, console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(*COLUMNS, title="dimap-bench", box=box.SIMPLE_HEAD)
+    for col in table.columns:
+        col.no_wrap = True
+        col.justify = "left" if col.header == "model" else "right"
+    rows = result["rows"]
+    for i, row in enumerate(rows):
+        if i and row["batch"] != rows[i - 1]["batch"]:
+            table.add_section()
+        table.add_row(*_cells(row))
+    if not console.is_terminal:  # a file or pipe: no reason to squeeze the table into 80 columns
+        wide = console.options.update_width(1000)
+        console.width = max(console.width, console.measure(table, options=wide).maximum)
+    console.print(table)
+    console.print(_headline(result), highlight=False)
+    for note in result["notes"]:
+        console.print(f"note: {note}", highlight=False)
+
+
+def markdown(result: dict) -> str:
+    """The result as a Markdown section: headline, table, notes."""
+    lines = ["# dimap-bench", "", _headline(result), "", "| " + " | ".join(COLUMNS) + " |",
+             "|" + "---|" + "---:|" * (len(COLUMNS) - 1)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in result["rows"]]
+    lines += [""] + [f"- note: {n}" for n in result["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(result: dict, path) -> None:
+    """Median latency (p10-p90 error bars) against MACs, one panel per batch size; the dashed
+    line is latency proportional to MACs through the first model (the ideal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = result["batches"]
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        rows = [r for r in result["rows"] if r["batch"] == batch and r["macs"]]
+        x = [r["macs"] / 1e9 for r in rows]
+        y = [r["median_ms"] for r in rows]
+        err = [[r["median_ms"] - r["p10_ms"] for r in rows], [r["p90_ms"] - r["median_ms"] for r in rows]]
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=4)
+        for r, xi, yi in zip(rows, x, y):
+            ax.annotate(r["model"], (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if rows:
+            ax.plot([0, max(x)], [0, y[0] * max(x) / x[0]], ls="--", color="grey", lw=0.8,
+                    label="latency proportional to MACs")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set(title=f"batch {batch}", xlabel="MACs per image (G)", ylabel="median latency (ms)",
+               xlim=(0, 1.2 * max(x, default=1)), ylim=(0, None))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"onnxruntime {result['onnxruntime']}, {result['provider']}, {result['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _write_outputs(args, result: dict) -> None:
+    from .export import atomic_output
+
+    if args.md:
+        with atomic_output(Path(args.md), ".md") as tmp:
+            tmp.write_text(markdown(result))
+    if args.json_out:
+        with atomic_output(Path(args.json_out), ".json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        with atomic_output(Path(args.plot), ".png") as tmp:
+            plot(result, tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""dimap-finetune: single process, torchrun with 2 gloo processes, interruption and --resume."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dimap_struct.data import default_data_dir
+from dimap_struct.evaluate import accuracy, onnx_classifier
+
+pytestmark = pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data/mnist")
+BASE = ["reference", "--no-pretrained", "--flops", "0.5", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def small_mnist(tmp_path_factory):
+    """The first 1,000 real digits as an MNIST directory (train split 800, eval 200): fast epochs."""
+    import gzip
+    import struct
+
+    from dimap_struct.data import MNIST_FILES, read_idx
+
+    root = tmp_path_factory.mktemp("mnist_small")
+    images = read_idx(default_data_dir() / f"{MNIST_FILES[0]}.gz")[:1000]
+    labels = read_idx(default_data_dir() / f"{MNIST_FILES[1]}.gz")[:1000]
+    with gzip.open(root / f"{MNIST_FILES[0]}.gz", "wb") as f:
+        f.write(struct.pack(">iiii", 2051, len(images), 28, 28) + images.tobytes())
+    with gzip.open(root / f"{MNIST_FILES[1]}.gz", "wb") as f:
+        f.write(struct.pack(">ii", 2049, len(labels)) + labels.tobytes())
+    return str(root)
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def test_two_gloo_processes_agree_and_match_the_log(tmp_path):
+    out = tmp_path / "ft.onnx"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "dimap_struct.cli_finetune", *BASE, "--max-steps", "4", "--batch-size", "16", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", proc.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    ft = report["finetune"]
+    assert ft["world_size"] == 2 and ft["steps"] == 4 and ft["weights_sha256"] == digests["0"]
+    # the exported model is the one the log describes: its accuracy is what the script reported
+    measured = accuracy(onnx_classifier(out), None, split="eval")["top1"]
+    assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
+    assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in proc.stdout
+    assert not out.with_suffix(".resume.pt").exists()
+
+
+def test_interrupt_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
+    out = tmp_path / "r.onnx"
+    resume = out.with_suffix(".resume.pt")
+    cmd = [sys.executable, "-m", "dimap_struct.cli_finetune", *BASE, "--epochs", "4", "--batch-size", "100",
+           "--data", small_mnist, "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 240
+    while not resume.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert resume.exists(), "no resume checkpoint after the first epoch"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
+    assert ft["resumed"] and ft["steps"] == 4 * ft["steps_per_epoch"] == 32
+    assert out.exists() and not resume.exists()
+
+
+def test_resume_refuses_a_different_command(tmp_path, capsys):
+    from dimap_struct import cli_finetune
+
+    code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
+    assert code == 2 and "no " in capsys.readouterr().err
