@@ -63,7 +63,7 @@ def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, ops
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    proto = onnx.load(str(path))
+    proto = _slim(onnx.load(str(path)))
     proto.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(metadata)))
     onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
@@ -71,6 +71,20 @@ def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, ops
     if not diff <= PARITY_TOLERANCE:
         raise ParityError(f"onnxruntime output differs from PyTorch by {diff:.3g} (> {PARITY_TOLERANCE})")
     return diff
+
+
+def _slim(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Simplify the graph with onnxslim (constant folding, fused reshapes): measured 4% faster
+    for dense swin_t and 7-9% for a pruned one in onnxruntime (README, latency section).
+    Parity is checked after it like for any export; if onnxslim fails, the plain graph is kept."""
+    try:
+        import onnxslim
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return onnxslim.slim(proto)
+    except Exception:  # an optional optimisation must never lose the user's export
+        return proto
 
 
 def onnx_parity(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:

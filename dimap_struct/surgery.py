@@ -57,7 +57,7 @@ def build_dependency_graph(model: nn.Module, blocks: list[BlockSite], input_size
     """Trace `model` once (batch 1). Per-head parameters are declared so torch-pruning does not
     guess their pruning dimension (buffers are not parameters to it)."""
     unwrapped = [(t.tensor, t.axis) for b in blocks for t in b.attn.per_head if isinstance(t.tensor, nn.Parameter)]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.enable_grad():  # the tracer needs autograd, even under no_grad
         warnings.simplefilter("ignore")
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.zeros(1, *input_size), unwrapped_parameters=unwrapped)

@@ -44,3 +44,18 @@ def test_bad_pruned_checkpoint(tmp_path, capsys):
     assert "not a pruned checkpoint" in capsys.readouterr().err
     assert cli.main(["--quiet"]) == 2
     assert "--from-pt" in capsys.readouterr().err
+
+
+def test_other_image_size_prunes_exports_and_reloads(tmp_path):
+    """A Swin built for 160x160 with window 5: pruned, exported, recorded, reloaded exactly."""
+    out, pt = tmp_path / "s.onnx", tmp_path / "s.pt"
+    result = dimap_struct.compress("swin_t", 0.5, pretrained=False, output=out, save_pt=pt,
+                                   model_kwargs={"img_size": 160, "window_size": 5})
+    assert result.report["input"]["input_size"] == [3, 160, 160]
+    from dimap_struct.export import read_metadata
+
+    assert read_metadata(out)["input"]["input_size"] == [3, 160, 160]
+    assert abs(result.report["achieved"]["ratio"] - 0.5) <= 0.01
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(pt)(x), result.model(x))

@@ -149,7 +149,13 @@ class FamilyAdapter(ABC):
         the default asks timm, which reads the model's `pretrained_cfg`."""
         import timm.data
 
-        return timm.data.resolve_model_data_config(self.model)
+        config = timm.data.resolve_model_data_config(self.model)
+        # a model built with another img_size keeps its pretrained config's size: use the real one
+        embed = getattr(self.model, "patch_embed", None)
+        size = getattr(embed, "img_size", None)
+        if size is not None and tuple(size) != tuple(config["input_size"][1:]):
+            config["input_size"] = (config["input_size"][0], *size)
+        return config
 
     def build_kwargs(self) -> dict:
         """Extra keyword arguments to recreate a model like this one (e.g. num_classes)."""
