@@ -5,11 +5,13 @@ cut for real, exported to a dense ONNX model.
     result = dimap_struct.compress("swin_t", 0.5, pretrained=False, output="swin_t_small.onnx")
     result.model       # the pruned nn.Module
     result.report      # MACs / params before and after, per stage, module and block
+    dimap_struct.load_pruned("x.pt")   # rebuild a model saved with compress(..., save_pt="x.pt")
 """
 __version__ = "0.1.0"
 
 from .errors import UserError  # noqa: E402
 from .models import load_model  # noqa: E402
 from .pipeline import CompressionResult, compress  # noqa: E402
+from .checkpoint import load_pruned  # noqa: E402
 
-__all__ = ["CompressionResult", "UserError", "compress", "load_model", "__version__"]
+__all__ = ["CompressionResult", "UserError", "compress", "load_model", "load_pruned", "__version__"]

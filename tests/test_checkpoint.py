@@ -13,7 +13,7 @@ from dimap_struct.checkpoint import SPEC_KEY, load_pruned
 def test_round_trip_is_exact(random_model, tmp_path, embed):
     pt = tmp_path / "m.pt"
     result = dimap_struct.compress(random_model("swin_t"), 0.5, prune_embed=embed, save_pt=pt, round_to=8)
-    rebuilt = load_pruned(pt)
+    rebuilt = dimap_struct.load_pruned(pt)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(rebuilt(x), result.model(x))
