@@ -6,12 +6,17 @@ returns, so supporting a new Swin family means adding one adapter and registerin
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+MAX_LOGIT_SCALE = math.log(100.0)
+"""Swin v2's cosine attention clamps each head's learned log-temperature here (timm and
+torchvision alike); the adapters' attention forwards do the same."""
 
 
 @dataclass
@@ -105,9 +110,17 @@ class FamilyAdapter(ABC):
 
     family: ClassVar[str]
     """Human-readable family name, e.g. 'timm Swin v1 (swin_transformer)'."""
+    prunable_attention: ClassVar[dict[type, type]] = {}
+    """Attention classes whose forward cannot run with fewer heads, each mapped to a subclass
+    with the same parameters and state-dict keys whose forward can; the constructor gives every
+    such module of the model its prunable class."""
 
     def __init__(self, model: nn.Module):
         self.model = model
+        for module in model.modules():
+            prunable = self.prunable_attention.get(type(module))
+            if prunable is not None:
+                module.__class__ = prunable
 
     @classmethod
     @abstractmethod
@@ -128,9 +141,11 @@ class FamilyAdapter(ABC):
     def stage_of(self, module_name: str) -> int | None:
         """Stage index a non-block module belongs to (for per-stage reports), None if global."""
 
-    @abstractmethod
     def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
-        """Update the attention module's bookkeeping after heads were cut."""
+        """Update the attention module's bookkeeping after heads were cut. The default sets
+        `num_heads`, all that attention needs when its forward infers the head width from qkv
+        and its scale (or per-head temperature) is not derived from the head count."""
+        site.module.num_heads = num_heads
 
     def residual_sites(self) -> list[ResidualSite]:
         """Residual channel groups per stage, for `--prune-embed`. Families that do not

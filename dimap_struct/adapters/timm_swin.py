@@ -7,62 +7,28 @@ Layout (timm 1.0): `model.layers[s]` is a `SwinTransformerStage` whose `downsamp
 """
 from __future__ import annotations
 
-import re
-
-import timm
-import torch
 from timm.models import swin_transformer as timm_swin
 from torch import nn
 
-from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, ResidualSite, register_adapter
-
-_STAGE = re.compile(r"^layers\.(\d+)\.")
+from .base import AttentionSite, PerHeadTensor, ResidualSite, register_adapter
+from .timm_common import TimmSwinFamilyAdapter
 
 
 @register_adapter
-class TimmSwinV1Adapter(FamilyAdapter):
+class TimmSwinV1Adapter(TimmSwinFamilyAdapter):
+    """WindowAttention reshapes qkv with `self.num_heads` and infers the head width, and its
+    scale comes from the unchanged head width: timm's own module runs with any head count."""
+
     family = "timm Swin v1 (swin_transformer: swin_tiny/small/base/large_*, swin_s3_*)"
+    timm_module = timm_swin
+    model_class = timm_swin.SwinTransformer
 
-    @classmethod
-    def accepts_name(cls, timm_name: str) -> bool:
-        return timm_name in timm.list_models(module="swin_transformer")
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, timm_swin.SwinTransformer)
-
-    def blocks(self) -> list[BlockSite]:
-        sites = []
-        for s, stage in enumerate(self.model.layers):
-            for b, block in enumerate(stage.blocks):
-                attn = block.attn
-                heads = attn.num_heads
-                sites.append(BlockSite(
-                    name=f"layers.{s}.blocks.{b}",
-                    stage=s,
-                    attn=AttentionSite(
-                        module=attn,
-                        qkv=attn.qkv,
-                        proj=attn.proj,
-                        num_heads=heads,
-                        head_dim=attn.qkv.out_features // (3 * heads),
-                        window_area=attn.window_area,
-                        per_head=[PerHeadTensor(attn, "relative_position_bias_table", axis=1)],
-                    ),
-                    mlp=MlpSite(fc1=block.mlp.fc1, fc2=block.mlp.fc2),
-                ))
-        return sites
-
-    def stage_of(self, module_name: str) -> int | None:
-        if module_name.startswith("patch_embed"):
-            return 0
-        match = _STAGE.match(module_name)
-        return int(match.group(1)) if match else None
-
-    def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
-        # WindowAttention reshapes qkv with `self.num_heads` and infers head_dim (-1), and its
-        # scale comes from the unchanged head_dim, so the attribute is all that needs updating.
-        site.module.num_heads = num_heads
+    def attention_site(self, attn: nn.Module) -> AttentionSite:
+        return AttentionSite(
+            module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=attn.num_heads,
+            head_dim=attn.qkv.out_features // (3 * attn.num_heads), window_area=attn.window_area,
+            per_head=[PerHeadTensor(attn, "relative_position_bias_table", axis=1)],
+        )
 
     def residual_sites(self) -> list[ResidualSite]:
         # Stage s's stream is written by the patch embedding (s = 0) or its own merging's
@@ -102,11 +68,3 @@ class TimmSwinV1Adapter(FamilyAdapter):
         if stage == len(m.layers) - 1:
             m.num_features = m.head_hidden_size = width
             m.head.in_features = width
-
-    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # timm's own converter understands the official Microsoft release layout
-        # (downsample at the end of a stage, `attn_mask` / index buffers in the file).
-        return timm_swin.checkpoint_filter_fn(state_dict, self.model)
-
-    def build_kwargs(self) -> dict:
-        return {"num_classes": self.model.num_classes}

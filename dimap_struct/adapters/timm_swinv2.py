@@ -20,19 +20,13 @@ the attention width from the heads.
 """
 from __future__ import annotations
 
-import math
-import re
-
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models import swin_transformer_v2 as timm_v2
 from torch import nn
 
-from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, register_adapter
-
-_STAGE = re.compile(r"^layers\.(\d+)\.")
-_MAX_LOGIT_SCALE = math.log(100.0)  # timm clamps the learned temperature at 100
+from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, register_adapter
+from .timm_common import TimmSwinFamilyAdapter
 
 
 class PrunableWindowAttention(timm_v2.WindowAttention):
@@ -45,7 +39,7 @@ class PrunableWindowAttention(timm_v2.WindowAttention):
             qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
         q, k, v = qkv.reshape(windows, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        attn = attn * torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE).exp()
+        attn = attn * torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
         bias = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
         attn = attn + 16 * torch.sigmoid(bias).unsqueeze(0)
@@ -59,62 +53,22 @@ class PrunableWindowAttention(timm_v2.WindowAttention):
 
 
 @register_adapter
-class TimmSwinV2Adapter(FamilyAdapter):
+class TimmSwinV2Adapter(TimmSwinFamilyAdapter):
+    """Cosine attention has no 1/sqrt(d) scale; each head's temperature is its own
+    `logit_scale` entry, cut with the head."""
+
     family = "timm Swin v2 (swin_transformer_v2: swinv2_tiny/small/base/large_*)"
+    timm_module = timm_v2
+    model_class = timm_v2.SwinTransformerV2
+    prunable_attention = {timm_v2.WindowAttention: PrunableWindowAttention}
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        for module in model.modules():
-            if type(module) is timm_v2.WindowAttention:
-                module.__class__ = PrunableWindowAttention
-
-    @classmethod
-    def accepts_name(cls, timm_name: str) -> bool:
-        return timm_name in timm.list_models(module="swin_transformer_v2")
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, timm_v2.SwinTransformerV2)
-
-    def blocks(self) -> list[BlockSite]:
-        sites = []
-        for s, stage in enumerate(self.model.layers):
-            for b, block in enumerate(stage.blocks):
-                attn = block.attn
-                heads = attn.num_heads
-                d = attn.qkv.out_features // (3 * heads)
-                per_head = [PerHeadTensor(attn, "logit_scale", axis=0)]
-                if attn.q_bias is not None:
-                    per_head += [PerHeadTensor(attn, name, axis=0, per_head_size=d)
-                                 for name in ("q_bias", "k_bias", "v_bias")]
-                sites.append(BlockSite(
-                    name=f"layers.{s}.blocks.{b}",
-                    stage=s,
-                    attn=AttentionSite(
-                        module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=heads, head_dim=d,
-                        window_area=attn.window_size[0] * attn.window_size[1],
-                        per_head=per_head,
-                        per_head_layers=[attn.cpb_mlp[-1]],
-                    ),
-                    mlp=MlpSite(fc1=block.mlp.fc1, fc2=block.mlp.fc2),
-                ))
-        return sites
-
-    def stage_of(self, module_name: str) -> int | None:
-        if module_name.startswith("patch_embed"):
-            return 0
-        match = _STAGE.match(module_name)
-        return int(match.group(1)) if match else None
-
-    def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
-        # cosine attention has no 1/sqrt(d) scale; each head's temperature is its own
-        # logit_scale entry, cut with the head
-        site.module.num_heads = num_heads
-
-    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # the official release keeps downsample at the end of a stage and the non-persistent
-        # buffers in the file; timm's filter maps both
-        return timm_v2.checkpoint_filter_fn(state_dict, self.model)
-
-    def build_kwargs(self) -> dict:
-        return {"num_classes": self.model.num_classes}
+    def attention_site(self, attn: nn.Module) -> AttentionSite:
+        d = attn.qkv.out_features // (3 * attn.num_heads)
+        per_head = [PerHeadTensor(attn, "logit_scale", axis=0)]
+        if attn.q_bias is not None:
+            per_head += [PerHeadTensor(attn, name, axis=0, per_head_size=d) for name in ("q_bias", "k_bias", "v_bias")]
+        return AttentionSite(
+            module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=attn.num_heads, head_dim=d,
+            window_area=attn.window_size[0] * attn.window_size[1],
+            per_head=per_head, per_head_layers=[attn.cpb_mlp[-1]],
+        )

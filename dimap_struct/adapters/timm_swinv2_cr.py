@@ -18,19 +18,13 @@ same parameters and state-dict keys, same computation, head width inferred from 
 """
 from __future__ import annotations
 
-import math
-import re
-
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models import swin_transformer_v2_cr as timm_cr
 from torch import nn
 
-from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, register_adapter
-
-_STAGE = re.compile(r"^stages\.(\d+)\.")
-_MAX_LOGIT_SCALE = math.log(100.0)  # timm clamps the learned temperature at 100
+from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, register_adapter
+from .timm_common import TimmSwinFamilyAdapter
 
 
 class PrunableWindowMultiHeadAttention(timm_cr.WindowMultiHeadAttention):
@@ -41,7 +35,7 @@ class PrunableWindowMultiHeadAttention(timm_cr.WindowMultiHeadAttention):
         qkv = self.qkv(x).view(windows, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        scale = torch.clamp(self.logit_scale.reshape(1, self.num_heads, 1, 1), max=_MAX_LOGIT_SCALE).exp()
+        scale = torch.clamp(self.logit_scale.reshape(1, self.num_heads, 1, 1), max=MAX_LOGIT_SCALE).exp()
         attn = attn * scale
         attn = attn + self._relative_positional_encodings()
         if mask is not None:
@@ -54,56 +48,19 @@ class PrunableWindowMultiHeadAttention(timm_cr.WindowMultiHeadAttention):
 
 
 @register_adapter
-class TimmSwinV2CrAdapter(FamilyAdapter):
+class TimmSwinV2CrAdapter(TimmSwinFamilyAdapter):
+    """Cosine attention: no 1/sqrt(d) scale; the per-head temperatures are cut with the heads."""
+
     family = "timm Swin v2 CR (swin_transformer_v2_cr: swinv2_cr_*)"
+    timm_module = timm_cr
+    model_class = timm_cr.SwinTransformerV2Cr
+    stages_attr = "stages"
+    prunable_attention = {timm_cr.WindowMultiHeadAttention: PrunableWindowMultiHeadAttention}
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        for module in model.modules():
-            if type(module) is timm_cr.WindowMultiHeadAttention:
-                module.__class__ = PrunableWindowMultiHeadAttention
-
-    @classmethod
-    def accepts_name(cls, timm_name: str) -> bool:
-        return timm_name in timm.list_models(module="swin_transformer_v2_cr")
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, timm_cr.SwinTransformerV2Cr)
-
-    def blocks(self) -> list[BlockSite]:
-        sites = []
-        for s, stage in enumerate(self.model.stages):
-            for b, block in enumerate(stage.blocks):
-                attn = block.attn
-                heads = attn.num_heads
-                sites.append(BlockSite(
-                    name=f"stages.{s}.blocks.{b}",
-                    stage=s,
-                    attn=AttentionSite(
-                        module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=heads,
-                        head_dim=attn.qkv.out_features // (3 * heads),
-                        window_area=attn.window_size[0] * attn.window_size[1],
-                        per_head=[PerHeadTensor(attn, "logit_scale", axis=0)],
-                        per_head_layers=[attn.meta_mlp.fc2],
-                    ),
-                    mlp=MlpSite(fc1=block.mlp.fc1, fc2=block.mlp.fc2),
-                ))
-        return sites
-
-    def stage_of(self, module_name: str) -> int | None:
-        if module_name.startswith("patch_embed"):
-            return 0
-        match = _STAGE.match(module_name)
-        return int(match.group(1)) if match else None
-
-    def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
-        # cosine attention: no 1/sqrt(d) scale; the per-head temperatures are cut with the heads
-        site.module.num_heads = num_heads
-
-    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # old checkpoints store the inverse temperature 'tau'; timm's filter converts it
-        return timm_cr.checkpoint_filter_fn(state_dict, self.model)
-
-    def build_kwargs(self) -> dict:
-        return {"num_classes": self.model.num_classes}
+    def attention_site(self, attn: nn.Module) -> AttentionSite:
+        return AttentionSite(
+            module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=attn.num_heads,
+            head_dim=attn.qkv.out_features // (3 * attn.num_heads),
+            window_area=attn.window_size[0] * attn.window_size[1],
+            per_head=[PerHeadTensor(attn, "logit_scale", axis=0)], per_head_layers=[attn.meta_mlp.fc2],
+        )

@@ -18,12 +18,11 @@ Linear m -> C). For H heads of width d the attention holds:
 torchvision's functional attention splits heads with width C // H and reshapes the attention
 output to C, and it applies qkv / proj through `F.linear` (invisible to forward hooks). The
 adapter therefore gives every attention module the class `PrunableShiftedWindowAttention(V2)`:
-same parameters and state-dict keys, same computation, with the head width fixed at
-conversion and the projections called as modules.
+same parameters and state-dict keys, same computation, with the head width read from qkv
+(3*H*d rows, whatever the head count) and the projections called as modules.
 """
 from __future__ import annotations
 
-import math
 import re
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models import swin_transformer as tv_swin
 
-from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, register_adapter
+from .base import MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, register_adapter
 
 PREFIX = "torchvision:"
 NAMES = ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b")
@@ -42,13 +41,15 @@ _VARIANTS = {  # (v2, embed dim, blocks per stage) -> builder, to find the prepr
     (True, 96, (2, 2, 18, 2)): "swin_v2_s", (True, 128, (2, 2, 18, 2)): "swin_v2_b",
 }
 _FEATURE = re.compile(r"^features\.(\d+)(\.|$)")
-_MAX_LOGIT_SCALE = math.log(100.0)  # torchvision clamps the learned temperature at 100
 
 
 class _HeadCountForward:
-    """torchvision's shifted window attention with `head_dim` fixed (set at conversion)."""
+    """torchvision's shifted window attention for any head count."""
 
-    head_dim: int
+    @property
+    def head_dim(self) -> int:
+        # torchvision's width C // H at conversion; qkv keeps 3*H*d rows as heads are cut
+        return self.qkv.out_features // (3 * self.num_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
@@ -76,7 +77,7 @@ class _HeadCountForward:
         q, k, v = qkv.reshape(x.size(0), n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if cosine:
             attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-            attn = attn * torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE).exp()
+            attn = attn * torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
         else:
             attn = (q * self.head_dim ** -0.5).matmul(k.transpose(-2, -1))
         attn = attn + self.get_relative_position_bias()
@@ -118,21 +119,13 @@ class PrunableShiftedWindowAttentionV2(_HeadCountForward, tv_swin.ShiftedWindowA
     """torchvision Swin v2 attention for any head count (forward only differs)."""
 
 
-_PRUNABLE = {tv_swin.ShiftedWindowAttention: PrunableShiftedWindowAttention,
-             tv_swin.ShiftedWindowAttentionV2: PrunableShiftedWindowAttentionV2}
-
-
 @register_adapter
 class TorchvisionSwinAdapter(FamilyAdapter):
-    family = "torchvision Swin v1 / v2 (torchvision:swin_t/s/b, torchvision:swin_v2_t/s/b)"
+    """The v1 scale 1/sqrt(d) comes from the head width, which cutting heads leaves alone."""
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        for module in model.modules():
-            prunable = _PRUNABLE.get(type(module))
-            if prunable is not None:
-                module.head_dim = module.qkv.in_features // module.num_heads  # torchvision's width
-                module.__class__ = prunable
+    family = "torchvision Swin v1 / v2 (torchvision:swin_t/s/b, torchvision:swin_v2_t/s/b)"
+    prunable_attention = {tv_swin.ShiftedWindowAttention: PrunableShiftedWindowAttention,
+                          tv_swin.ShiftedWindowAttentionV2: PrunableShiftedWindowAttentionV2}
 
     @classmethod
     def accepts_name(cls, timm_name: str) -> bool:
@@ -169,10 +162,6 @@ class TorchvisionSwinAdapter(FamilyAdapter):
         # features.0 (patch embedding) and .1 are stage 0; .2s (merging) and .2s+1 are stage s
         match = _FEATURE.match(module_name)
         return int(match.group(1)) // 2 if match else None
-
-    def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
-        # head_dim (hence the v1 scale) is an attribute fixed at conversion, untouched here
-        site.module.num_heads = num_heads
 
     def variant(self) -> str | None:
         """The torchvision builder this model matches (None for a custom configuration)."""
