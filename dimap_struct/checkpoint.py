@@ -31,7 +31,7 @@ def save_pruned(model: nn.Module, spec: dict, path: str | os.PathLike) -> None:
     """Write `model`'s tensors and `spec` to `path` (atomically)."""
     from safetensors.torch import save_file
 
-    from .export import atomic_output
+    from .files import atomic_output
 
     path = Path(path)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}

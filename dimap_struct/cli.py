@@ -9,8 +9,7 @@ import argparse
 import json
 import sys
 
-from . import __version__
-from .cli_common import add_common_flags, progress, run_command
+from .cli_common import Parser, add_common_flags, add_weight_flags, progress, run_command
 
 CRITERION_NAMES = ("dimap", "l1", "l2", "magnitude-global", "lamp-global", "random", "taylor", "dimap-cost")
 """Kept in step with criteria.CRITERIA by a test; listed here so --help needs no torch import."""
@@ -30,12 +29,9 @@ through timm / the Hugging Face Hub; set HF_HUB_OFFLINE=1 to use only its local 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dimap-compress",
-        description="Remove attention heads and MLP channels of a Swin Transformer, ranked by "
-                    "data-free DIMAP scores, until its MACs meet a budget; export a dense ONNX "
-                    "model with a MACs / params report (JSON beside it).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("dimap-compress", "Remove attention heads and MLP channels of a Swin Transformer, ranked by "
+               "data-free DIMAP scores, until its MACs meet a budget; export a dense ONNX model with a "
+               "MACs / params report (JSON beside it).", EPILOG)
     p.add_argument("model", nargs="?", help="timm model name, optionally with a pretrained tag "
                    "(swin_base_patch4_window7_224.ms_in22k_ft_in1k), an alias (swin_t, swin_s, swin_b, swin_l), "
                    "'torchvision:swin_t', 'reference', or a pruned checkpoint written by --save-pt")
@@ -50,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "dimap_struct.load_pruned(OUT.pt) rebuilds it")
     p.add_argument("--from-pt", metavar="PRUNED.pt", help="start from a pruned checkpoint instead of MODEL")
 
-    w = p.add_argument_group("weights")
-    src = w.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH",
-                     help="local .pth / .pt / .safetensors state dict (bare, or under 'model' / 'state_dict')")
-    src.add_argument("--no-pretrained", action="store_true",
-                     help="random initialisation instead of pretrained weights (for trying the tool)")
-    w.add_argument("--seed", type=int, default=0, help="seed of the random initialisation and of --criterion random (default: 0)")
+    add_weight_flags(p, "seed of the random initialisation and of --criterion random (default: 0)")
 
     s = p.add_argument_group("selection")
     s.add_argument("--criterion", metavar="NAME",
@@ -89,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--compare", metavar="C1,C2",
                    help="with --plot: also draw these criteria at the same target (not exported)")
     add_common_flags(o)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -104,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     from .budget import check_fraction
     from .criteria import get_criterion
     from .errors import UserError
+    from .files import check_new_file
     from .pipeline import check_output, compress, load_any
 
     # cheap checks first, so bad input fails in well under a second
@@ -139,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         check_output(args.output, args.force)
     if args.plot:
-        _check_plot_path(args.plot, args.force)
+        check_new_file(args.plot, args.force, (".png",), "--plot")
 
     err_console = Console(stderr=True)
     on_step = None if args.quiet else progress(err_console)
@@ -171,25 +161,11 @@ def _or(value, default):
     return default if value is None else value
 
 
-def _check_plot_path(path: str, force: bool) -> None:
-    from pathlib import Path
-
-    from .errors import UserError
-
-    plot = Path(path)
-    if plot.suffix.lower() != ".png":
-        raise UserError(f"--plot {plot} must end in .png")
-    if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
-        raise UserError(f"--plot: directory {plot.parent} does not exist")
-    if plot.exists() and not force:
-        raise UserError(f"{plot} already exists; pass --force to overwrite")
-
-
 def _plot(args, loaded, options, report: dict, compare: list[str]) -> None:
     """Draw this run and, for --compare, the same target under other criteria (no export)."""
     from pathlib import Path
 
-    from .export import atomic_output
+    from .files import atomic_output
     from .pipeline import compress
 
     reports = [report]

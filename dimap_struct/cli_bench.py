@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .cli_common import add_common_flags, run_command
+from .cli_common import Parser, add_common_flags, run_command
 
 EPILOG = """\
 examples:
@@ -28,9 +28,8 @@ COLUMNS = ("model", "batch", "median ms", "p10 ms", "p90 ms", "img/s", "speed-up
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dimap-bench", description="Latency of ONNX models in onnxruntime, "
-                                "timed interleaved, with speed-up against the MACs they promise.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("dimap-bench", "Latency of ONNX models in onnxruntime, timed interleaved, with speed-up "
+               "against the MACs they promise.", EPILOG)
     p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files; the first is the baseline")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], metavar="N", help="batch sizes (default: 1 8)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="onnxruntime intra-op threads (default: 2)")
@@ -48,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plot", metavar="OUT.png", help="draw median latency (p10-p90 bars) against MACs per batch")
     o.add_argument("--force", action="store_true", help="overwrite existing output files")
     add_common_flags(p)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -82,18 +80,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_outputs(args) -> None:
     """Fail before timing anything if an output cannot be written."""
-    from .errors import UserError
+    from .files import check_new_file
 
-    for flag, path in (("--md", args.md), ("--json-out", args.json_out), ("--plot", args.plot)):
-        if path is None:
-            continue
-        path = Path(path)
-        if flag == "--plot" and path.suffix.lower() != ".png":
-            raise UserError(f"--plot {path} must end in .png")
-        if not (path.parent if str(path.parent) else Path(".")).is_dir():
-            raise UserError(f"{flag}: directory {path.parent} does not exist")
-        if path.exists() and not args.force:
-            raise UserError(f"{path} already exists; pass --force to overwrite")
+    for flag, path, suffixes in (("--md", args.md, None), ("--json-out", args.json_out, None),
+                                 ("--plot", args.plot, (".png",))):
+        if path is not None:
+            check_new_file(path, args.force, suffixes, flag)
 
 
 def _check_plottable(paths: list[str]) -> None:
@@ -217,7 +209,7 @@ def plot(result: dict, path) -> None:
 
 
 def _write_outputs(args, result: dict) -> None:
-    from .export import atomic_output
+    from .files import atomic_output
 
     if args.md:
         with atomic_output(Path(args.md), ".md") as tmp:

@@ -12,15 +12,46 @@ from contextlib import contextmanager
 from typing import Callable
 
 
-def add_common_flags(p: argparse.ArgumentParser) -> None:
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line, exit code 2 (argparse itself prints
+    the whole usage block first)."""
+
+    def __init__(self, prog: str, description: str, epilog: str | None = None):
+        super().__init__(prog=prog, description=description, epilog=epilog,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_common_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--quiet, --debug and --version."""
+    from . import __version__
+
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def add_weight_flags(p: argparse.ArgumentParser, seed_help: str = "seed of the random initialisation (default: 0)",
+                     title: str = "weights") -> None:
+    """Where an unpruned model's weights come from: --checkpoint or --no-pretrained, and --seed."""
+    w = p.add_argument_group(title)
+    src = w.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="PATH",
+                     help="local .pth / .pt / .safetensors state dict (bare, or under 'model' / 'state_dict')")
+    src.add_argument("--no-pretrained", action="store_true",
+                     help="random initialisation instead of pretrained weights (for trying the tool)")
+    w.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
     """Call `run(args)` and turn exceptions into the exit codes above."""
     try:
         return run(args)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output written", file=sys.stderr)
         return 130

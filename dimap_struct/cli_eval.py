@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .cli_common import add_common_flags, run_command
+from .cli_common import Parser, add_common_flags, add_weight_flags, run_command
 
 EPILOG = """\
 examples:
@@ -21,8 +20,7 @@ ONNX files take their preprocessing from the metadata dimap-compress writes. Spl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dimap-eval", description="Top-1 / top-5 accuracy of a model.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("dimap-eval", "Top-1 / top-5 accuracy of a model.", EPILOG)
     p.add_argument("model", help="an .onnx file (onnxruntime), a pruned checkpoint (--save-pt) or a model name "
                    "(reference, swin_t, timm names)")
     p.add_argument("--data", metavar="PATH",
@@ -31,14 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, metavar="N")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime / torch threads")
-    w = p.add_argument_group("weights (model names only)")
-    src = w.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH", help="local .pth / .pt / .safetensors state dict")
-    src.add_argument("--no-pretrained", action="store_true", help="random initialisation")
-    w.add_argument("--seed", type=int, default=0)
+    add_weight_flags(p, title="weights (model names only)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_common_flags(p)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -14,26 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .cli_common import add_common_flags, progress, run_command
+from .cli_common import Parser, add_common_flags, add_weight_flags, progress, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dimap-finetune", description="Prune a Swin to a MACs budget, fine-tune it with knowledge "
-        "distillation from the unpruned model plus the labels, export ONNX.",
-        epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("dimap-finetune", "Prune a Swin to a MACs budget, fine-tune it with knowledge distillation "
+               "from the unpruned model plus the labels, export ONNX.", __doc__.split("\n\n")[1])
     p.add_argument("model", help="model name (reference, swin_t, timm names)")
     p.add_argument("--flops", default="0.5", metavar="R", help="MACs to keep (default: 0.5)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="fine-tuned ONNX (+ OUT.json)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--criterion", default="dimap", metavar="NAME", help="pruning criterion (default: dimap)")
     p.add_argument("--calib-data", metavar="PATH", help="calibration data for --criterion taylor")
-    w = p.add_argument_group("weights")
-    src = w.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH", help="local state dict of the unpruned model")
-    src.add_argument("--no-pretrained", action="store_true", help="random initialisation")
-    w.add_argument("--seed", type=int, default=0, help="seed of pruning choices, data order and init")
+    add_weight_flags(p, "seed of pruning choices, data order and init (default: 0)")
     t = p.add_argument_group("training")
     t.add_argument("--data", metavar="PATH", help="MNIST directory or ImageFolder (default: ../shared/data/mnist); "
                    "trains on its 'train' split, reports top-1 on 'eval'")
@@ -46,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT.resume.pt (saved after each epoch)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_common_flags(p)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,29 +24,9 @@ class ParityError(RuntimeError):
     """onnxruntime disagrees with PyTorch beyond PARITY_TOLERANCE."""
 
 
-@contextmanager
-def atomic_output(path: Path, suffix: str):
-    """Yield a temporary path beside `path`; move it to `path` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, opset: int = 17,
                 probe: torch.Tensor | None = None) -> float:
-    """Export `model` to `path` (write it through `atomic_output`) and return the max abs
+    """Export `model` to `path` (write it through `files.atomic_output`) and return the max abs
     difference between onnxruntime (CPU) and PyTorch on `probe` (default: a seeded batch of 2).
     Raises ParityError above 1e-3. `metadata` is stored as JSON under the ONNX metadata key
     'dimap_struct'."""

@@ -181,7 +181,7 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
 
 def save_state(path: Path, state: dict, meta: dict) -> None:
     """Write a resume checkpoint atomically (temporary file, then rename)."""
-    from .export import atomic_output
+    from .files import atomic_output
 
     with atomic_output(path, ".tmp") as tmp:
         torch.save({**state, "meta": meta}, tmp)

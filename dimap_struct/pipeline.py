@@ -22,7 +22,8 @@ from .budget import check_fraction, target_macs
 from .costs import CostModel, Counts, build_cost_model
 from .criteria import get_criterion, score
 from .errors import UserError
-from .export import atomic_output, export_onnx
+from .export import export_onnx
+from .files import atomic_output, check_new_file
 from .models import LoadedModel, load_model, wrap_model
 from .select import Selection, select_to_budget
 from .surgery import apply_plan
@@ -70,22 +71,10 @@ def _null():
     yield
 
 
-def check_output(output: str | os.PathLike, force: bool, suffixes: tuple[str, ...] = (".onnx",)) -> tuple[Path, Path]:
-    """Validate the output path before any work; return (path, json path beside it). For
-    suffixes other than .onnx the JSON path is returned but not checked."""
-    path = Path(output)
-    if path.suffix.lower() not in suffixes:
-        raise UserError(f"output {path} must end in {' or '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"output directory {parent} is not writable")
-    report = path.with_suffix(".json")
-    for p in (path, report) if suffixes == (".onnx",) else (path,):
-        if p.exists() and not force:
-            raise UserError(f"{p} already exists; pass --force to overwrite")
-    return path, report
+def check_output(output: str | os.PathLike, force: bool) -> tuple[Path, Path]:
+    """Validate an ONNX output path before any work; return (path, the JSON report's path beside it)."""
+    path = check_new_file(output, force, (".onnx",))
+    return path, check_new_file(path.with_suffix(".json"), force)
 
 
 def compress(
@@ -154,7 +143,7 @@ def compress(
                         "(an MNIST directory or an ImageFolder) for its calibration batches")
     paths = check_output(output, force) if output is not None else None
     if save_pt is not None:
-        check_output(save_pt, force, suffixes=(".pt", ".safetensors"))
+        check_new_file(save_pt, force, (".pt", ".safetensors"), "--save-pt")
     steps = _Steps(on_step)
 
     with steps("load model"):

@@ -35,6 +35,23 @@ def test_bad_ratio(capsys, tmp_path, flops):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("module, args", [
+    ("dimap_struct.cli", ["swin_t", "--bogus"]),
+    ("dimap_struct.cli", ["swin_t", "--min-heads", "two"]),
+    ("dimap_struct.cli_eval", []),
+    ("dimap_struct.cli_bench", ["a.onnx", "--batch", "x"]),
+    ("dimap_struct.cli_finetune", ["reference", "--epochs"]),
+])
+def test_bad_flags_one_line(capsys, module, args):
+    """argparse's own errors (unknown flag, bad value, missing argument) follow the same rule."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(args)
+    _, err = capsys.readouterr()
+    _assert_user_error(exit_info.value.code, err, "error:", "--help")
+
+
 def test_unknown_model_suggests(capsys):
     code, _, err = _run(capsys, "swin_tinny_patch4_window7_224", "--no-pretrained")
     _assert_user_error(code, err, "unknown model", "swin_tiny_patch4_window7_224")
