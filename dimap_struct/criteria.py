@@ -37,14 +37,18 @@ class Criterion:
     """Selection policy: 'module-aware', 'uniform' or 'one-module' (see `select`)."""
     summary: str
     needs_data: bool = False
+    view_score: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
+    """Score of groups from the per-layer (groups, n) views of their weights, for criteria
+    that are such a function: it scores any other kind of group too (residual channels)."""
 
 
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, policy: str, summary: str, needs_data: bool = False):
+def register_criterion(name: str, policy: str, summary: str, needs_data: bool = False,
+                       view_score: Callable[[list[torch.Tensor]], torch.Tensor] | None = None):
     def wrap(fn: Callable[..., GroupScores]) -> Callable[..., GroupScores]:
-        CRITERIA[name] = Criterion(name, fn, policy, summary, needs_data)
+        CRITERIA[name] = Criterion(name, fn, policy, summary, needs_data, view_score)
         return fn
     return wrap
 
@@ -76,31 +80,38 @@ def _lp_norm(p: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     return reduce
 
 
+def _dimap_group(views: list[torch.Tensor]) -> torch.Tensor:
+    return group_scores(views, "group")
+
+
 @register_criterion("dimap", "module-aware",
-                    "DIMAP group scores (per-layer relative energy), heads vs heads, channels vs channels")
+                    "DIMAP group scores (per-layer relative energy), heads vs heads, channels vs channels",
+                    view_score=_dimap_group)
 def dimap(blocks: list[BlockSite], score_mode: str = "group", **_) -> GroupScores:
     """Module-aware DIMAP: per-layer relative-energy scores, so heads (and channels) of blocks
     with different weight scales are comparable. `score_mode`: see `scoring.group_scores`."""
     return _per_group(blocks, lambda views: group_scores(views, score_mode))
 
 
-@register_criterion("l1", "uniform", "group L1 norm, every block pruned by the same ratio")
+@register_criterion("l1", "uniform", "group L1 norm, every block pruned by the same ratio", view_score=_lp_norm(1))
 def l1(blocks: list[BlockSite], **_) -> GroupScores:
     return _per_group(blocks, _lp_norm(1))
 
 
-@register_criterion("l2", "uniform", "group L2 norm, every block pruned by the same ratio")
+@register_criterion("l2", "uniform", "group L2 norm, every block pruned by the same ratio", view_score=_lp_norm(2))
 def l2(blocks: list[BlockSite], **_) -> GroupScores:
     return _per_group(blocks, _lp_norm(2))
 
 
-@register_criterion("magnitude-global", "module-aware", "group L2 norm ranked across all blocks of a module")
+@register_criterion("magnitude-global", "module-aware", "group L2 norm ranked across all blocks of a module",
+                    view_score=_lp_norm(2))
 def magnitude_global(blocks: list[BlockSite], **_) -> GroupScores:
     return _per_group(blocks, _lp_norm(2))
 
 
 @register_criterion("lamp-global", "one-module",
-                    "DIMAP scores with the whole model as one module (heads compete with channels)")
+                    "DIMAP scores with the whole model as one module (heads compete with channels)",
+                    view_score=_dimap_group)
 def lamp_global(blocks: list[BlockSite], score_mode: str = "group", **_) -> GroupScores:
     return dimap(blocks, score_mode=score_mode)
 
@@ -114,7 +125,8 @@ def random(blocks: list[BlockSite], seed: int = 0, **_) -> GroupScores:
     )
 
 
-@register_criterion("dimap-cost", "module-aware", "DIMAP score divided by the group's MACs")
+# residual channels of one stage all cost the same, so they keep their plain DIMAP score
+@register_criterion("dimap-cost", "module-aware", "DIMAP score divided by the group's MACs", view_score=_dimap_group)
 def dimap_cost(blocks: list[BlockSite], score_mode: str = "group", costs=None, **_) -> GroupScores:
     if costs is None:
         raise ValueError("dimap-cost needs the cost model (costs=...)")

@@ -20,7 +20,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .adapters.base import FamilyAdapter, ResidualSite
-from .scoring import relative_energy_scores
 
 
 def _rows(module: nn.Module, width: int) -> torch.Tensor:
@@ -39,12 +38,6 @@ def channel_views(site: ResidualSite) -> list[torch.Tensor]:
     views += [_columns(c, site.width) for c in site.consumers]
     views += [_columns(m, site.width, g) for m, g in site.interleaved if isinstance(m, nn.Linear)]
     return views
-
-
-def residual_scores(sites: list[ResidualSite]) -> list[torch.Tensor]:
-    """DIMAP score per residual channel of every stage (float64, shape (width,))."""
-    return [torch.stack([relative_energy_scores((v.to(torch.float64) ** 2).sum(1)) for v in channel_views(s)]).mean(0)
-            for s in sites]
 
 
 def interleaved_index(width: int, groups: int, channels: list[int]) -> list[int]:
@@ -134,20 +127,20 @@ def mask_residual(model: nn.Module, site: ResidualSite, keep: list[int]) -> None
 
 
 def residual_options(adapter: FamilyAdapter, criterion: str, seed: int = 0) -> dict:
-    """`select_to_budget` keyword arguments for residual pruning under `criterion`:
-    DIMAP-family criteria score channels with DIMAP, norm-based ones with the channel's L1 / L2
-    norm over the same views, `random` randomly. Data-driven criteria are not supported yet."""
+    """`select_to_budget` keyword arguments for residual pruning under `criterion`: criteria
+    that score groups from weight views (`Criterion.view_score`: DIMAP, L1 / L2 norms) score
+    each channel from its views in every layer it touches, `random` draws seeded scores.
+    Data-driven criteria are not supported yet."""
+    from .criteria import get_criterion
     from .errors import UserError
 
     try:
         sites = adapter.residual_sites()
     except NotImplementedError as err:
         raise UserError(f"--prune-embed: {err}") from None
-    if criterion in ("dimap", "lamp-global", "dimap-cost"):
-        scores = residual_scores(sites)
-    elif criterion in ("l1", "l2", "magnitude-global"):
-        p = 1 if criterion == "l1" else 2
-        scores = [torch.cat([v.to(torch.float64) for v in channel_views(s)], 1).norm(p=p, dim=1) for s in sites]
+    view_score = get_criterion(criterion).view_score
+    if view_score is not None:
+        scores = [view_score(channel_views(s)) for s in sites]
     elif criterion == "random":
         gen = torch.Generator().manual_seed(seed + 7919)
         scores = [torch.rand(s.width, generator=gen, dtype=torch.float64) for s in sites]
