@@ -101,6 +101,8 @@ class CostModel:
     fixed_params: list[Term]
     residual_widths: list[int] = field(default_factory=list)
     """Full residual width per stage."""
+    tokens: dict[int, int] = field(default_factory=dict)
+    """id(Linear / Conv2d) -> positions it is applied to in one batch-1 forward (`tokens_per_layer`)."""
 
     def count(self, heads: list[int] | None = None, widths: list[int] | None = None,
               residual: list[int] | None = None) -> Counts:
@@ -218,7 +220,7 @@ def build_cost_model(model: nn.Module, adapter: FamilyAdapter, blocks: list[Bloc
     fixed_params = [Term(*(kind_of.get(id(p)) or (_stage_label(adapter, name), "aux")), p.numel(),
                          scale.get(id(p), ()))
                     for name, p in model.named_parameters() if id(p) not in owned]
-    return CostModel(block_costs, fixed_macs, fixed_params, full_widths)
+    return CostModel(block_costs, fixed_macs, fixed_params, full_widths, tokens)
 
 
 def tokens_per_layer(model: nn.Module, input_size) -> dict[int, int]:

@@ -49,6 +49,11 @@ class LoadedModel:
     model_kwargs: dict = field(default_factory=dict)
     """Constructor options that, with `name`, rebuild the architecture (pruned checkpoints)."""
 
+    @property
+    def random_init(self) -> bool:
+        """Weights are a random initialisation (accuracy figures mean nothing)."""
+        return self.weights.startswith("random init")
+
 
 def _build_reference(pretrained: bool, seed: int, **kwargs) -> nn.Module:
     from .reference import build_reference

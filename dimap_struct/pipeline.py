@@ -16,13 +16,13 @@ from typing import Callable, Iterator
 
 from torch import nn
 
-from . import __version__
 from .adapters import BlockSite
 from .budget import check_fraction, target_macs
 from .costs import CostModel, Counts, build_cost_model
 from .criteria import get_criterion, score
 from .errors import UserError
 from .export import export_onnx
+from .report import RANDOM_WEIGHTS_NOTE, source_section
 from .files import atomic_output, check_new_file
 from .models import LoadedModel, load_model, wrap_model
 from .select import Selection, select_to_budget
@@ -295,20 +295,16 @@ def build_report(loaded: LoadedModel, blocks: list[BlockSite], costs: CostModel,
                  after: Counts, selection: Selection, flops, criterion: str, score_mode: str,
                  constraints: dict, mask_diff: float) -> dict:
     plan = selection.plan
-    dc = loaded.data_config
     notes = ["MACs are multiply-accumulates (the DIMAP paper's 'FLOPs' are MACs): Linear and Conv "
              "layers plus the window-attention matmuls q.k^T and attn.v; norms, softmax and biases "
              "are not counted."]
-    if not loaded.pretrained and loaded.weights.startswith("random"):
-        notes.append("Weights are a random initialisation, not pretrained: the pruned model's accuracy means nothing.")
+    if loaded.random_init:
+        notes.append(RANDOM_WEIGHTS_NOTE)
     if selection.note:
         notes.append(selection.note)
     return {
-        "package_version": __version__,
+        **source_section(loaded),
         "granularity": "structured",
-        "source_model": loaded.name,
-        "family": loaded.adapter.family,
-        "weights": loaded.weights,
         "criterion": criterion,
         "criterion_summary": get_criterion(criterion).summary,
         "score_mode": score_mode,
@@ -321,8 +317,6 @@ def build_report(loaded: LoadedModel, blocks: list[BlockSite], costs: CostModel,
                       "thresholds": selection.thresholds},
         "original": _counts_dict(before),
         "pruned": _counts_dict(after),
-        "input": {"input_size": list(dc["input_size"]), "mean": list(dc["mean"]), "std": list(dc["std"]),
-                  "interpolation": dc.get("interpolation"), "crop_pct": dc.get("crop_pct")},
         "blocks": [
             {"name": b.name, "stage": b.stage, "heads_before": bc.num_heads, "heads": len(h),
              "kept_heads": h, "mlp_width_before": bc.mlp_width, "mlp_width": len(m)}

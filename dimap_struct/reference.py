@@ -95,21 +95,3 @@ def build_reference(pretrained: bool = True, seed: int = 0, *,
                                f"{RECIPE_PATH.name} says {expected}")
         model.load_state_dict(load_file(WEIGHTS_PATH))
     return model.eval()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, limit: int | None = None) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of ``model`` over ``loader``'s
-    ``(images, labels)`` batches, or over its first ``limit`` samples. Restores train mode."""
-    was_training = model.training
-    model.eval()
-    correct = seen = 0
-    for images, labels in loader:
-        if limit is not None:
-            images, labels = images[: limit - seen], labels[: limit - seen]
-        correct += (model(images).argmax(1) == labels).sum().item()
-        seen += len(labels)
-        if limit is not None and seen >= limit:
-            break
-    model.train(was_training)
-    return correct / max(seen, 1)

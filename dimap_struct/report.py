@@ -5,6 +5,21 @@ from rich.console import Console
 from rich.table import Table
 
 
+RANDOM_WEIGHTS_NOTE = "Weights are a random initialisation, not pretrained: the pruned model's accuracy means nothing."
+
+
+def source_section(loaded) -> dict:
+    """Report keys every granularity shares: package version, source model, family, weights
+    and the input preprocessing (`loaded` is a `models.LoadedModel`)."""
+    from . import __version__
+
+    dc = loaded.data_config
+    return {"package_version": __version__, "source_model": loaded.name, "family": loaded.adapter.family,
+            "weights": loaded.weights,
+            "input": {"input_size": list(dc["input_size"]), "mean": list(dc["mean"]), "std": list(dc["std"]),
+                      "interpolation": dc.get("interpolation"), "crop_pct": dc.get("crop_pct")}}
+
+
 def _g(macs: int) -> str:
     return f"{macs / 1e9:.3f}G"
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .budget import check_fraction, target_macs
-from .costs import build_cost_model, tokens_per_layer
+from .costs import build_cost_model
 from .errors import UserError
 from .models import LoadedModel
 from .scoring import dimap_weight_scores
@@ -95,7 +95,7 @@ def prune_weights(loaded: LoadedModel, *, flops=None, params=None) -> tuple[nn.M
     start = time.perf_counter()
     costs = build_cost_model(net, adapter, blocks, input_size)
     before = costs.count()
-    tokens = tokens_per_layer(net, input_size)
+    tokens = costs.tokens
     modules = weight_modules(blocks)
     seconds["score (per-weight dimap)"] = round(time.perf_counter() - start, 3)
 
@@ -130,13 +130,12 @@ def prune_weights(loaded: LoadedModel, *, flops=None, params=None) -> tuple[nn.M
 
 
 def _weight_report(loaded, blocks, modules, removed, before, eff_macs, target, flops, params) -> dict:
-    from . import __version__
+    from .report import RANDOM_WEIGHTS_NOTE, source_section
 
     nonzero = sum(int(torch.count_nonzero(p)) for p in loaded.model.parameters())
     dense_nonzero = before.params  # random / trained weights have no exact zeros to begin with
     prunable = sum(m.size for m in modules.values())
     kept_prunable = sum(m.size - removed[n] for n, m in modules.items())
-    dc = loaded.data_config
     block_rows = []
     for b in blocks:
         layers = (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)
@@ -148,11 +147,8 @@ def _weight_report(loaded, blocks, modules, removed, before, eff_macs, target, f
     target_dict = ({"params": str(params), "kept_prunable_fraction": float(params)} if params is not None
                    else {"flops": str(flops), "macs": target, "ratio": target / before.macs})
     return {
-        "package_version": __version__,
+        **source_section(loaded),
         "granularity": "weight",
-        "source_model": loaded.name,
-        "family": loaded.adapter.family,
-        "weights": loaded.weights,
         "criterion": "dimap",
         "criterion_summary": "the paper's per-weight DIMAP score, one threshold per module (QKV-M, PRJ-M, MLP-M)",
         "target": target_dict,
@@ -163,16 +159,13 @@ def _weight_report(loaded, blocks, modules, removed, before, eff_macs, target, f
                         "threshold": m.threshold(removed[n])} for n, m in modules.items()},
         "original": {"macs": before.macs, "params": before.params},
         "pruned": {"effective_macs": eff_macs, "nonzero_params": nonzero, "dense_params": before.params},
-        "input": {"input_size": list(dc["input_size"]), "mean": list(dc["mean"]), "std": list(dc["std"]),
-                  "interpolation": dc.get("interpolation"), "crop_pct": dc.get("crop_pct")},
         "blocks": block_rows,
         "notes": [
             "Weight (unstructured) pruning, the paper's setting: weights are zeroed, not removed. The exported "
             "ONNX model is dense with zeros and is NOT faster; use structured pruning for speed.",
             "Effective MACs count Linear MACs on non-zero weights only (as the paper counts FLOPs); the "
             "window-attention matmuls, norms and the never-pruned AUX-M layers count in full.",
-        ] + (["Weights are a random initialisation, not pretrained: the pruned model's accuracy means nothing."]
-             if "random" in loaded.weights else []),
+        ] + ([RANDOM_WEIGHTS_NOTE] if loaded.random_init else []),
     }
 
 

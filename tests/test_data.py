@@ -147,13 +147,14 @@ def test_reference_model_accuracy():
     timm, and reaches >= 97 % top-1 on the whole eval split (2,000 digits, a few seconds)."""
     import timm
 
-    from dimap_struct.reference import REFERENCE_DATA_CONFIG, build_reference, evaluate
+    from dimap_struct.evaluate import accuracy, torch_classifier
+    from dimap_struct.reference import REFERENCE_DATA_CONFIG, build_reference
 
     model = build_reference()
     cfg = timm.data.resolve_model_data_config(model)
     assert {k: cfg[k] for k in REFERENCE_DATA_CONFIG} == REFERENCE_DATA_CONFIG
     assert not model.training
-    assert evaluate(model, build_loader(None, "eval", cfg, 500)) >= 0.97
+    assert accuracy(torch_classifier(model, cfg, "reference"), None, batch_size=500)["top1"] >= 97.0
 
 
 def test_reference_checks_sha256(tmp_path, monkeypatch):

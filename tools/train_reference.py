@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +27,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct.data import MNIST_DEFAULT, build_loader  # noqa: E402
+from dimap_struct.evaluate import accuracy, torch_classifier  # noqa: E402
+from dimap_struct.files import atomic_output  # noqa: E402
 from dimap_struct.reference import (REFERENCE_DATA_CONFIG, REFERENCE_KWARGS,  # noqa: E402
-                                    WEIGHTS_PATH, build_reference, evaluate, sha256_file)
+                                    WEIGHTS_PATH, build_reference, sha256_file)
 
 HYPER = dict(batch_size=128, lr=1e-3, min_lr=1e-5, warmup_epochs=2, weight_decay=0.05,
              label_smoothing=0.1, betas=(0.9, 0.999), grad_clip=5.0,
@@ -52,20 +52,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file in ``path``'s folder, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     hyper = {**HYPER, "lr": args.lr, "batch_size": args.batch_size,
@@ -78,7 +64,6 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     train = build_loader(args.data, "train", REFERENCE_DATA_CONFIG, hyper["batch_size"],
                          shuffle=True, seed=args.seed, train_augment=True)
-    test = build_loader(args.data, "eval", REFERENCE_DATA_CONFIG, 500)
 
     # No weight decay on norms, biases and the relative-position tables.
     def decays(name, param):
@@ -100,8 +85,8 @@ def main(argv=None) -> int:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    print(f"reference Swin: {n_params:,} parameters, {len(train.dataset)} train / "
-          f"{len(test.dataset)} eval digits, {args.epochs} epochs", flush=True)
+    print(f"reference Swin: {n_params:,} parameters, {len(train.dataset)} train digits, {args.epochs} epochs",
+          flush=True)
 
     history = []
     for epoch in range(args.epochs):
@@ -117,7 +102,8 @@ def main(argv=None) -> int:
             sched.step()
             total, count = total + loss.item() * len(labels), count + len(labels)
             bar.set_postfix(loss=f"{total / count:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        top1 = evaluate(model, test)
+        scored = accuracy(torch_classifier(model, REFERENCE_DATA_CONFIG, "reference"), args.data, batch_size=500)
+        top1, eval_size = scored["top1"] / 100, scored["images"]
         elapsed = time.perf_counter() - start
         history.append({"epoch": epoch + 1, "train_loss": round(total / count, 4),
                         "eval_top1": round(top1, 4), "elapsed_s": round(elapsed, 1)})
@@ -129,7 +115,9 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(args.out, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(args.out, ".tmp") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     import timm
 
     recipe = {
@@ -139,7 +127,7 @@ def main(argv=None) -> int:
         "parameters": n_params,
         "data": {"source": "MNIST official test set (t10k), split by index % 5",
                  "train": "index % 5 != 4", "eval": "index % 5 == 4",
-                 "train_size": len(train.dataset), "eval_size": len(test.dataset)},
+                 "train_size": len(train.dataset), "eval_size": eval_size},
         "hyper": {**hyper, "epochs": args.epochs, "optimizer": "AdamW",
                   "schedule": "linear warm-up then cosine, per step"},
         "seed": args.seed,
@@ -155,7 +143,8 @@ def main(argv=None) -> int:
         "sha256": sha256_file(args.out),
     }
     recipe_path = args.out.with_suffix(".json")
-    atomic_write(recipe_path, lambda tmp: Path(tmp).write_text(json.dumps(recipe, indent=2) + "\n"))
+    with atomic_output(recipe_path, ".tmp") as tmp:
+        tmp.write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, sha256 {recipe['sha256']}) "
           f"and {recipe_path.name}; eval top-1 {100 * recipe['eval_top1']:.2f}%, "
           f"{wall / 60:.1f} min", flush=True)
