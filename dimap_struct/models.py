@@ -84,7 +84,7 @@ def resolve_name(name: str) -> str:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UserError(f"unknown model '{name}'{hint}")
     if adapter_for_name(base) is None:
-        raise UserError(f"'{base}' is not a supported model yet; supported families: {supported_families()}")
+        raise _unsupported(base)
     return name
 
 
@@ -96,7 +96,7 @@ def _resolve_torchvision(name: str) -> str:
         hint = f"; did you mean {', '.join(TORCHVISION + c for c in close)}?" if close else ""
         raise UserError(f"unknown model '{name}'{hint}")
     if adapter_for_name(name) is None:
-        raise UserError(f"'{name}' is not a supported model yet; supported families: {supported_families()}")
+        raise _unsupported(name)
     return name
 
 
@@ -210,8 +210,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def _adapter(model: nn.Module, name: str) -> FamilyAdapter:
     adapter = adapter_for_model(model)
     if adapter is None:
-        raise UserError(f"'{name}' is not a supported model yet; supported families: {supported_families()}")
+        raise _unsupported(name)
     return adapter
+
+
+def _unsupported(name: str) -> UserError:
+    return UserError(f"'{name}' is not a supported model yet; supported families: {supported_families()}")
 
 
 def _load_into(model: nn.Module, adapter: FamilyAdapter, state_dict: dict, path) -> None:

@@ -256,7 +256,7 @@ def load_any(model: str | nn.Module | LoadedModel, *, checkpoint=None, pretraine
         net, spec = load_pruned(model, with_spec=True)
         loaded = wrap_model(net, spec["source_model"])
         return dataclasses.replace(loaded, weights=f"pruned checkpoint {Path(model).name} (from {spec['weights']})",
-                                   data_config=spec["data_config"])
+                                   data_config=spec["data_config"], model_kwargs=spec["model_kwargs"])
     return load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, **(model_kwargs or {}))
 
 

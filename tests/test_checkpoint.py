@@ -59,3 +59,17 @@ def test_other_image_size_prunes_exports_and_reloads(tmp_path):
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         assert torch.equal(load_pruned(pt)(x), result.model(x))
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("reference", {}, (1, 32, 32)),
+    ("swin_t", {"img_size": 160, "window_size": 5}, (3, 160, 160)),
+])
+def test_pruning_a_pruned_checkpoint_again_reloads(tmp_path, name, kwargs, shape):
+    """--from-pt then --save-pt: the second checkpoint keeps the source's constructor options."""
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    dimap_struct.compress(name, 0.7, pretrained=False, save_pt=first, model_kwargs=kwargs)
+    result = dimap_struct.compress(str(first), 0.7, save_pt=second)
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_pruned(second)(x), result.model(x))
