@@ -136,6 +136,37 @@ def benchmark_torch(modules: dict, input_size: Sequence[int], batches: Sequence[
     return result
 
 
+def torch_models_for(paths: Sequence[str | os.PathLike]) -> tuple[dict, dict, tuple[int, ...]]:
+    """The PyTorch module behind each ONNX file, rebuilt from the architecture its metadata
+    records (`checkpoint.build_architecture`) with random weights, which latency does not
+    depend on. Returns (label -> module, label -> MACs, common input size (C, H, W)); labels
+    as in `benchmark`. UserError for files without that metadata or with differing inputs."""
+    from .checkpoint import build_architecture
+    from .export import read_metadata
+
+    names = [Path(p).name for p in paths]
+    modules, macs, size = {}, {}, None
+    for path, name in zip(paths, names):
+        if not Path(path).is_file():
+            raise UserError(f"model file not found: {path}")
+        try:
+            meta = read_metadata(path)
+        except Exception as err:  # onnx raises its own types for unreadable files
+            raise UserError(f"cannot read ONNX model {path}: {str(err).splitlines()[0][:160]}") from err
+        spec = (meta or {}).get("architecture")
+        if spec is None:
+            raise UserError(f"--torch rebuilds each model from its metadata, and {path} records no architecture "
+                            "(export it with dimap-compress 0.1.0 or later)")
+        label = name if names.count(name) == 1 else str(path)
+        modules[label] = build_architecture(spec)
+        macs[label] = model_macs(meta)[0]
+        dims = tuple(spec["data_config"]["input_size"])
+        if size is not None and dims != size:
+            raise UserError(f"conflicting input shapes: {names[0]} expects {_fmt(size)}, {name} {_fmt(dims)}")
+        size = dims
+    return modules, macs, size
+
+
 def _check_settings(batches, threads, warmup, min_iters, min_time) -> None:
     if not batches or any(int(b) != b or b < 1 for b in batches):
         raise UserError(f"batch sizes must be positive integers, got {list(batches)}")

@@ -21,8 +21,11 @@ SPEC_KEY = "dimap_struct"
 FORMAT = 1
 
 
-def pruned_spec(source: dict, plan) -> dict:
-    """The JSON spec of a model pruned by `plan` from `source` (see `pipeline.CompressionResult`)."""
+def pruned_spec(source: dict, plan=None) -> dict:
+    """The JSON spec of a model pruned by `plan` from `source` (see `pipeline.CompressionResult`);
+    without a plan, of the unpruned source architecture."""
+    if plan is None:
+        return {"format": FORMAT, **source, "heads": None, "mlp_widths": None, "residual_widths": None}
     return {"format": FORMAT, **source, "heads": plan.head_counts, "mlp_widths": plan.mlp_widths,
             "residual_widths": plan.residual_widths}
 
@@ -60,27 +63,35 @@ def read_spec(path: str | os.PathLike) -> dict:
     return spec
 
 
-def load_pruned(path: str | os.PathLike, *, with_spec: bool = False):
-    """Rebuild the pruned module saved at `path` (eval mode). With `with_spec`, return
-    (module, spec); the spec's 'data_config' gives the preprocessing."""
-    from safetensors.torch import load_file
-
+def build_architecture(spec: dict) -> nn.Module:
+    """The module `spec` describes, with random weights (eval mode): the source model shrunk to
+    the spec's widths, keeping the first k of every structure."""
     from .models import load_model
     from .residual import cut_residual
     from .select import Plan
     from .surgery import apply_plan
 
-    spec = read_spec(path)
     loaded = load_model(spec["source_model"], pretrained=False, **spec.get("model_kwargs", {}))
     net, adapter = loaded.model, loaded.adapter
-    blocks = adapter.blocks()
-    plan = Plan([b.name for b in blocks], [list(range(h)) for h in spec["heads"]],
-                [list(range(m)) for m in spec["mlp_widths"]],
-                None if spec["residual_widths"] is None else [list(range(r)) for r in spec["residual_widths"]])
-    apply_plan(net, adapter, blocks, plan, tuple(loaded.data_config["input_size"]))
-    if plan.residual is not None:
-        for site, keep in zip(adapter.residual_sites(), plan.residual):
-            cut_residual(adapter, site, keep)
+    if spec["heads"] is not None:
+        blocks = adapter.blocks()
+        plan = Plan([b.name for b in blocks], [list(range(h)) for h in spec["heads"]],
+                    [list(range(m)) for m in spec["mlp_widths"]],
+                    None if spec["residual_widths"] is None else [list(range(r)) for r in spec["residual_widths"]])
+        apply_plan(net, adapter, blocks, plan, tuple(loaded.data_config["input_size"]))
+        if plan.residual is not None:
+            for site, keep in zip(adapter.residual_sites(), plan.residual):
+                cut_residual(adapter, site, keep)
+    return net.eval()
+
+
+def load_pruned(path: str | os.PathLike, *, with_spec: bool = False):
+    """Rebuild the pruned module saved at `path` (eval mode). With `with_spec`, return
+    (module, spec); the spec's 'data_config' gives the preprocessing."""
+    from safetensors.torch import load_file
+
+    spec = read_spec(path)
+    net = build_architecture(spec)
     state = load_file(str(path))
     try:
         net.load_state_dict(state, strict=True)

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure at least S seconds per model and batch (default: 3)")
     p.add_argument("--min-iters", type=int, default=20, metavar="N",
                    help="and at least N runs per model and batch (default: 20)")
-    p.add_argument("--torch", action="store_true", help="also time PyTorch eager models (not available yet)")
+    p.add_argument("--torch", action="store_true",
+                   help="also time the PyTorch modules in eager mode on CPU, rebuilt from each file's metadata "
+                        "(random weights; a second table)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     o.add_argument("--md", metavar="OUT.md", help="write the table as Markdown")
@@ -58,23 +60,29 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .bench import benchmark
-    from .errors import UserError
+    from .bench import benchmark, benchmark_torch, torch_models_for
 
-    if args.torch:
-        raise UserError("--torch needs PyTorch checkpoints (coming with --save-pt)")
     _check_outputs(args)
     if args.plot:
         _check_plottable(args.models)
+    timing = dict(batches=args.batch, threads=args.threads, warmup=args.warmup, min_iters=args.min_iters,
+                  min_time=args.min_time)
+    if args.torch:  # rebuild before timing anything, so a file without the metadata fails at once
+        modules, macs, input_size = torch_models_for(args.models)
     with _progress(Console(stderr=True), args.models, args.quiet) as on_run:
-        result = benchmark(args.models, batches=args.batch, threads=args.threads, warmup=args.warmup,
-                           min_iters=args.min_iters, min_time=args.min_time, on_run=on_run)
+        result = benchmark(args.models, on_run=on_run, **timing)
+    if args.torch:
+        with _progress(Console(stderr=True), args.models, args.quiet) as on_run:
+            result["torch"] = benchmark_torch(modules, input_size, macs=macs, on_run=on_run, **timing)
     result["package_version"] = __version__
     _write_outputs(args, result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        _print_table(result, Console())
+        console = Console()
+        _print_table(result, console)
+        if args.torch:
+            _print_table(result["torch"], console)
     return 0
 
 
@@ -140,17 +148,21 @@ def _cells(row: dict) -> list[str]:
 
 def _headline(result: dict) -> str:
     m = result["machine"]
-    return (f"onnxruntime {result['onnxruntime']}, {result['provider']}, {result['threads']} intra-op threads "
-            f"(inter-op 1, sequential, ORT_ENABLE_ALL); input {'x'.join(map(str, result['input_shape']))} "
-            f"random float32; {result['schedule']}; {m['platform']}, {m['usable_cpus']} of {m['cpu_count']} "
-            f"CPUs usable; {result['date']}")
+    if result["framework"] == "onnxruntime":
+        engine = (f"onnxruntime {result['onnxruntime']}, {result['provider']}, {result['threads']} intra-op threads "
+                  "(inter-op 1, sequential, ORT_ENABLE_ALL)")
+    else:
+        engine = (f"PyTorch {result['torch']} eager, CPU, {result['threads']} threads, inference mode, "
+                  "modules rebuilt from the metadata with random weights")
+    return (f"{engine}; input {'x'.join(map(str, result['input_shape']))} random float32; {result['schedule']}; "
+            f"{m['platform']}, {m['usable_cpus']} of {m['cpu_count']} CPUs usable; {result['date']}")
 
 
 def _print_table(result: dict, console) -> None:
     from rich import box
     from rich.table import Table
 
-    table = Table(*COLUMNS, title="dimap-bench", box=box.SIMPLE_HEAD)
+    table = Table(*COLUMNS, title=f"dimap-bench: {result['framework']}", box=box.SIMPLE_HEAD)
     for col in table.columns:
         col.no_wrap = True
         col.justify = "left" if col.header == "model" else "right"
@@ -168,13 +180,14 @@ def _print_table(result: dict, console) -> None:
         console.print(f"note: {note}", highlight=False)
 
 
-def markdown(result: dict) -> str:
-    """The result as a Markdown section: headline, table, notes."""
-    lines = ["# dimap-bench", "", _headline(result), "", "| " + " | ".join(COLUMNS) + " |",
-             "|" + "---|" + "---:|" * (len(COLUMNS) - 1)]
+def markdown(result: dict, level: int = 1) -> str:
+    """The result as a Markdown section: headline, table, notes (and the --torch section)."""
+    lines = [f"{'#' * level} dimap-bench: {result['framework']}", "", _headline(result), "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" + "---:|" * (len(COLUMNS) - 1)]
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in result["rows"]]
     lines += [""] + [f"- note: {n}" for n in result["notes"]]
-    return "\n".join(lines).rstrip() + "\n"
+    text = "\n".join(lines).rstrip() + "\n"
+    return text + "\n" + markdown(result["torch"], level + 1) if "torch" in result else text
 
 
 def plot(result: dict, path) -> None:

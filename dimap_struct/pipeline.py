@@ -21,6 +21,7 @@ from .budget import check_fraction, target_macs
 from .costs import CostModel, Counts, build_cost_model
 from .criteria import get_criterion, score
 from .errors import UserError
+from .checkpoint import pruned_spec
 from .export import export_onnx
 from .report import RANDOM_WEIGHTS_NOTE, source_section
 from .files import atomic_output, check_new_file
@@ -199,11 +200,12 @@ def compress(
                           dict(min_heads=min_heads, min_mlp=min_mlp, round_to=round_to, prune_embed=prune_embed,
                                min_embed=min_embed if prune_embed else None), mask_diff)
     result = CompressionResult(net, selection, report, source=source_of(loaded))
+    report["architecture"] = pruned_spec(result.source, plan)
     if save_pt is not None:
-        from .checkpoint import pruned_spec, save_pruned
+        from .checkpoint import save_pruned
 
         with steps("save pruned checkpoint"):
-            save_pruned(net, pruned_spec(result.source, plan), save_pt)
+            save_pruned(net, report["architecture"], save_pt)
         result.pt_path = Path(save_pt)
         report["pruned_checkpoint"] = str(save_pt)
     if paths is not None:
@@ -215,7 +217,7 @@ def compress(
 
 
 def source_of(loaded: LoadedModel) -> dict:
-    return {"source_model": loaded.name, "model_kwargs": getattr(loaded, "model_kwargs", {}),
+    return {"source_model": loaded.name, "model_kwargs": loaded.model_kwargs,
             "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.data_config.items()},
             "weights": loaded.weights}
 
@@ -232,7 +234,8 @@ def _compress_weights(model, *, flops, params, output, force, checkpoint, pretra
         loaded = load_any(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, model_kwargs=model_kwargs)
     with steps("score and mask single weights"):
         net, report = prune_weights(loaded, flops=flops, params=params)
-    result = CompressionResult(net, None, report)
+    result = CompressionResult(net, None, report, source=source_of(loaded))
+    report["architecture"] = pruned_spec(result.source)  # dense: the source architecture
     if paths is not None:
         with steps("export ONNX and check parity"):
             write_outputs(net, report, paths, tuple(loaded.data_config["input_size"]), opset, steps.seconds)
@@ -277,8 +280,8 @@ def write_outputs(net: nn.Module, report: dict, paths: tuple[Path, Path], input_
 
 def onnx_metadata(report: dict) -> dict:
     """The subset of the report stored inside the ONNX file (metadata key 'dimap_struct')."""
-    keys = ("package_version", "granularity", "source_model", "weights", "criterion", "score_mode", "target",
-            "achieved", "original", "pruned", "input", "constraints", "residual")
+    keys = ("package_version", "granularity", "source_model", "weights", "architecture", "criterion", "score_mode",
+            "target", "achieved", "original", "pruned", "input", "constraints", "residual")
     meta = {k: report[k] for k in keys if k in report}
     block_keys = ("name", "stage", "kept_heads", "mlp_width", "kept_weight_fraction")
     meta["blocks"] = [{k: b[k] for k in block_keys if k in b} for b in report["blocks"]]

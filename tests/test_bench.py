@@ -157,7 +157,31 @@ def test_cli_errors(toys, tmp_path, capsys):
     _one_line_error(*run(toys["wide"], str(junk)), "cannot read ONNX model")
     code, err = run(toys["wide"], toys["big_input"])
     _one_line_error(code, err, "conflicting input shapes: wide.onnx expects 3x16x16, big.onnx 3x20x20")
-    _one_line_error(*run(toys["wide"], "--torch"), "--torch needs PyTorch checkpoints (coming with --save-pt)")
+    _one_line_error(*run(toys["wide"], "--torch"), "records no architecture")
     _one_line_error(*run(toys["wide"], "--batch", "0"), "batch sizes must be positive")
     _one_line_error(*run(toys["wide"], toys["plain"], "--plot", str(tmp_path / "p.png")), "has none")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_cli_torch_times_the_rebuilt_modules(tmp_path, capsys):
+    """--torch rebuilds each exported model from its metadata: same structure (parameter count,
+    MACs) as the file, timed in eager PyTorch in a second table."""
+    import dimap_struct
+    from dimap_struct.checkpoint import build_architecture
+    from dimap_struct.export import read_metadata
+
+    dense, half = tmp_path / "dense.onnx", tmp_path / "half.onnx"
+    dimap_struct.compress("reference", 1.0, output=dense)
+    pruned = dimap_struct.compress("reference", 0.5, output=half)
+    rebuilt = build_architecture(read_metadata(half)["architecture"])
+    assert sum(p.numel() for p in rebuilt.parameters()) == pruned.report["pruned"]["params"]
+
+    code = cli_bench.main([str(dense), str(half), "--torch", "--batch", "2", "--threads", "1", "--json", *CLI_FAST])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    torch_rows = result["torch"]["rows"]
+    assert [r["model"] for r in torch_rows] == ["dense.onnx", "half.onnx"]
+    assert [r["macs"] for r in torch_rows] == [r["macs"] for r in result["rows"]]
+    assert torch_rows[1]["ideal_speedup"] == pytest.approx(torch_rows[0]["macs"] / torch_rows[1]["macs"])
+    assert result["torch"]["framework"] == "pytorch eager" and result["torch"]["input_shape"] == [1, 32, 32]
