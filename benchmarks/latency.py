@@ -5,10 +5,11 @@ heads + MLP channels only, and with residual channels too (`--prune-embed`). All
 model run interleaved in one `dimap_struct.bench.benchmark` call (same onnxruntime settings,
 all graph optimisations for every file, the dense one included), so speed-ups are ratios
 measured in one run. Also: `--round-to` 1 / 8 / 16 / 32 on swin_t at R = 0.5 with residual
-pruning, and "large pruned versus small dense": swin_s pruned to swin_t's MACs against dense
-swin_t. Writes benchmarks/results/latency.{md,json,png}.
+pruning; "large pruned versus small dense": swin_s pruned to swin_t's MACs against dense
+swin_t; and what onnxslim in the export brings: dense and R = 0.5 swin_t with and without it.
+Writes benchmarks/results/latency.{md,json,png}.
 
-    .venv/bin/python benchmarks/latency.py                          # everything (about 20-30 min)
+    .venv/bin/python benchmarks/latency.py                          # everything (about 10-15 min)
     .venv/bin/python benchmarks/latency.py --models swin_t --ratios 0.5 --min-iters 5   # a quick look
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct import compress, load_model  # noqa: E402
 from dimap_struct.bench import benchmark  # noqa: E402
+from dimap_struct.export import export_onnx, read_metadata  # noqa: E402
+from dimap_struct.pipeline import onnx_metadata  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,6 +35,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def export(loaded, path: Path, ratio, **options) -> Path:
     compress(loaded, ratio, output=path, force=True, **options)
     return path
+
+
+def with_and_without_slim(loaded, tmp: Path, name: str, ratio) -> list[Path]:
+    """The export as dimap-compress writes it (onnxslim applied) and the same model without onnxslim."""
+    slim = tmp / f"{name}_slim.onnx"
+    result = compress(loaded, ratio, output=slim, force=True)
+    plain = tmp / f"{name}_noslim.onnx"
+    export_onnx(result.model, plain, tuple(loaded.data_config["input_size"]), onnx_metadata(result.report), slim=False)
+    return [plain, slim]
 
 
 def timed(paths: list[Path], args) -> dict:
@@ -128,12 +140,13 @@ def main() -> None:
                       for k in args.round_to if k > 1]
             results["extras"]["round_to"] = timed(files, args)
             s = loaded.get("swin_s") or load_model("swin_s", pretrained=False)
-            t_macs = compress(t, 1.0).report["original"]["macs"]
-            budget = f"{t_macs / 1e9:.4f}G"
-            files = [export(t, tmp / "swin_t_dense.onnx", 1.0),
-                     export(s, tmp / "swin_s_to_t_heads.onnx", budget),
-                     export(s, tmp / "swin_s_to_t_embed.onnx", budget, prune_embed=True)]
+            files = [export(t, tmp / "swin_t_dense.onnx", 1.0)]
+            budget = f"{read_metadata(files[0])['original']['macs'] / 1e9:.4f}G"
+            files += [export(s, tmp / "swin_s_to_t_heads.onnx", budget),
+                      export(s, tmp / "swin_s_to_t_embed.onnx", budget, prune_embed=True)]
             results["extras"]["large_vs_small"] = timed(files, args)
+            files = with_and_without_slim(t, tmp, "swin_t_dense", 1.0) + with_and_without_slim(t, tmp, "swin_t_050", 0.5)
+            results["extras"]["onnxslim"] = timed(files, args)
             print(f"extras done ({time.perf_counter() - start:.0f} s)", flush=True)
     results["wall_s"] = time.perf_counter() - start
     first = next(iter(results["models"].values()))
@@ -153,6 +166,8 @@ def main() -> None:
         lines += table(results["extras"]["round_to"]["rows"], "swin_t, R = 0.5, --prune-embed: --round-to 1 / 8 / 16 / 32")
         lines += table(results["extras"]["large_vs_small"]["rows"],
                        "Large pruned versus small dense: swin_s pruned to swin_t's MACs (goal: latency <= 1.05x dense swin_t)")
+        lines += table(results["extras"]["onnxslim"]["rows"],
+                       "onnxslim in the export: swin_t dense and R = 0.5, without (`_noslim`) and with (`_slim`) it")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot(results, out.with_suffix(".png"))
     print(out.with_suffix(".md").read_text())

@@ -25,11 +25,11 @@ class ParityError(RuntimeError):
 
 
 def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, opset: int = 17,
-                probe: torch.Tensor | None = None) -> float:
+                probe: torch.Tensor | None = None, slim: bool = True) -> float:
     """Export `model` to `path` (write it through `files.atomic_output`) and return the max abs
     difference between onnxruntime (CPU) and PyTorch on `probe` (default: a seeded batch of 2).
     Raises ParityError above 1e-3. `metadata` is stored as JSON under the ONNX metadata key
-    'dimap_struct'."""
+    'dimap_struct'. `slim=False` skips onnxslim (to measure what it brings)."""
     model.eval()
     example = torch.zeros(1, *input_size)
     probe = probe if probe is not None else torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1))
@@ -41,7 +41,8 @@ def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, ops
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    proto = _slim(onnx.load(str(path)))
+    proto = onnx.load(str(path))
+    proto = _slim(proto) if slim else proto
     proto.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(metadata)))
     onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
