@@ -133,10 +133,14 @@ def _run(args: argparse.Namespace) -> int:
 
     err_console = Console(stderr=True)
     on_step = None if args.quiet else progress(err_console)
-    loaded = load_any(args.model, checkpoint=args.checkpoint, pretrained=not args.no_pretrained, seed=args.seed)
+    # --compare prunes one loaded model several times (compress copies it each time); otherwise
+    # compress loads it itself, with progress, and no second copy is made
+    source = load_any(args.model, checkpoint=args.checkpoint, pretrained=not args.no_pretrained,
+                      seed=args.seed) if compare else args.model
     options = dict(
-        flops=args.flops, output=args.output, force=args.force, seed=args.seed, on_step=on_step,
-        granularity=args.granularity, params=args.params)
+        flops=args.flops, output=args.output, force=args.force, checkpoint=args.checkpoint,
+        pretrained=not args.no_pretrained, seed=args.seed, on_step=on_step, granularity=args.granularity,
+        params=args.params)
     if args.save_pt is not None:
         options["save_pt"] = args.save_pt
     if not weight:
@@ -145,9 +149,9 @@ def _run(args: argparse.Namespace) -> int:
             min_mlp=_or(args.min_mlp, 8), round_to=_or(args.round_to, 1), calib_data=args.calib_data,
             prune_embed=bool(args.prune_embed), min_embed=_or(args.min_embed, 16),
             calib_batches=args.calib_batches)
-    result = compress(loaded, **options)
+    result = compress(source, **options)
     if args.plot:
-        _plot(args, loaded, options, result.report, compare)
+        _plot(args, source, options, result.report, compare)
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
@@ -161,7 +165,7 @@ def _or(value, default):
     return default if value is None else value
 
 
-def _plot(args, loaded, options, report: dict, compare: list[str]) -> None:
+def _plot(args, source, options, report: dict, compare: list[str]) -> None:
     """Draw this run and, for --compare, the same target under other criteria (no export)."""
     from pathlib import Path
 
@@ -171,7 +175,7 @@ def _plot(args, loaded, options, report: dict, compare: list[str]) -> None:
     reports = [report]
     for name in compare:
         others = dict(options, criterion=name, output=None, on_step=None)
-        reports.append(compress(loaded, **others).report)
+        reports.append(compress(source, **others).report)
     from .plot import plot_blocks
 
     path = Path(args.plot)

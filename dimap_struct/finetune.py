@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -137,10 +138,9 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
     teacher.eval()
     student.train()
     model = nn.parallel.DistributedDataParallel(student) if ctx.distributed else student
-    decay = [p for n, p in student.named_parameters() if p.ndim > 1 and "position_bias" not in n]
-    no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and "position_bias" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    # timm's factory leaves 1-D parameters and the model's own `no_weight_decay()` names (position
+    # bias tables, Swin v2's logit_scale and cpb_mlp) undecayed, whatever the family
+    optimizer = create_optimizer_v2(student, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, epoch = 0, 0
     if state is not None:
         student.load_state_dict(state["student"])

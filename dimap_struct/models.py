@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -144,9 +148,40 @@ def load_model(
 
 def _fetch_pretrained(name: str, model_kwargs: dict) -> nn.Module:
     try:
-        return timm.create_model(name, pretrained=True, **model_kwargs)
+        with _hub_session():
+            return timm.create_model(name, pretrained=True, **model_kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         raise _fetch_error(name, err) from err
+
+
+@contextmanager
+def _hub_session() -> Iterator[None]:
+    """Fetch through huggingface_hub without its retry noise: it logs every retry on stderr and
+    backs off for about 25 s per file before giving up, so when the Hub's host does not even
+    resolve (no network) use its offline mode (local cache only) for this fetch; the failure
+    then becomes our one-line error at once."""
+    import logging
+
+    from huggingface_hub import constants
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level, offline = hub_logger.level, constants.HF_HUB_OFFLINE
+    hub_logger.setLevel(logging.ERROR)
+    if not offline and not _resolves(urlparse(constants.ENDPOINT).hostname):
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+        constants.HF_HUB_OFFLINE = offline
+
+
+def _resolves(host: str | None) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def _build_torchvision(name: str, fetch: bool, model_kwargs: dict) -> nn.Module:

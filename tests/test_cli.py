@@ -142,6 +142,28 @@ def test_offline_pretrained_says_what_to_do(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_unreachable_hub_fails_fast_in_one_line(tmp_path, capsys, monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network (the Hub's host does not resolve), the
+    fetch fails at once with one line instead of huggingface_hub's retry log and back-off."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    start = time.perf_counter()
+    code, _, err = _run(capsys, "swin_t", "--flops", "0.5", "-o", str(tmp_path / "m.onnx"), "--quiet")
+    _assert_user_error(code, err, "could not fetch pretrained weights", "--no-pretrained")
+    assert time.perf_counter() - start < 20
+    assert constants.HF_HUB_OFFLINE is False  # the switch to offline mode lasts only for the fetch
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_bad_structure_options(capsys):
     code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--round-to", "0")
     _assert_user_error(code, err, "round-to")
