@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import os
 import socket
-from contextlib import contextmanager
+import sys
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -190,7 +191,8 @@ def _build_torchvision(name: str, fetch: bool, model_kwargs: dict) -> nn.Module:
     if not fetch:
         return torchvision.models.get_model(base, weights=None, **model_kwargs)
     try:
-        return torchvision.models.get_model(base, weights="DEFAULT", **model_kwargs)
+        with redirect_stdout(sys.stderr):  # torch.hub announces downloads on stdout, which --json owns
+            return torchvision.models.get_model(base, weights="DEFAULT", **model_kwargs)
     except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
         raise _fetch_error(name, err) from err
 
