@@ -61,7 +61,10 @@ def test_interrupt_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
     resume = out.with_suffix(".resume.pt")
     cmd = [sys.executable, "-m", "dimap_struct.cli_finetune", *BASE, "--epochs", "4", "--batch-size", "100",
            "--data", small_mnist, "-o", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    # a terminal's Ctrl-C: SIGINT at its default even when the suite runs as a background job
+    # (which starts with SIGINT ignored, and Python then never raises KeyboardInterrupt)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not resume.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
