@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct import compress, load_model  # noqa: E402
-from dimap_struct.criteria import CRITERIA  # noqa: E402
+from dimap_struct.prune.criteria import CRITERIA  # noqa: E402
 from dimap_struct.data import MNIST_DEFAULT  # noqa: E402
-from dimap_struct.evaluate import accuracy, torch_classifier  # noqa: E402
-from dimap_struct.finetune import FinetuneConfig, finetune  # noqa: E402
+from dimap_struct.deploy.evaluate import accuracy, torch_classifier  # noqa: E402
+from dimap_struct.recover.finetune import FinetuneConfig, finetune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RANDOM_SEEDS = (0, 1, 2)

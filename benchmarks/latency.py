@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct import compress, load_model  # noqa: E402
-from dimap_struct.bench import benchmark  # noqa: E402
-from dimap_struct.export import export_onnx, read_metadata  # noqa: E402
+from dimap_struct.deploy.bench import benchmark  # noqa: E402
+from dimap_struct.deploy.export import export_onnx, read_metadata  # noqa: E402
 from dimap_struct.pipeline import onnx_metadata  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

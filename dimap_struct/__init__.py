@@ -4,14 +4,18 @@ cut for real, exported to a dense ONNX model.
     import dimap_struct
     result = dimap_struct.compress("swin_t", 0.5, pretrained=False, output="swin_t_small.onnx")
     result.model       # the pruned nn.Module
-    result.report      # MACs / params before and after, per stage, module and block
+    result.report      # a typed Report: MACs / params before and after, per stage, module and block
+    options = dimap_struct.CompressOptions(model="swin_t", flops=0.6, criterion="lamp-global")
+    dimap_struct.compress("swin_t", options)
     dimap_struct.load_pruned("x.pt")   # rebuild a model saved with compress(..., save_pt="x.pt")
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import UserError  # noqa: E402
-from .models import load_model  # noqa: E402
+from .options import CompressOptions, load_recipe  # noqa: E402
+from .models import load_model, load_pruned  # noqa: E402
 from .pipeline import CompressionResult, compress  # noqa: E402
-from .checkpoint import load_pruned  # noqa: E402
+from .report import Report  # noqa: E402
 
-__all__ = ["CompressionResult", "UserError", "compress", "load_model", "load_pruned", "__version__"]
+__all__ = ["CompressOptions", "CompressionResult", "Report", "UserError", "compress", "load_model", "load_pruned",
+           "load_recipe", "__version__"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dimap_struct import bench, cli_bench
+from dimap_struct.cli import bench as cli_bench
+from dimap_struct.deploy import bench
 
 FAST = dict(warmup=0.0, min_iters=5, min_time=0.01)
 CLI_FAST = ["--warmup", "0", "--min-iters", "5", "--min-time", "0.01", "--quiet"]
@@ -167,8 +168,8 @@ def test_cli_torch_times_the_rebuilt_modules(tmp_path, capsys):
     """--torch rebuilds each exported model from its metadata: same structure (parameter count,
     MACs) as the file, timed in eager PyTorch in a second table."""
     import dimap_struct
-    from dimap_struct.checkpoint import build_architecture
-    from dimap_struct.export import read_metadata
+    from dimap_struct.models.checkpoint import build_architecture
+    from dimap_struct.deploy.export import read_metadata
 
     dense, half = tmp_path / "dense.onnx", tmp_path / "half.onnx"
     dimap_struct.compress("reference", 1.0, output=dense)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import dimap_struct
-from dimap_struct import cli
-from dimap_struct.checkpoint import SPEC_KEY, load_pruned
+from dimap_struct.cli import compress as cli
+from dimap_struct.models.checkpoint import SPEC_KEY, load_pruned
 
 
 @pytest.mark.parametrize("embed", [False, True])
@@ -52,7 +52,7 @@ def test_other_image_size_prunes_exports_and_reloads(tmp_path):
     result = dimap_struct.compress("swin_t", 0.5, pretrained=False, output=out, save_pt=pt,
                                    model_kwargs={"img_size": 160, "window_size": 5})
     assert result.report["input"]["input_size"] == [3, 160, 160]
-    from dimap_struct.export import read_metadata
+    from dimap_struct.deploy.export import read_metadata
 
     assert read_metadata(out)["input"]["input_size"] == [3, 160, 160]
     assert abs(result.report["achieved"]["ratio"] - 0.5) <= 0.01

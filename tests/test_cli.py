@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dimap_struct import cli
+from dimap_struct.cli import compress as cli
 from dimap_struct.models import load_model
 
 

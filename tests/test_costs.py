@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import dimap_struct
-from dimap_struct.costs import build_cost_model
+from dimap_struct.prune.costs import build_cost_model
 from dimap_struct.models import wrap_model
 
 PAPER = {"swin_t": (4.5e9, 28.3e6), "swin_s": (8.7e9, 49.6e6), "swin_b": (15.4e9, 87.8e6)}

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import dimap_struct
-from dimap_struct import cli
-from dimap_struct.criteria import CRITERIA, score
-from dimap_struct.data import default_data_dir
+from dimap_struct.cli import compress as cli
+from dimap_struct.prune.criteria import CRITERIA, score
+from shared_data import mnist_dir as default_data_dir
 from dimap_struct.models import wrap_model
-from dimap_struct.scoring import dimap_weight_scores
+from dimap_struct.prune.scoring import dimap_weight_scores
 
 MNIST = default_data_dir()
 needs_mnist = pytest.mark.skipif(MNIST is None, reason="the shared MNIST directory (../shared/data/mnist) is absent")
@@ -81,7 +81,7 @@ def test_lamp_global_has_one_threshold_across_modules(random_model):
 
 def test_dimap_cost_divides_by_group_macs(random_model):
     result = _compress(random_model("swin_t"), "dimap-cost")
-    from dimap_struct.costs import build_cost_model
+    from dimap_struct.prune.costs import build_cost_model
 
     loaded = wrap_model(copy.deepcopy(random_model("swin_t")))
     blocks = loaded.adapter.blocks()

@@ -1,4 +1,4 @@
-"""Datasets (dimap_struct.data) and the committed reference Swin (dimap_struct.reference)."""
+"""Datasets (dimap_struct.data) and the committed reference Swin (dimap_struct.models.reference)."""
 import gzip
 import struct
 
@@ -147,8 +147,8 @@ def test_reference_model_accuracy():
     timm, and reaches >= 97 % top-1 on the whole eval split (2,000 digits, a few seconds)."""
     import timm
 
-    from dimap_struct.evaluate import accuracy, torch_classifier
-    from dimap_struct.reference import REFERENCE_DATA_CONFIG, build_reference
+    from dimap_struct.deploy.evaluate import accuracy, torch_classifier
+    from dimap_struct.models.reference import REFERENCE_DATA_CONFIG, build_reference
 
     model = build_reference()
     cfg = timm.data.resolve_model_data_config(model)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import dimap_struct
-from dimap_struct import cli_eval
-from dimap_struct.data import default_data_dir
-from dimap_struct.evaluate import accuracy, onnx_classifier, torch_classifier
+from dimap_struct.cli import eval as cli_eval
+from shared_data import mnist_dir as default_data_dir
+from dimap_struct.deploy.evaluate import accuracy, onnx_classifier, torch_classifier
 from dimap_struct.models import load_model
 
 pytestmark = pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data/mnist")

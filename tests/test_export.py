@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 import dimap_struct
-from dimap_struct.export import read_metadata
-from dimap_struct.onnx_macs import count_onnx_macs
+from dimap_struct.deploy.export import read_metadata
+from dimap_struct.deploy.onnx_macs import count_onnx_macs
 
 
 def _cli(*args, check=True):

@@ -18,7 +18,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import dimap_struct
-from dimap_struct import cli
+from dimap_struct.cli import compress as cli
 from dimap_struct.models import load_model
 
 DEFAULT = [

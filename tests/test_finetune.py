@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from dimap_struct.data import default_data_dir
-from dimap_struct.evaluate import accuracy, onnx_classifier
+from shared_data import mnist_dir as default_data_dir
+from dimap_struct.deploy.evaluate import accuracy, onnx_classifier
 
 pytestmark = pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data/mnist")
 BASE = ["reference", "--no-pretrained", "--flops", "0.5", "--quiet"]
@@ -84,7 +84,7 @@ def test_interrupt_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
 
 
 def test_resume_refuses_a_different_command(tmp_path, capsys):
-    from dimap_struct import cli_finetune
+    from dimap_struct.cli import finetune as cli_finetune
 
     code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
     assert code == 2 and "no " in capsys.readouterr().err

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import dimap_struct
-from dimap_struct import cli
+from dimap_struct.cli import compress as cli
 from dimap_struct.models import wrap_model
-from dimap_struct.residual import cut_residual, interleaved_index, mask_residual
+from dimap_struct.prune.cut import cut_residual, interleaved_index
+from dimap_struct.prune.verify import mask_residual
 
 
 def test_cutting_chosen_channels_equals_masking_them(random_model):
@@ -62,7 +63,7 @@ def test_layernorm_shrink_keeps_the_right_entries():
     """Regression: torch-pruning 1.6.1 permutes LayerNorm entries once a large share is dropped."""
     from torch import nn
 
-    from dimap_struct.residual import keep_layernorm_entries
+    from dimap_struct.prune.cut import keep_layernorm_entries
 
     norm = nn.LayerNorm(192)
     with torch.no_grad():

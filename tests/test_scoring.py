@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from dimap_struct.adapters import AttentionSite, MlpSite
-from dimap_struct.scoring import (
+from dimap_struct.models.adapters import AttentionSite, MlpSite
+from dimap_struct.prune.scoring import (
     channel_weight_views,
     dimap_weight_scores,
     group_scores,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dimap_struct
-from dimap_struct.criteria import score
+from dimap_struct.prune.criteria import score
 from dimap_struct.models import wrap_model
 
 

@@ -1,4 +1,4 @@
-"""Train the reference Swin (dimap_struct.reference) from scratch on the MNIST "train" split.
+"""Train the reference Swin (dimap_struct.models.reference) from scratch on the MNIST "train" split.
 
     .venv/bin/python tools/train_reference.py                 # writes dimap_struct/weights/
     .venv/bin/python tools/train_reference.py --epochs 1 --out /tmp/ref.safetensors  # timing
@@ -27,9 +27,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct.data import MNIST_DEFAULT, build_loader  # noqa: E402
-from dimap_struct.evaluate import accuracy, torch_classifier  # noqa: E402
+from dimap_struct.deploy.evaluate import accuracy, torch_classifier  # noqa: E402
 from dimap_struct.files import atomic_output  # noqa: E402
-from dimap_struct.reference import (REFERENCE_DATA_CONFIG, REFERENCE_KWARGS,  # noqa: E402
+from dimap_struct.models.reference import (REFERENCE_DATA_CONFIG, REFERENCE_KWARGS,  # noqa: E402
                                     WEIGHTS_PATH, build_reference, sha256_file)
 
 HYPER = dict(batch_size=128, lr=1e-3, min_lr=1e-5, warmup_epochs=2, weight_decay=0.05,

@@ -1,0 +1,1 @@
+"""The four commands: dimap-compress, dimap-eval, dimap-finetune, dimap-bench."""

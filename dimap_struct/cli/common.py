@@ -1,0 +1,86 @@
+"""What every `dimap-*` command shares: error handling, exit codes and progress display.
+
+User errors (`UserError`) print one line and exit with code 2; Ctrl-C exits with 130; any
+other exception exits with 1 and a hint. `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+"""The project's MNIST test set beside a source checkout: the CLIs' last-resort data default."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line, exit code 2 (argparse itself prints
+    the whole usage block first)."""
+
+    def __init__(self, prog: str, description: str, epilog: str | None = None):
+        super().__init__(prog=prog, description=description, epilog=epilog,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_common_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--quiet, --debug and --version."""
+    from .. import __version__
+
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def add_config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="RECIPE", help="read options from a recipe (.yaml, .yml or .json; a JSON "
+                   "report written by this command works too); flags given here override it")
+
+
+def default_data(data: str | None) -> str:
+    """--data, else $DIMAP_DATA, else the shared MNIST beside a source checkout."""
+    from ..data import DATA_ENV
+
+    return data or os.environ.get(DATA_ENV) or str(SHARED_DATA)
+
+
+def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
+    """Call `run(args)` and turn exceptions into the exit codes above."""
+    try:
+        return run(args)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output written", file=sys.stderr)
+        return 130
+    except Exception as err:
+        from ..errors import UserError
+
+        if args.debug:
+            raise
+        if isinstance(err, UserError):
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+        print(f"{prog}: internal error: {type(err).__name__}: {err} (rerun with --debug "
+              "for the traceback)", file=sys.stderr)
+        return 1
+
+
+def progress(console):
+    """One spinner per stage on stderr; a tick with the elapsed time when it ends."""
+
+    @contextmanager
+    def step(label: str):
+        start = time.perf_counter()
+        with console.status(f"{label}..."):
+            yield
+        console.print(f"[green]done[/] {label} [dim]({time.perf_counter() - start:.1f} s)[/]", highlight=False)
+
+    return step

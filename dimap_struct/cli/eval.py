@@ -1,0 +1,73 @@
+"""`dimap-eval`: top-1 / top-5 of an ONNX file or a model name on MNIST or an image folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..options import EvalOptions
+from .common import Parser, add_common_flags, add_config_flag, default_data, run_command
+
+EPILOG = """\
+examples:
+  dimap-eval reference                              # the trained reference Swin, shared MNIST
+  dimap-eval /tmp/r.onnx --data ../shared/data/mnist
+  dimap-eval swin_t --checkpoint swin_tiny.pth --data /data/imagenet/val --split all
+
+ONNX files take their preprocessing from the metadata dimap-compress writes. Splits: index % 5
+== 4 is "eval" (MNIST: 2,000 digits), the rest "train"; "all" is everything. Data defaults to
+$DIMAP_DATA, else ../shared/data/mnist beside the source checkout.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser("dimap-eval", "Top-1 / top-5 accuracy of a model.", EPILOG)
+    EvalOptions.add_flags(p)
+    add_config_flag(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_common_flags(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("dimap-eval", args, _run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ..deploy.evaluate import accuracy, load_classifier
+    from ..errors import UserError
+
+    options = EvalOptions.from_args(args, args.config)
+    if options.model is None:
+        raise UserError("give a MODEL: an .onnx file, a pruned checkpoint or a model name")
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    data = default_data(options.data)
+    if not Path(data).is_dir():  # fail before the (possibly slow) model load
+        raise UserError(f"data directory not found: {data}")
+    classifier = load_classifier(options.model, checkpoint=options.checkpoint, pretrained=options.pretrained,
+                                 seed=options.seed, threads=options.threads)
+    console = Console(stderr=True)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, disable=args.quiet, transient=True) as bar:
+        task = bar.add_task("evaluating", total=None)
+        result = accuracy(classifier, data, split=options.split, batch_size=options.batch_size, limit=options.limit,
+                          on_batch=lambda done, total: bar.update(task, completed=done, total=total))
+    result.update(model=classifier.description, data=str(data), recipe=options.recipe())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{classifier.description}\n  data {data} (split {result['split']}, {result['images']} images)\n"
+              f"  top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

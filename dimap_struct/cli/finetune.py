@@ -1,0 +1,146 @@
+"""`dimap-finetune`: prune like dimap-compress, recover accuracy with distillation, export ONNX.
+
+    dimap-finetune reference --flops 0.5 -o r_ft.onnx
+    torchrun --nproc_per_node 2 -m dimap_struct.cli.finetune reference --flops 0.5 -o r_ft.onnx
+
+Under torchrun every process prunes the same way, trains on its shard with DDP, and rank 0
+writes the outputs. After each full epoch rank 0 saves OUT.resume.pt; `--resume` continues from
+it after an interruption. The ONNX / JSON outputs appear only when everything succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..options import FinetuneOptions
+from .common import Parser, add_common_flags, add_config_flag, default_data, progress, run_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser("dimap-finetune", "Prune a Swin to a MACs budget, fine-tune it with knowledge distillation "
+               "from the unpruned model plus the labels, export ONNX.", __doc__.split("\n\n")[1])
+    FinetuneOptions.add_flags(p)
+    add_config_flag(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_common_flags(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("dimap-finetune", args, _run)
+
+
+def resume_path(output: str) -> Path:
+    return Path(output).with_suffix(".resume.pt")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from ..deploy.evaluate import accuracy, torch_classifier
+    from ..deploy.export import write_model_and_report
+    from ..errors import UserError
+    from ..models import load_any
+    from ..pipeline import check_outputs, compress
+    from ..recover.finetune import finetune, init_distributed, save_state, weights_digest
+
+    options = FinetuneOptions.from_args(args, args.config)
+    if options.model is None or options.output is None:
+        raise UserError("give a MODEL and -o OUT.onnx")
+    paths = check_outputs(options)
+    data = default_data(options.data)
+    ctx = init_distributed()
+    console = Console(stderr=True)
+    step = progress(console) if ctx.is_main and not args.quiet else None
+    cfg = options.training()
+    identity = {"recipe": options.recipe(), "world_size": ctx.world_size}
+    state = None
+    resume = resume_path(options.output)
+    if options.resume:
+        if not resume.is_file():
+            raise UserError(f"--resume: no {resume} to continue from")
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        if state["meta"] != identity:
+            raise UserError(f"--resume: {resume} was saved by a different command (model, target, criterion, "
+                            "seed, process count or training options differ)")
+
+    loaded = load_any(options.model, checkpoint=options.checkpoint, pretrained=options.pretrained, seed=options.seed,
+                      model_kwargs=options.model_kwargs)
+    prune_options = options.pruning()
+    result = compress(loaded, prune_options, on_step=step)
+    student, teacher, config = result.model, loaded.model, loaded.data_config
+    report = result.report
+    report.recipe = options.recipe()
+    classes = loaded.adapter.num_classes
+
+    def evaluate(model):
+        return accuracy(torch_classifier(model, config, "", classes), data, split="eval")["top1"]
+
+    before = {}
+    if ctx.is_main:
+        before = {"teacher_top1": evaluate(teacher), "pruned_top1": evaluate(student)}
+
+    def save(epoch: int, st: dict) -> None:
+        if ctx.is_main:
+            save_state(resume, st, identity)
+
+    on_step = None
+    if ctx.is_main and not args.quiet:
+        on_step = _train_progress(console)
+    try:
+        summary = finetune(student, teacher, data, config, cfg, ctx, seed=options.seed, state=state,
+                           on_epoch_end=save, on_step=on_step)
+    except KeyboardInterrupt:
+        if resume.is_file():
+            print(f"dimap-finetune: interrupted; rerun with --resume to continue from {resume}", file=sys.stderr)
+        raise
+    digest = weights_digest(student)
+    print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
+    if ctx.is_main:
+        after = evaluate(student)
+        report.finetune = {**summary, **before, "finetuned_top1": after, "data": str(data),
+                           "weights_sha256": digest, "resumed": state is not None}
+        write_model_and_report(student, report, paths, prune_options.opset)
+        resume.unlink(missing_ok=True)
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            f = report.finetune
+            print(f"{report.source.model} -> {paths[0]} ({report.achieved.ratio:.3f} of the MACs, "
+                  f"criterion {report.criterion})\n"
+                  f"  top-1: unpruned {f['teacher_top1']:.2f}%  pruned {f['pruned_top1']:.2f}%  "
+                  f"fine-tuned {f['finetuned_top1']:.2f}%  ({f['steps']} steps x {cfg.batch_size} x "
+                  f"{ctx.world_size} process(es))")
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def _train_progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console, transient=True)
+    task = None
+
+    def update(step: int, total: int, loss: float) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("fine-tuning", total=total)
+        bar.update(task, completed=step, description=f"fine-tuning (loss {loss:.3f})")
+        if step >= total:
+            bar.stop()
+
+    return update
+
+
+if __name__ == "__main__":
+    sys.exit(main())

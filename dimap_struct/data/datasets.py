@@ -1,0 +1,324 @@
+"""Datasets for evaluation, calibration and fine-tuning.
+
+Two sources, picked by what the directory holds:
+
+- MNIST in IDX format (``t10k-images-idx3-ubyte[.gz]`` + ``t10k-labels-idx1-ubyte[.gz]``).
+  The project only has the official *test* set (10,000 digits) and splits it itself.
+- An ImageFolder directory (one subfolder per class, ImageNet-val layout), read with
+  torchvision and timm's evaluation transform for the model's data config.
+
+Splits, the same rule for both sources (samples in their stored / sorted order):
+index % 5 == 4 is ``"eval"`` (MNIST: 2,000 digits), the rest ``"train"`` (8,000), and
+``"all"`` is everything. ImageFolder follows the rule too, so a model fine-tuned on
+``"train"`` is never measured on the images it saw; pass ``split="all"`` to evaluate on the
+whole folder.
+
+Every item is ``(image, label)``: a float32 tensor of shape ``data_config["input_size"]``
+``(C, H, W)`` normalised with ``data_config["mean"]`` / ``["std"]``, and an int label.
+Problems a user can fix raise :class:`~dimap_struct.errors.UserError` with one line.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler,
+                              SequentialSampler, Subset)
+
+from ..errors import UserError
+
+DATA_ENV = "DIMAP_DATA"
+"""Environment variable naming the data directory used when no path is given."""
+SPLITS = ("train", "eval", "all")
+MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+_IDX_MAGIC = {2051: 3, 2049: 1}  # magic -> number of dimensions (images, labels)
+_CACHE_LIMIT = 256 * 2**20  # bytes: preprocessed MNIST splits up to this size stay in memory
+
+
+def data_path(path=None) -> Path:
+    """`path`, else the directory in $DIMAP_DATA; UserError if neither is given."""
+    if path is None:
+        path = os.environ.get(DATA_ENV) or None
+    if path is None:
+        raise UserError(f"no data directory: give one (--data PATH) or set {DATA_ENV}")
+    return Path(path)
+
+
+def split_indices(n: int, split: str) -> np.ndarray:
+    """Indices of ``split`` among ``n`` samples: ``i % 5 == 4`` is eval, the rest train."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    idx = np.arange(n)
+    if split == "all":
+        return idx
+    return idx[idx % 5 == 4] if split == "eval" else idx[idx % 5 != 4]
+
+
+# ----------------------------------------------------------------------------------- IDX
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (gzip-compressed if its name ends in ``.gz``) into a uint8 array.
+
+    Images (magic 2051) give shape ``(count, rows, cols)``, labels (magic 2049) ``(count,)``.
+    Any unreadable, truncated or malformed file raises UserError naming the file.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"IDX file not found: {path}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 8:
+        raise UserError(f"malformed IDX file {path}: only {len(raw)} bytes, no header")
+    magic, count = (int(v) for v in np.frombuffer(raw, ">i4", 2))
+    if magic not in _IDX_MAGIC:
+        raise UserError(f"malformed IDX file {path}: magic {magic}, expected 2051 (images) "
+                        "or 2049 (labels)")
+    ndim = _IDX_MAGIC[magic]
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise UserError(f"malformed IDX file {path}: header truncated")
+    shape = tuple(int(v) for v in np.frombuffer(raw, ">i4", ndim, offset=4))
+    if min(shape) < 0 or (ndim == 3 and min(shape[1:]) == 0):
+        raise UserError(f"malformed IDX file {path}: bad sizes {shape}")
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise UserError(f"malformed IDX file {path}: {what} ({len(raw)} bytes, "
+                        f"expected {expected} for shape {shape})")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
+
+
+def _find(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _mnist_files(directory: Path) -> tuple[Path, Path] | None:
+    found = [_find(directory, name) for name in MNIST_FILES]
+    return (found[0], found[1]) if all(found) else None
+
+
+def load_mnist(directory) -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits of an MNIST directory: uint8 images ``(N, 28, 28)``, int64 labels ``(N,)``."""
+    directory = Path(directory)
+    files = _mnist_files(directory)
+    if files is None:
+        raise UserError(f"{directory} has no MNIST files ({' and '.join(MNIST_FILES)}, .gz or not)")
+    images, labels = read_idx(files[0]), read_idx(files[1])
+    if images.ndim != 3:
+        raise UserError(f"malformed MNIST: {files[0]} holds labels, not images")
+    if labels.ndim != 1:
+        raise UserError(f"malformed MNIST: {files[1]} holds images, not labels")
+    if len(images) != len(labels):
+        raise UserError(f"malformed MNIST: {len(images)} images in {files[0]} but "
+                        f"{len(labels)} labels in {files[1]}")
+    if labels.size and labels.max() > 9:
+        raise UserError(f"malformed MNIST: label {labels.max()} in {files[1]} (expected 0-9)")
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------- MNIST
+
+def _input_size(data_config) -> tuple[int, int, int]:
+    size = data_config.get("input_size")
+    if isinstance(size, int):
+        size = (3, size, size)
+    if size is None or len(size) != 3:
+        raise UserError(f"data config input_size must be (C, H, W), got {size!r}")
+    return tuple(int(v) for v in size)
+
+
+def _per_channel(data_config, key: str, channels: int) -> torch.Tensor:
+    values = tuple(float(v) for v in data_config[key])
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise UserError(f"data config {key} has {len(values)} values for {channels} channels")
+    return torch.tensor(values).view(1, channels, 1, 1)
+
+
+class MNISTDataset(Dataset):
+    """MNIST digits held in memory, shaped and normalised for one model.
+
+    ``images``: uint8 ``(N, 28, 28)``; ``labels``: int64 ``(N,)``. Item ``i`` is
+    ``(float32 (C, H, W), int)``: pixels scaled to [0, 1], resized bilinearly to (H, W),
+    the gray channel repeated to C channels, normalised. With ``augment`` every fetch draws a
+    small random affine (rotation +-10 degrees, translation up to 10 % of the side, scale
+    0.9-1.1) merged with the resize into one ``grid_sample`` per batch.
+
+    Batches are built at once (indexing with a list, or ``__getitems__`` for a plain
+    DataLoader); without augmentation a preprocessed copy is kept when it is small (up to
+    256 MiB).
+    """
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, data_config: dict, *,
+                 augment: bool = False, seed: int = 0):
+        self.images, self.labels = images, labels
+        self.channels, self.height, self.width = _input_size(data_config)
+        if self.channels not in (1, 3):
+            raise UserError(f"MNIST needs 1 or 3 input channels, the model has {self.channels}")
+        self.mean = _per_channel(data_config, "mean", self.channels)
+        self.std = _per_channel(data_config, "std", self.channels)
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+        self._worker_rng: tuple[int, torch.Generator] | None = None
+        self._cache: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        """An int gives one ``(image, label)``; a list of ints a whole batch
+        ``(float32 (B, C, H, W), int64 (B,))`` (what :func:`build_loader` asks for)."""
+        if isinstance(index, (int, np.integer)) or (torch.is_tensor(index) and index.ndim == 0):
+            return self.__getitems__([int(index)])[0]
+        index = torch.as_tensor(index, dtype=torch.long)
+        return self.batch(index), self.labels[index]
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.batch(index).unbind(0), self.labels[index].tolist()))
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images for ``index`` as one float32 tensor ``(B, C, H, W)``."""
+        if self.augment:
+            return self._transform(index, self._rng())
+        nbytes = 4 * len(self) * self.channels * self.height * self.width
+        if self._cache is None and nbytes <= _CACHE_LIMIT:
+            self._cache = self._transform(torch.arange(len(self)), None)
+        if self._cache is not None:
+            return self._cache[index]
+        return self._transform(index, None)
+
+    def _rng(self) -> torch.Generator:
+        # In a DataLoader worker the copied generator would repeat the other workers' draws.
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self.generator
+        if self._worker_rng is None or self._worker_rng[0] != info.seed:
+            self._worker_rng = (info.seed, torch.Generator().manual_seed(info.seed))
+        return self._worker_rng[1]
+
+    def _transform(self, index: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+        x = self.images[index].unsqueeze(1).float().div_(255.0)  # (B, 1, 28, 28)
+        size = (self.height, self.width)
+        if rng is None:
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        else:
+            x = F.grid_sample(x, F.affine_grid(_random_affine(len(x), rng), [len(x), 1, *size],
+                                               align_corners=False),
+                              mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = x.expand(-1, self.channels, -1, -1)
+        return ((x - self.mean) / self.std).contiguous()
+
+
+def _random_affine(n: int, rng: torch.Generator, degrees: float = 10.0,
+                   translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """``(n, 2, 3)`` sampling matrices for ``affine_grid``: output coordinates -> input."""
+    angle = (torch.rand(n, generator=rng) * 2 - 1) * math.radians(degrees)
+    zoom = torch.empty(n).uniform_(*scale, generator=rng)
+    shift = (torch.rand(n, 2, generator=rng) * 2 - 1) * (2 * translate)  # grid spans [-1, 1]
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                        torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+# ------------------------------------------------------------------------------ folders
+
+class FolderSplit(Subset):
+    """A split of an ImageFolder; keeps ``classes`` of the folder."""
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+
+def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool) -> Dataset:
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    config = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
+                                         "crop_pct", "crop_mode") if k in data_config}
+    transform = create_transform(**config, is_training=train_augment)
+    try:
+        folder = ImageFolder(str(root), transform=transform, allow_empty=True)
+    except (FileNotFoundError, OSError) as exc:
+        raise UserError(f"cannot read image folder {root}: {exc}") from None
+    if not folder.samples:
+        raise UserError(f"image folder {root} has class folders but no images "
+                        f"({', '.join(IMAGE_SUFFIXES)})")
+    return FolderSplit(folder, split_indices(len(folder), split).tolist())
+
+
+# ------------------------------------------------------------------------------ public
+
+def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = False,
+                  seed: int = 0) -> Dataset:
+    """The ``split`` ("train", "eval", "all") of the dataset at ``path`` for ``data_config``.
+
+    ``path`` None means ``$DIMAP_DATA`` (:func:`data_path`). ``data_config`` is timm's
+    (``resolve_model_data_config``): ``input_size`` (C, H, W), ``mean``, ``std`` and, for
+    image folders, ``interpolation`` / ``crop_pct`` / ``crop_mode``. ``train_augment``: random
+    affine for MNIST (drawn from ``seed``), timm's training transform for image folders.
+    """
+    split_indices(0, split)  # validates the name
+    root = data_path(path)
+    if not root.exists():
+        raise UserError(f"data directory not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"data path is not a directory: {root}")
+    if _mnist_files(root):
+        images, labels = load_mnist(root)
+        index = torch.from_numpy(split_indices(len(labels), split))
+        return MNISTDataset(images[index], labels[index], data_config,
+                            augment=train_augment, seed=seed)
+    if any(p.is_dir() for p in root.iterdir()):
+        return _image_folder(root, split, data_config, train_augment)
+    raise UserError(f"{root} is neither MNIST (IDX files {MNIST_FILES[0]}[.gz] and "
+                    f"{MNIST_FILES[1]}[.gz]) nor an image folder (one subfolder per class)")
+
+
+def num_classes(dataset: Dataset) -> int:
+    """Number of classes of a dataset made by :func:`build_dataset` (or a Subset of one)."""
+    while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    if not hasattr(dataset, "classes"):
+        raise TypeError(f"{type(dataset).__name__} does not say its classes")
+    return len(dataset.classes)
+
+
+def build_loader(path, split: str, data_config: dict, batch_size: int, *, shuffle: bool = False,
+                 seed: int = 0, train_augment: bool = False, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over :func:`build_dataset`; batches are ``(float32 (B, C, H, W), int64 (B,))``.
+
+    The order (with ``shuffle``) and the MNIST augmentation are fixed by ``seed``.
+    """
+    dataset = build_dataset(path, split, data_config, train_augment=train_augment, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, generator=generator)
+    if isinstance(dataset, MNISTDataset):
+        # Whole batches come from the dataset in one piece: no per-item split and re-stack.
+        order = (RandomSampler(dataset, generator=generator) if shuffle
+                 else SequentialSampler(dataset))
+        return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False),
+                          batch_size=None, **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **common)

@@ -1,0 +1,102 @@
+"""Top-1 / top-5 accuracy of a classifier given as an ONNX file, a model name or an nn.Module.
+
+ONNX files run in onnxruntime and take their preprocessing (input size, mean, std) from the
+'dimap_struct' metadata that `dimap-compress` writes; PyTorch models take it from timm's data
+config. Data: MNIST or an image folder (`data.build_dataset`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+
+@dataclass
+class Classifier:
+    """Something that maps a float32 batch (B, C, H, W) to logits (B, classes)."""
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    data_config: dict
+    num_classes: int | None
+    description: str
+
+
+def onnx_classifier(path: str | os.PathLike, threads: int | None = None) -> Classifier:
+    """An ONNX file in onnxruntime, preprocessed as its stored report says."""
+    import numpy as np
+
+    from .onnx_file import open_session, read_report
+
+    path = Path(path)
+    report = read_report(path)
+    if report is None:
+        raise UserError(f"{path} has no dimap_struct metadata, so its preprocessing (input size, mean, std) "
+                        "is unknown; export it with dimap-compress")
+    session = open_session(path, threads)
+    name = session.get_inputs()[0].name
+    classes = session.get_outputs()[0].shape[-1]
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32, copy=False)})[0])
+
+    return Classifier(predict, report.data_config, classes if isinstance(classes, int) else None,
+                      f"{path.name} (onnxruntime, from {report.source.model})")
+
+
+def torch_classifier(model: nn.Module, data_config: dict, description: str,
+                     num_classes: int | None = None) -> Classifier:
+    """A PyTorch module in eval mode, without gradients."""
+    model.eval()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return Classifier(predict, data_config, num_classes, description)
+
+
+def load_classifier(spec: str, *, checkpoint=None, pretrained: bool = True, seed: int = 0,
+                    threads: int | None = None) -> Classifier:
+    """`spec`: a path ending in .onnx, a pruned checkpoint, or a model name (`models.load_any`)."""
+    if str(spec).lower().endswith(".onnx"):
+        return onnx_classifier(spec, threads)
+    from ..models import load_any
+
+    loaded = load_any(spec, checkpoint=checkpoint, pretrained=pretrained, seed=seed)
+    return torch_classifier(loaded.model, loaded.data_config, f"{loaded.name} ({loaded.weights})",
+                            loaded.adapter.num_classes)
+
+
+def accuracy(classifier: Classifier, data: str | os.PathLike | None, *, split: str = "eval",
+             batch_size: int = 128, limit: int | None = None,
+             on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """Top-1 and top-5 (percent) of `classifier` on `split` of `data` (None: the shared MNIST).
+    `on_batch(done, total)` reports progress in images."""
+    from ..data import build_loader, num_classes
+
+    loader = build_loader(data, split, classifier.data_config, batch_size)
+    classes = num_classes(loader.dataset)
+    if classifier.num_classes is not None and classes > classifier.num_classes:
+        raise UserError(f"the data has {classes} classes but the model predicts {classifier.num_classes}")
+    total = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
+    top1 = top5 = seen = 0
+    for images, labels in loader:
+        if seen >= total:
+            break
+        images, labels = images[: total - seen], labels[: total - seen]
+        logits = classifier.predict(images)
+        best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1 += int((best[:, 0] == labels).sum())
+        top5 += int((best == labels[:, None]).any(1).sum())
+        seen += len(labels)
+        if on_batch:
+            on_batch(seen, total)
+    if seen == 0:
+        raise UserError("the evaluation data is empty")
+    return {"top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen, "images": seen, "split": split}

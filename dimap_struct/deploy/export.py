@@ -1,0 +1,93 @@
+"""Stage 7, export: ONNX with a dynamic batch axis, checked, compared with PyTorch, atomic.
+
+The file appears at its final path only after onnx.checker and the onnxruntime parity check
+passed; until then it lives in a temporary file beside it, removed on any failure or Ctrl-C.
+`write_model_and_report` publishes the ONNX file and its JSON report together.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .onnx_file import METADATA_KEY
+
+PARITY_TOLERANCE = 1e-3
+
+
+class ParityError(RuntimeError):
+    """onnxruntime disagrees with PyTorch beyond PARITY_TOLERANCE."""
+
+
+def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, opset: int = 17,
+                probe: torch.Tensor | None = None, slim: bool = True) -> float:
+    """Export `model` to `path` (write it through `files.atomic_output`) and return the max abs
+    difference between onnxruntime (CPU) and PyTorch on `probe` (default: a seeded batch of 2).
+    Raises ParityError above 1e-3. `metadata` is stored as JSON under the ONNX metadata key
+    'dimap_struct'. `slim=False` skips onnxslim (to measure what it brings)."""
+    model.eval()
+    example = torch.zeros(1, *input_size)
+    probe = probe if probe is not None else torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        # the TorchScript exporter: 5-7x faster than dynamo here and writes one self-contained file
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    proto = onnx.load(str(path))
+    proto = _slim(proto) if slim else proto
+    proto.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(metadata)))
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))
+    diff = onnx_parity(path, model, probe)
+    if not diff <= PARITY_TOLERANCE:
+        raise ParityError(f"onnxruntime output differs from PyTorch by {diff:.3g} (> {PARITY_TOLERANCE})")
+    return diff
+
+
+def _slim(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Simplify the graph with onnxslim (constant folding, fused reshapes): measured 4% faster
+    for dense swin_t and 7-9% for a pruned one in onnxruntime (README, latency section).
+    Parity is checked after it like for any export; if onnxslim fails, the plain graph is kept."""
+    try:
+        import onnxslim
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return onnxslim.slim(proto)
+    except Exception:  # an optional optimisation must never lose the user's export
+        return proto
+
+
+def onnx_parity(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ours = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+    with torch.no_grad():
+        ref = model(inputs).numpy()
+    return float(np.abs(ours - ref).max())
+
+
+def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], opset: int) -> None:
+    """Export `net` to ONNX (checked, parity-tested, the report's metadata inside) and the
+    `report.schema.Report` as JSON, both atomically: neither file appears unless both are
+    complete. Sets `report.onnx`."""
+    from ..files import atomic_output
+    from ..report.schema import OnnxInfo
+
+    onnx_path, json_path = paths
+    with ExitStack() as stack:
+        tmp_onnx = stack.enter_context(atomic_output(onnx_path, ".onnx"))
+        tmp_json = stack.enter_context(atomic_output(json_path, ".json"))
+        parity = export_onnx(net, tmp_onnx, report.input_size, report.metadata(), opset=opset)
+        report.onnx = OnnxInfo(path=str(onnx_path), opset=opset, dynamic_batch=True, parity_max_abs_diff=parity,
+                               bytes=tmp_onnx.stat().st_size)
+        tmp_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

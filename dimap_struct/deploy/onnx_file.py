@@ -1,0 +1,69 @@
+"""Opening ONNX files, in one place: an onnxruntime session and the report stored in the file's
+metadata, with one-line user errors for missing or unreadable files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+METADATA_KEY = "dimap_struct"
+"""ONNX metadata key under which dimap-compress stores the report (`Report.metadata`)."""
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        what = "is a directory, not an ONNX file" if path.is_dir() else "not found"
+        raise UserError(f"model file {what}: {path}")
+
+
+def _unreadable(path: Path, err: Exception) -> UserError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"cannot read ONNX model {path}: {first[:160]}")
+
+
+def read_report(path: str | os.PathLike):
+    """The `report.schema.Report` stored in an ONNX file, or None if it holds none. UserError
+    for a missing or unreadable file, or a report of another format."""
+    import onnx
+
+    from ..report.schema import Report
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises its own types (protobuf DecodeError, ...)
+        raise _unreadable(path, err) from err
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                data = json.loads(prop.value)
+            except ValueError as err:
+                raise UserError(f"{path}: its dimap_struct metadata is not JSON") from err
+            return Report.from_dict(data)
+    return None
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None,
+                 tuned: bool = False):
+    """An onnxruntime InferenceSession of `path` (CPU unless `providers` say otherwise).
+    `threads`: intra-op threads; `tuned`: the benchmark's settings (inter-op 1, sequential
+    execution, all graph optimisations, warnings off stderr)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    _check_file(path)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if tuned:
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types for unreadable files
+        raise _unreadable(path, err) from err

@@ -1,0 +1,253 @@
+"""The family-adapter contract: where heads, MLPs and per-head tensors live in one model family.
+
+A family adapter is the only code that knows a model family's module layout. The generic
+pipeline (scoring, selection, costs, surgery, verification) works on the `BlockSite` views it
+returns, so supporting a new Swin family means adding one adapter and registering it.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+MAX_LOGIT_SCALE = math.log(100.0)
+"""Swin v2's cosine attention clamps each head's learned log-temperature here (timm and
+torchvision alike); the adapters' attention forwards do the same."""
+
+
+@dataclass
+class PerHeadTensor:
+    """A parameter (or buffer) holding `per_head_size` consecutive entries per attention head
+    along `axis`, heads in order: head h owns entries h*s .. (h+1)*s-1 (s = per_head_size).
+    E.g. a relative-position bias table of shape (T, heads): axis 1, size 1; Swin v2's
+    `q_bias` of shape (heads*d,): axis 0, size d. Buffers are cut with their head but are
+    not counted as parameters."""
+
+    module: nn.Module
+    name: str
+    axis: int
+    per_head_size: int = 1
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.module, self.name)
+
+    def indices(self, heads: list[int]) -> list[int]:
+        """Positions along `axis` owned by `heads`."""
+        s = self.per_head_size
+        return [h * s + i for h in heads for i in range(s)]
+
+
+@dataclass
+class AttentionSite:
+    """One windowed multi-head attention.
+
+    `qkv` is a fused projection whose output rows are laid out as (3, num_heads, head_dim):
+    row t*H*d + h*d + i is element i of head h of q (t=0), k (t=1) or v (t=2). `proj` reads
+    the concatenated heads, so its input columns are laid out as (num_heads, head_dim).
+    """
+
+    module: nn.Module
+    qkv: nn.Linear
+    proj: nn.Linear
+    num_heads: int
+    head_dim: int
+    window_area: int
+    per_head: list[PerHeadTensor] = field(default_factory=list)
+    per_head_layers: list[nn.Linear] = field(default_factory=list)
+    """Linear layers with one output row (and bias entry) per head, e.g. the last layer of
+    Swin v2's position-bias MLP: cut, zeroed and counted (MACs and params) with their head."""
+
+
+@dataclass
+class MlpSite:
+    """A two-layer MLP: hidden channel j is row j of `fc1` (and its bias) and column j of `fc2`."""
+
+    fc1: nn.Linear
+    fc2: nn.Linear
+
+    @property
+    def width(self) -> int:
+        return self.fc1.out_features
+
+
+@dataclass
+class BlockSite:
+    """One transformer block: its qualified name, stage index, attention and MLP."""
+
+    name: str
+    stage: int
+    attn: AttentionSite
+    mlp: MlpSite
+
+
+@dataclass
+class ResidualSite:
+    """Every tensor indexed by the residual (embedding) channels of one stage, width `width`.
+
+    producers write the stream (Linear output rows / Conv2d output channels, with biases);
+    consumers read it (Linear input columns); norms are LayerNorms over it (entries);
+    interleaved consumers read `groups` concatenated copies of it (Linear input columns or
+    LayerNorm entries k*width + c for k < groups, e.g. the next stage's 2x2 patch merging);
+    per_channel are other tensors with one entry per channel along `axis`.
+    """
+
+    stage: int
+    width: int
+    producers: list[nn.Module]
+    consumers: list[nn.Linear]
+    norms: list[nn.LayerNorm]
+    interleaved: list[tuple[nn.Module, int]] = field(default_factory=list)
+    per_channel: list[PerHeadTensor] = field(default_factory=list)
+
+
+class FamilyAdapter(ABC):
+    """Knows one model family: its names, how to build it, and where its heads, MLPs and
+    per-head tensors live. Subclasses register themselves with `register_adapter`; the first
+    registered family that claims a name or a model wins, so narrower families register first."""
+
+    family: ClassVar[str]
+    """Human-readable family name, e.g. 'timm Swin v1 (swin_transformer)'."""
+    prunable_attention: ClassVar[dict[type, type]] = {}
+    """Attention classes whose forward cannot run with fewer heads, each mapped to a subclass
+    with the same parameters and state-dict keys whose forward can; the constructor gives every
+    such module of the model its prunable class."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        for module in model.modules():
+            prunable = self.prunable_attention.get(type(module))
+            if prunable is not None:
+                module.__class__ = prunable
+
+    # -- names and building (class level: no model yet) -----------------------------------
+    @classmethod
+    @abstractmethod
+    def resolve_name(cls, name: str) -> str | None:
+        """The canonical name (aliases resolved, a pretrained tag kept) if `name` belongs to
+        this family, else None."""
+
+    @classmethod
+    def known_names(cls) -> list[str]:
+        """Names offered as suggestions for a misspelt model name."""
+        return []
+
+    @classmethod
+    def foreign_name(cls, name: str) -> bool:
+        """True if `name` is a model of this family's library that no adapter supports (e.g. a
+        timm ResNet): the user gets 'not a supported model' instead of 'unknown model'."""
+        return False
+
+    @classmethod
+    @abstractmethod
+    def build(cls, name: str, *, pretrained: bool, **model_kwargs) -> nn.Module:
+        """Build the model `name` (canonical) with its pretrained weights, or randomly
+        initialised from the global RNG. UserError when the weights cannot be fetched."""
+
+    @classmethod
+    def weights_description(cls, model: nn.Module, name: str) -> str:
+        """Where the pretrained weights of a model `build` made came from, for the report."""
+        return "pretrained"
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """True if an instantiated model belongs to this family."""
+
+    # -- the instantiated model ------------------------------------------------------------
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Outputs of the classifier."""
+
+    @abstractmethod
+    def blocks(self) -> list[BlockSite]:
+        """Every prunable block, in forward order."""
+
+    @abstractmethod
+    def stage_of(self, module_name: str) -> int | None:
+        """Stage index a non-block module belongs to (for per-stage reports), None if global."""
+
+    def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
+        """Update the attention module's bookkeeping after heads were cut. The default sets
+        `num_heads`, all that attention needs when its forward infers the head width from qkv
+        and its scale (or per-head temperature) is not derived from the head count."""
+        site.module.num_heads = num_heads
+
+    def residual_sites(self) -> list[ResidualSite]:
+        """Residual channel groups per stage, for `--prune-embed`. Families that do not
+        declare them cannot prune residual channels."""
+        raise NotImplementedError(f"{self.family} does not support residual-channel pruning yet")
+
+    def set_residual_width(self, stage: int, width: int) -> None:
+        """Update bookkeeping attributes (dims, num_features) after a stage's stream was cut."""
+
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a checkpoint in the family's other published layouts to this model's keys."""
+        return state_dict
+
+    @abstractmethod
+    def data_config(self) -> dict:
+        """Preprocessing in timm's format (input_size, mean, std, interpolation, crop_pct,
+        crop_mode)."""
+
+    def build_kwargs(self) -> dict:
+        """Extra keyword arguments to recreate a model like this one (e.g. num_classes)."""
+        return {}
+
+
+_REGISTRY: list[type[FamilyAdapter]] = []
+
+
+def register_adapter(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    """Add a family; a subclass of a registered family goes before it (it is the narrower one)."""
+    position = next((i for i, other in enumerate(_REGISTRY) if issubclass(cls, other)), len(_REGISTRY))
+    _REGISTRY.insert(position, cls)
+    return cls
+
+
+def supported_families() -> str:
+    return ", ".join(cls.family for cls in _REGISTRY)
+
+
+def fetch_error(name: str, err: Exception) -> "UserError":
+    """One line for a failed download of pretrained weights, naming the ways around it."""
+    from ...errors import UserError
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first.split(". ")[0].rstrip(".")  # first sentence: the Hub's messages run long
+    return UserError(f"could not fetch pretrained weights for '{name}' ({first[:200]}); "
+                     "use --checkpoint PATH for local weights or --no-pretrained for random init")
+
+
+def family_for_name(name: str) -> tuple[type[FamilyAdapter], str] | None:
+    """The family that claims `name`, and the canonical name; None if no family does."""
+    for cls in _REGISTRY:
+        canonical = cls.resolve_name(name)
+        if canonical is not None:
+            return cls, canonical
+    return None
+
+
+def suggestions(name: str) -> list[str]:
+    """Known names close to `name`, over every family."""
+    import difflib
+
+    known = [n for cls in _REGISTRY for n in cls.known_names()]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    # a family's own spelling of the same base name (e.g. torchvision:swin_v2_t for swin_v2_t)
+    prefixed = [n for n in known if n.endswith(":" + name) and n not in close]
+    return prefixed + close
+
+
+def is_foreign_name(name: str) -> bool:
+    return any(cls.foreign_name(name) for cls in _REGISTRY)
+
+
+def adapter_for_model(model: nn.Module) -> FamilyAdapter | None:
+    cls = next((cls for cls in _REGISTRY if cls.matches(model)), None)
+    return cls(model) if cls else None

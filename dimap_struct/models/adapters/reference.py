@@ -1,0 +1,51 @@
+"""The project's own trained reference Swins (`models/reference.py`): timm Swin v1 models that
+this package builds and ships weights for, by name.
+
+They are timm `SwinTransformer`s, so everything but naming and building is the timm v1
+adapter's; a model is recognised as a reference by the architecture name in its
+`pretrained_cfg`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...errors import UserError
+from ..reference import REFERENCES, build_reference
+from .base import register_adapter
+from .timm_swin import TimmSwinV1Adapter
+
+
+@register_adapter
+class ReferenceAdapter(TimmSwinV1Adapter):
+    family = "dimap-struct reference Swins (" + ", ".join(REFERENCES) + ")"
+
+    @classmethod
+    def resolve_name(cls, name: str) -> str | None:
+        return name if name in REFERENCES else None
+
+    @classmethod
+    def known_names(cls) -> list[str]:
+        return list(REFERENCES)
+
+    @classmethod
+    def foreign_name(cls, name: str) -> bool:
+        return False
+
+    @classmethod
+    def build(cls, name: str, *, pretrained: bool, **model_kwargs) -> nn.Module:
+        if model_kwargs:
+            raise UserError(f"the reference model takes no model options ({', '.join(model_kwargs)})")
+        return build_reference(name, pretrained=pretrained, seed=torch.initial_seed())
+
+    @classmethod
+    def weights_description(cls, model: nn.Module, name: str) -> str:
+        return "trained reference (dimap_struct/models/weights, see its recipe)"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture")
+        return super().matches(model) and any(arch == r.architecture for r in REFERENCES.values())
+
+    def build_kwargs(self) -> dict:
+        return {}

@@ -1,0 +1,146 @@
+"""What timm's three Swin families (v1, v2, v2-CR) share, so each adapter states only its
+attention layout.
+
+In timm 1.0 each of them keeps its stages in a ModuleList (`layers` or `stages`); stage s holds
+`blocks`, each with an `attn` and a timm `Mlp` (`fc1`, `fc2`); the patch embedding belongs to
+stage 0; the timm model file has a `checkpoint_filter_fn` for the family's published layouts.
+Names are timm's (optionally with a pretrained tag); pretrained weights come through timm from
+the Hugging Face Hub (its cache and HF_HUB_OFFLINE are honoured).
+"""
+from __future__ import annotations
+
+import re
+import socket
+from abc import abstractmethod
+from contextlib import contextmanager
+from types import ModuleType
+from typing import ClassVar, Iterator
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, fetch_error
+
+
+class TimmSwinFamilyAdapter(FamilyAdapter):
+    """Base of the timm Swin adapters; subclasses set the class attributes below and describe
+    one attention module in `attention_site`."""
+
+    timm_module: ClassVar[ModuleType]
+    """The timm model file, e.g. `timm.models.swin_transformer`."""
+    model_class: ClassVar[type[nn.Module]]
+    stages_attr: ClassVar[str] = "layers"
+    """Name of the model's ModuleList of stages."""
+    aliases: ClassVar[dict[str, str]] = {}
+    """Short names of this family, e.g. swin_t -> swin_tiny_patch4_window7_224."""
+
+    @classmethod
+    def _names(cls) -> list[str]:
+        return timm.list_models(module=cls.timm_module.__name__.rsplit(".", 1)[-1])
+
+    @classmethod
+    def resolve_name(cls, name: str) -> str | None:
+        name = cls.aliases.get(name, name)
+        base, _tag = timm.models.split_model_name_tag(name)
+        return name if base in cls._names() else None
+
+    @classmethod
+    def known_names(cls) -> list[str]:
+        return list(cls.aliases) + cls._names()
+
+    @classmethod
+    def foreign_name(cls, name: str) -> bool:
+        return timm.is_model(timm.models.split_model_name_tag(name)[0])
+
+    @classmethod
+    def build(cls, name: str, *, pretrained: bool, **model_kwargs) -> nn.Module:
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **model_kwargs)
+        try:
+            with _hub_session():
+                return timm.create_model(name, pretrained=True, **model_kwargs)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise fetch_error(name, err) from err
+
+    @classmethod
+    def weights_description(cls, model: nn.Module, name: str) -> str:
+        tag = getattr(model, "pretrained_cfg", {}).get("tag") or "default"
+        return f"pretrained ({tag}, via timm / Hugging Face Hub)"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, cls.model_class)
+
+    @abstractmethod
+    def attention_site(self, attn: nn.Module) -> AttentionSite:
+        """Where the heads of one attention module live."""
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def stages(self) -> nn.ModuleList:
+        return getattr(self.model, self.stages_attr)
+
+    def blocks(self) -> list[BlockSite]:
+        return [BlockSite(name=f"{self.stages_attr}.{s}.blocks.{b}", stage=s, attn=self.attention_site(block.attn),
+                          mlp=MlpSite(fc1=block.mlp.fc1, fc2=block.mlp.fc2))
+                for s, stage in enumerate(self.stages()) for b, block in enumerate(stage.blocks)]
+
+    def stage_of(self, module_name: str) -> int | None:
+        if module_name.startswith("patch_embed"):
+            return 0
+        match = re.match(rf"^{self.stages_attr}\.(\d+)\.", module_name)
+        return int(match.group(1)) if match else None
+
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # timm's own filter maps the official releases (downsample at the end of a stage,
+        # buffers in the file, v2-CR's old 'tau') to its module layout
+        return self.timm_module.checkpoint_filter_fn(state_dict, self.model)
+
+    def data_config(self) -> dict:
+        """timm's data config (from the model's `pretrained_cfg`), with the input size the
+        model was really built for (a model built with another img_size keeps its pretrained
+        config's size)."""
+        import timm.data
+
+        config = dict(timm.data.resolve_model_data_config(self.model))
+        size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        if size is not None and tuple(size) != tuple(config["input_size"][1:]):
+            config["input_size"] = (config["input_size"][0], *size)
+        return config
+
+    def build_kwargs(self) -> dict:
+        return {"num_classes": self.model.num_classes}
+
+
+@contextmanager
+def _hub_session() -> Iterator[None]:
+    """Fetch through huggingface_hub without its retry noise: it logs every retry on stderr and
+    backs off for about 25 s per file before giving up, so when the Hub's host does not even
+    resolve (no network) use its offline mode (local cache only) for this fetch; the failure
+    then becomes our one-line error at once."""
+    import logging
+
+    from huggingface_hub import constants
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level, offline = hub_logger.level, constants.HF_HUB_OFFLINE
+    hub_logger.setLevel(logging.ERROR)
+    if not offline and not _resolves(urlparse(constants.ENDPOINT).hostname):
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+        constants.HF_HUB_OFFLINE = offline
+
+
+def _resolves(host: str | None) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True

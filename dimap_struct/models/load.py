@@ -1,0 +1,171 @@
+"""Stage 1, load: resolve a model name through the family registry, build the model and load
+its weights. Everything family-specific (names, aliases, builders, pretrained weights,
+preprocessing, classifier width) is the family adapter's (`models.adapters`).
+
+Weights come from (a) the family's pretrained source (default: timm / the Hugging Face Hub,
+torchvision's DEFAULT weights, or this package's reference weights), (b) a local checkpoint
+(`.pth`, `.pt`, `.safetensors`; a bare state dict or one under a `model` / `state_dict` key, as
+in the official Swin release), or (c) a seeded random initialisation.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .adapters import (FamilyAdapter, adapter_for_model, family_for_name, is_foreign_name, suggestions,
+                       supported_families)
+from .reference import sha256_file
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its family adapter and where its weights came from."""
+
+    model: nn.Module
+    adapter: FamilyAdapter
+    name: str
+    """Canonical name (aliases resolved, pretrained tag kept)."""
+    weights: str
+    """Human-readable provenance, e.g. 'random init (seed 0)'."""
+    pretrained: bool
+    data_config: dict
+    """Preprocessing in timm's format (`FamilyAdapter.data_config`)."""
+    model_kwargs: dict = field(default_factory=dict)
+    """Constructor options that, with `name`, rebuild the architecture (pruned checkpoints)."""
+
+    @property
+    def random_init(self) -> bool:
+        """Weights are a random initialisation (accuracy figures mean nothing)."""
+        return self.weights.startswith("random init")
+
+
+def resolve_name(name: str) -> str:
+    """The canonical name of a supported model; UserError for unknown names (with close
+    suggestions) and for models of no supported family."""
+    found = family_for_name(name)
+    if found is not None:
+        return found[1]
+    if is_foreign_name(name):
+        raise unsupported(name)
+    close = suggestions(name)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UserError(f"unknown model '{name}'{hint}")
+
+
+def load_model(name: str, *, checkpoint: str | os.PathLike | None = None, pretrained: bool = True, seed: int = 0,
+               **model_kwargs) -> LoadedModel:
+    """Build `name` (see `resolve_name`) and load weights: `checkpoint` if given, else the
+    family's pretrained weights if `pretrained`, else a random initialisation seeded by `seed`.
+    `model_kwargs` go to the family's builder (e.g. `img_size=`, `num_classes=` for timm)."""
+    found = family_for_name(name)
+    if found is None:
+        resolve_name(name)  # raises the right UserError
+    family, name = found
+    state_dict = read_state_dict(checkpoint) if checkpoint is not None else None  # fail fast on bad files
+    fetch = checkpoint is None and pretrained
+    torch.manual_seed(seed)
+    model = family.build(name, pretrained=fetch, **model_kwargs)
+    adapter = family(model)
+    if state_dict is not None:
+        _load_into(model, adapter, state_dict, checkpoint)
+        weights = f"checkpoint {Path(checkpoint).name} (sha256 {sha256_file(checkpoint)[:12]})"
+    elif fetch:
+        weights = family.weights_description(model, name)
+    else:
+        weights = f"random init (seed {seed}): NOT pretrained"
+    model.eval()
+    return LoadedModel(model, adapter, name, weights, fetch, adapter.data_config(),
+                       {**adapter.build_kwargs(), **model_kwargs})
+
+
+def wrap_model(model: nn.Module, name: str | None = None) -> LoadedModel:
+    """Wrap an already-built model (Python API) with its adapter. Its name defaults to timm's
+    architecture name when the model carries one (so pruned checkpoints can rebuild it)."""
+    name = name or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    adapter = adapter_for_model(model)
+    if adapter is None:
+        raise unsupported(name)
+    model.eval()
+    return LoadedModel(model, adapter, name, "given in memory", False, adapter.data_config(),
+                       adapter.build_kwargs())
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors / .pth / .pt, unwrapping `model` / `state_dict`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"checkpoint not readable: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt files raise many types (pickle, zip, safetensors, EOF)
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:160]}") from err
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {path} holds no state dict of tensors")
+    return state
+
+
+def unsupported(name: str) -> UserError:
+    return UserError(f"'{name}' is not a supported model yet; supported families: {supported_families()}")
+
+
+def _load_into(model: nn.Module, adapter: FamilyAdapter, state_dict: dict, path) -> None:
+    try:
+        state_dict = adapter.convert_state_dict(state_dict)
+    except Exception as err:
+        raise UserError(f"checkpoint {path} does not fit this architecture: {err}") from err
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state_dict[k].shape)} "
+                         f"in file, {tuple(own[k].shape)} in model)")
+        raise UserError(f"checkpoint {path} is not a {type(model).__name__} of this size: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_any(model: "str | nn.Module | LoadedModel", *, checkpoint=None, pretrained: bool = True, seed: int = 0,
+             model_kwargs: dict | None = None) -> LoadedModel:
+    """A name goes through `load_model`, a pruned checkpoint (`--save-pt`) through
+    `checkpoint.load_pruned`; an nn.Module or LoadedModel is copied (the caller's stays intact)."""
+    import copy
+    import dataclasses
+
+    if isinstance(model, LoadedModel):
+        net = copy.deepcopy(model.model)
+        return dataclasses.replace(model, model=net, adapter=model.adapter.__class__(net))
+    if isinstance(model, nn.Module):
+        return wrap_model(copy.deepcopy(model))
+    if not isinstance(model, (str, os.PathLike)):
+        raise UserError(f"model must be a name, a path or an nn.Module, not {type(model).__name__}")
+    from .checkpoint import is_pruned_checkpoint, load_pruned
+
+    if is_pruned_checkpoint(model):
+        net, saved = load_pruned(model, with_spec=True)
+        loaded = wrap_model(net, saved["architecture"]["source_model"])
+        return dataclasses.replace(loaded, weights=f"pruned checkpoint {Path(model).name} (from {saved['weights']})",
+                                   data_config=saved["data_config"],
+                                   model_kwargs=saved["architecture"]["model_kwargs"])
+    return load_model(str(model), checkpoint=checkpoint, pretrained=pretrained, seed=seed, **(model_kwargs or {}))

@@ -1,0 +1,112 @@
+"""The project's own small reference Swins, built by name (`REFERENCES`); the digits model
+'reference' is trained on the MNIST "train" split.
+
+A true hierarchical timm ``SwinTransformer`` (three stages, shifted windows in the first two,
+patch merging between stages) for 1 x 32 x 32 digits (MNIST's 28 x 28 resized). Its weights
+and training recipe live beside this module in ``weights/``; ``tools/train_reference.py``
+makes them.
+
+    model = build_reference("reference")            # trained, eval mode
+    cfg = timm.data.resolve_model_data_config(model) # == REFERENCE_DATA_CONFIG
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REFERENCE_KWARGS = dict(
+    img_size=32,
+    patch_size=2,
+    in_chans=1,
+    num_classes=10,
+    window_size=4,
+    embed_dim=48,
+    depths=(2, 2, 2),
+    num_heads=(2, 4, 8),  # head_dim 24 in every stage
+    mlp_ratio=4.0,
+    drop_path_rate=0.1,
+)
+
+REFERENCE_DATA_CONFIG = {
+    "input_size": (1, 32, 32),
+    "mean": (0.1307,),
+    "std": (0.3081,),
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
+
+WEIGHTS_PATH = Path(__file__).with_name("weights") / "reference.safetensors"
+RECIPE_PATH = WEIGHTS_PATH.with_name("reference.json")
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """One shipped reference: timm SwinTransformer options, preprocessing and weight files."""
+
+    architecture: str
+    """timm ``pretrained_cfg`` architecture name (how the adapter recognises the model)."""
+    kwargs: dict
+    data_config: dict
+    weights: Path
+    recipe: Path
+
+    def pretrained_cfg(self) -> dict:
+        """The timm ``pretrained_cfg`` that makes ``resolve_model_data_config`` give
+        ``data_config``."""
+        return {"architecture": self.architecture, "tag": "dimap_struct", "num_classes": self.kwargs["num_classes"],
+                "first_conv": "patch_embed.proj", "classifier": "head.fc", "crop_mode": "center",
+                **self.data_config}
+
+
+REFERENCES = {
+    "reference": ReferenceModel("swin_reference_mnist", REFERENCE_KWARGS, REFERENCE_DATA_CONFIG, WEIGHTS_PATH,
+                                RECIPE_PATH),
+}
+"""Built-in reference models by name."""
+
+
+def build_reference(name: str = "reference", pretrained: bool = True, seed: int = 0, *,
+                    drop_path_rate: float | None = None) -> nn.Module:
+    """The reference Swin `name` in eval mode: random init from ``seed``, then the trained
+    weights (checked against the recipe's SHA-256, RuntimeError on mismatch) if ``pretrained``.
+
+    ``drop_path_rate`` overrides the stochastic depth used in training (it owns no weights).
+    """
+    from timm.models.swin_transformer import SwinTransformer
+
+    ref = REFERENCES[name]
+    kwargs = dict(ref.kwargs)
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SwinTransformer(**kwargs)
+    model.pretrained_cfg = ref.pretrained_cfg()
+    model.default_cfg = model.pretrained_cfg
+    if pretrained:
+        from safetensors.torch import load_file
+
+        if not ref.weights.is_file() or not ref.recipe.is_file():
+            raise RuntimeError(f"reference weights missing: {ref.weights} and {ref.recipe} "
+                               "(make them with tools/train_reference.py)")
+        expected = json.loads(ref.recipe.read_text())["sha256"]
+        actual = sha256_file(ref.weights)
+        if actual != expected:
+            raise RuntimeError(f"{ref.weights} has SHA-256 {actual}, the recipe "
+                               f"{ref.recipe.name} says {expected}")
+        model.load_state_dict(load_file(ref.weights))
+    return model.eval()

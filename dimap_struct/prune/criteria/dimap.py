@@ -1,0 +1,37 @@
+"""DIMAP criteria: per-layer relative-energy scores of groups (docs/method.md sections 1-3)."""
+from __future__ import annotations
+
+import torch
+
+from ..scoring import group_scores
+from .registry import Criterion, GroupScores, ScoreContext, per_group, register, residual_by_views
+
+
+def dimap_scores(blocks, context: ScoreContext) -> GroupScores:
+    """Module-aware DIMAP: per-layer relative-energy scores, so heads (and channels) of blocks
+    with different weight scales are comparable. `context.score_mode`: `scoring.group_scores`."""
+    return per_group(blocks, lambda views: group_scores(views, context.score_mode))
+
+
+def _option_a(views: list[torch.Tensor]) -> torch.Tensor:
+    return group_scores(views, "group")
+
+
+def cost_aware_scores(blocks, context: ScoreContext) -> GroupScores:
+    """DIMAP score divided by the MACs one group costs."""
+    if context.costs is None:
+        raise ValueError("dimap-cost needs the cost model (costs=...)")
+    base = dimap_scores(blocks, context)
+    return GroupScores(heads=[s / bc.macs_per_head for s, bc in zip(base.heads, context.costs.blocks)],
+                       mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, context.costs.blocks)])
+
+
+register(Criterion("dimap", dimap_scores, "module-aware",
+                   "DIMAP group scores (per-layer relative energy), heads vs heads, channels vs channels",
+                   uses_score_mode=True, residual_score=residual_by_views(_option_a)))
+register(Criterion("lamp-global", dimap_scores, "one-module",
+                   "DIMAP scores with the whole model as one module (heads compete with channels)",
+                   uses_score_mode=True, residual_score=residual_by_views(_option_a)))
+# residual channels of one stage all cost the same, so they keep their plain DIMAP score
+register(Criterion("dimap-cost", cost_aware_scores, "module-aware", "DIMAP score divided by the group's MACs",
+                   uses_score_mode=True, residual_score=residual_by_views(_option_a)))

@@ -1,0 +1,23 @@
+"""Magnitude criteria: the L1 / L2 norm of a group's weights (docs/method.md section 3)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .registry import Criterion, per_group, register, residual_by_views
+
+
+def lp_norm(p: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """Norm of each group's weights over all the layers it owns, from (groups, n) views."""
+    def reduce(views: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([v.to(torch.float64) for v in views], 1).norm(p=p, dim=1)
+    return reduce
+
+
+for _name, _p, _policy, _summary in (
+        ("l1", 1, "uniform", "group L1 norm, every block pruned by the same ratio"),
+        ("l2", 2, "uniform", "group L2 norm, every block pruned by the same ratio"),
+        ("magnitude-global", 2, "module-aware", "group L2 norm ranked across all blocks of a module")):
+    register(Criterion(_name, lambda blocks, context, _r=lp_norm(_p): per_group(blocks, _r), _policy, _summary,
+                       residual_score=residual_by_views(lp_norm(_p))))

@@ -1,0 +1,266 @@
+"""Stage 4, select: module-aware thresholds that hit a MACs budget.
+
+Modules (docs/method.md section 4): all attention heads of the model form one module, all MLP
+channels another. Within a module, groups are ranked by score across every block and stage;
+each module has one threshold. As in the paper, both modules lose the same fraction `p` of
+their weights: a module's threshold is the score below which removing groups (lowest score
+first) removes p of the module's weights. `p` is searched by bisection so that the pruned
+model's MACs land on the target. Every block keeps its `min_heads` best heads and `min_mlp`
+best channels; with `round_to > 1`, kept MLP widths are rounded to the nearest multiple.
+
+Baselines use other policies over the same search (a knob q in [0, 1], more pruning as it
+grows): `one-module` ranks heads and channels together under one threshold (the paper's
+"model as module" ablation) and `uniform` removes the same fraction of every block.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .costs import CostModel
+from .criteria.registry import GroupScores
+
+
+@dataclass
+class Plan:
+    """Kept structure per block: sorted head indices and sorted MLP channel indices."""
+
+    blocks: list[str]
+    heads: list[list[int]]
+    mlp: list[list[int]]
+    residual: list[list[int]] | None = None
+    """Kept residual channels per stage (None: residual width untouched)."""
+
+    @property
+    def head_counts(self) -> list[int]:
+        return [len(h) for h in self.heads]
+
+    @property
+    def mlp_widths(self) -> list[int]:
+        return [len(m) for m in self.mlp]
+
+    @property
+    def residual_widths(self) -> list[int] | None:
+        return None if self.residual is None else [len(r) for r in self.residual]
+
+
+@dataclass
+class Selection:
+    plan: Plan
+    policy: str
+    removed_weight_fraction: dict[str, float]
+    """Per module (attention, mlp): fraction of its prunable weights removed."""
+    thresholds: dict[str, float | None]
+    target_macs: int
+    achieved_macs: int
+    original_macs: int
+    on_target: bool
+    """Achieved MACs within `tolerance` (a fraction of the original MACs) of the target."""
+    note: str | None = None
+
+
+class _Module:
+    """One DIMAP module: all groups of one kind across blocks, ordered for removal."""
+
+    def __init__(self, scores: list[torch.Tensor], weights_per_group: list[int], keep_at_least: int):
+        self.sizes = [len(s) for s in scores]
+        self.ranked = [sorted(range(len(s)), key=lambda i: (-float(s[i]), i)) for s in scores]
+        blocks, idxs, vals, weights = [], [], [], []
+        for b, (s, w) in enumerate(zip(scores, weights_per_group)):
+            for i in self.ranked[b][min(keep_at_least, len(s)):]:  # each block's best few are protected
+                blocks.append(b), idxs.append(i), vals.append(float(s[i])), weights.append(w)
+        # removal order: lowest score first; ties by (block, index) so the order is deterministic
+        order = sorted(range(len(vals)), key=lambda j: (vals[j], blocks[j], idxs[j]))
+        self.block = [blocks[j] for j in order]
+        self.block_tensor = torch.tensor(self.block, dtype=torch.long)
+        self.index = [idxs[j] for j in order]
+        self.score = [vals[j] for j in order]
+        self.cum_weight = torch.cumsum(torch.tensor([weights[j] for j in order], dtype=torch.float64), 0)
+        self.total_weight = sum(w * n for w, n in zip(weights_per_group, self.sizes))
+
+    def removed_for_fraction(self, p: float) -> int:
+        """Groups removed when the module loses (at most) the fraction p of its weights."""
+        return int(torch.searchsorted(self.cum_weight, p * self.total_weight + 1e-9, right=True))
+
+    def removed_below(self, threshold: float) -> int:
+        """Groups whose score is at most `threshold` (they are removed first)."""
+        return bisect.bisect_right(self.score, threshold)
+
+    def kept_counts(self, removed: int) -> list[int]:
+        counts = torch.bincount(self.block_tensor[:removed], minlength=len(self.sizes))
+        return [n - int(r) for n, r in zip(self.sizes, counts)]
+
+    def kept(self, removed: int) -> list[set[int]]:
+        kept = [set(range(n)) for n in self.sizes]
+        for j in range(removed):
+            kept[self.block[j]].discard(self.index[j])
+        return kept
+
+    def threshold(self, removed: int) -> float | None:
+        return self.score[removed - 1] if removed else None
+
+
+class _Policy:
+    """Maps a knob q in [0, 1] (more pruning as q grows) to the groups each module removes.
+
+    `modules` are the `_Module`s in a fixed order (attention heads, MLP channels and, with
+    residual pruning, residual channels); `floors[i]` is what every block / stage of module i
+    keeps at least."""
+
+    def __init__(self, modules: list[_Module], floors: list[int]):
+        self.modules, self.floors = modules, floors
+
+    def removed(self, q: float) -> list[int]:
+        """Groups removed from each module, in its removal order."""
+        raise NotImplementedError
+
+    def kept_counts(self, q: float) -> list[list[int]]:
+        return [m.kept_counts(r) for m, r in zip(self.modules, self.removed(q))]
+
+    def kept(self, q: float) -> list[list[set[int]]]:
+        return [m.kept(r) for m, r in zip(self.modules, self.removed(q))]
+
+    def thresholds(self, q: float) -> list[float | None]:
+        return [m.threshold(r) for m, r in zip(self.modules, self.removed(q))]
+
+
+class ModuleAware(_Policy):
+    """The paper's rule: each module loses the same fraction q of its weights, lowest score first."""
+
+    def removed(self, q):
+        return [m.removed_for_fraction(q) for m in self.modules]
+
+
+class OneModule(_Policy):
+    """All groups ranked together: one threshold, the q-quantile of all candidate scores."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.all_scores = sorted(x for m in self.modules for x in m.score)
+
+    def removed(self, q):
+        k = int(round(q * len(self.all_scores)))
+        if k == 0:
+            return [0] * len(self.modules)
+        t = self.all_scores[k - 1]
+        return [m.removed_below(t) for m in self.modules]
+
+
+class Uniform(_Policy):
+    """Every block (stage) removes the same fraction q of each kind of group (best kept)."""
+
+    def kept_counts(self, q):
+        return [[max(min(floor, n), n - int(round(q * n))) for n in m.sizes]
+                for m, floor in zip(self.modules, self.floors)]
+
+    def kept(self, q):
+        return [[set(r[:k]) for r, k in zip(m.ranked, counts)]
+                for m, counts in zip(self.modules, self.kept_counts(q))]
+
+    def thresholds(self, q):
+        return [None] * len(self.modules)
+
+
+POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform}
+
+
+def _round_width(width: int, full: int, multiple: int, floor: int) -> int:
+    if multiple <= 1:
+        return width
+    rounded = max(multiple, int(round(width / multiple)) * multiple)
+    return min(full, max(rounded, floor))
+
+
+MODULE_NAMES = ("attention", "mlp", "residual")
+
+
+def select_to_budget(
+    scores: GroupScores,
+    costs: CostModel,
+    head_weights: list[int],
+    channel_weights: list[int],
+    target_macs: int,
+    *,
+    policy: str = "module-aware",
+    min_heads: int = 1,
+    min_mlp: int = 8,
+    round_to: int = 1,
+    head_dims: list[int] | None = None,
+    residual_scores: list[torch.Tensor] | None = None,
+    residual_weights: list[int] | None = None,
+    min_embed: int = 16,
+    tolerance: float = 0.01,
+) -> Selection:
+    """Find the policy's knob whose pruned model has MACs closest to `target_macs`.
+
+    `head_weights[b]` / `channel_weights[b]`: weights one head / one MLP channel of block b owns
+    (the paper's equal-fraction-per-module rule, and the reported removed fractions).
+    `policy`: 'module-aware' (default), 'one-module' or 'uniform' (see `POLICIES`).
+    With `residual_scores` (one tensor per stage) and `residual_weights` (weights one residual
+    channel of each stage owns), residual channels are a third module; every stage keeps at
+    least `min_embed` of them. `round_to` rounds kept MLP widths, residual widths and the total
+    width of kept heads (heads x `head_dims[b]`) to multiples of it."""
+    modules = [_Module(scores.heads, head_weights, min_heads), _Module(scores.mlp, channel_weights, min_mlp)]
+    floors = [min_heads, min_mlp]
+    if residual_scores is not None:
+        modules.append(_Module(residual_scores, residual_weights, min_embed))
+        floors.append(min_embed)
+    rule = POLICIES[policy](modules, floors)
+    head_dims = head_dims or [1] * len(head_weights)
+    steps = [[round_to // math.gcd(round_to, d) for d in head_dims]] + \
+        [[round_to] * len(m.sizes) for m in modules[1:]]
+
+    def rounded(counts: list[list[int]]) -> list[list[int]]:
+        return [[_round_width(c, full, step, min(floor, full)) for c, full, step in zip(cs, m.sizes, st)]
+                for cs, m, st, floor in zip(counts, modules, steps, floors)]
+
+    def plan_for(q: float) -> Plan:
+        kept = []
+        for m, sets, widths in zip(modules, rule.kept(q), rounded(rule.kept_counts(q))):
+            kept.append([sorted(k) if w == len(k) else sorted(m.ranked[b][:w])
+                         for b, (k, w) in enumerate(zip(sets, widths))])
+        return Plan([bc.name for bc in costs.blocks], kept[0], kept[1], kept[2] if len(kept) > 2 else None)
+
+    def macs_for(q: float) -> int:
+        return costs.macs(*rounded(rule.kept_counts(q)))
+
+    original = costs.macs(*[m.sizes for m in modules])
+    lo, hi = 0.0, 1.0
+    if macs_for(lo) <= target_macs:
+        best = lo
+    elif macs_for(hi) > target_macs:
+        best = hi
+    else:
+        for _ in range(60):  # MACs(q) is non-increasing in q: bisect for the first q under target
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if macs_for(mid) <= target_macs else (mid, hi)
+        best = min((lo, hi), key=lambda q: (abs(macs_for(q) - target_macs), q))
+    plan = plan_for(best)
+    achieved = costs.macs(plan.head_counts, plan.mlp_widths, plan.residual_widths)
+    on_target = abs(achieved - target_macs) <= tolerance * original
+    note = None
+    if not on_target:
+        note = (f"target {target_macs / original:.3f} of the MACs is not reachable within +-{tolerance} "
+                f"with these constraints (policy {policy}, min heads {min_heads}, min MLP {min_mlp}, "
+                f"round-to {round_to}); nearest reachable: {achieved / original:.3f}")
+    kept_counts = [plan.head_counts, plan.mlp_widths, plan.residual_widths]
+    weights = [head_weights, channel_weights, residual_weights]
+    removed = {name: 1 - sum(c * w for c, w in zip(kept_counts[i], weights[i])) / modules[i].total_weight
+               for i, name in enumerate(MODULE_NAMES[:len(modules)])}
+    thresholds = dict(zip(MODULE_NAMES, rule.thresholds(best)))
+    if policy == "uniform":
+        thresholds["uniform_ratio"] = best
+    return Selection(
+        plan=plan,
+        policy=policy,
+        removed_weight_fraction=removed,
+        thresholds=thresholds,
+        target_macs=target_macs,
+        achieved_macs=achieved,
+        original_macs=original,
+        on_target=on_target,
+        note=note,
+    )

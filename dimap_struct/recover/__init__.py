@@ -1,0 +1,1 @@
+"""Recover: knowledge-distillation fine-tuning after pruning (single process or torchrun DDP)."""
