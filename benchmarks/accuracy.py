@@ -1,7 +1,7 @@
 """Accuracy versus MACs: every criterion on the trained reference Swin, before and after fine-tuning.
 
 For each kept-MACs fraction R and each criterion (random: 3 seeds, mean +- std), the reference
-model (dimap_struct/weights, trained on the MNIST train split) is pruned and its top-1 on the
+model (dimap_struct/models/weights, trained on the MNIST train split) is pruned and its top-1 on the
 MNIST eval split measured (a) straight away and (b) after the same fine-tune budget for all:
 one epoch of knowledge distillation from the unpruned model plus labels. The paper-faithful
 weight mode runs at the same fractions of prunable weights (its zeros are kept during
@@ -27,38 +27,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct import compress, load_model  # noqa: E402
 from dimap_struct.prune.criteria import CRITERIA  # noqa: E402
-from dimap_struct.data import MNIST_DEFAULT  # noqa: E402
+from dimap_struct.cli.common import default_data  # noqa: E402
 from dimap_struct.deploy.evaluate import accuracy, torch_classifier  # noqa: E402
-from dimap_struct.recover.finetune import FinetuneConfig, finetune  # noqa: E402
+from dimap_struct.options import TrainingOptions  # noqa: E402
+from dimap_struct.recover.finetune import finetune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RANDOM_SEEDS = (0, 1, 2)
 
 
 def top1(model, data_config, data) -> float:
-    return accuracy(torch_classifier(model, data_config, ""), data, split="eval")["top1"]
+    return accuracy(torch_classifier(model, data_config, "", 10), data, split="eval")["top1"]
 
 
-def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: FinetuneConfig) -> dict:
+def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: TrainingOptions) -> dict:
     start = time.perf_counter()
     if criterion == "weight":
         result = compress(loaded, granularity="weight", params=ratio)
         masks = [(p, (p != 0).to(p.dtype)) for n, p in result.model.named_parameters()
                  if n.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight")) and ".blocks." in n]
-        macs_ratio = result.report["achieved"]["ratio"]
+        macs_ratio = result.report.achieved.ratio
     else:
         result = compress(loaded, ratio, criterion=criterion, seed=seed,
                           calib_data=data if CRITERIA[criterion].needs_data else None)
         masks = None
-        macs_ratio = result.report["achieved"]["ratio"]
+        macs_ratio = result.report.achieved.ratio
     model = result.model
     zero_shot = top1(model, loaded.data_config, data)
-    finetune(model, loaded.model, data, loaded.data_config, cfg, keep_masks=masks)
+    finetune(model, loaded.model, data, loaded.data_config, cfg, seed=0, keep_masks=masks)
     if masks:
         assert all(bool((p[m == 0] == 0).all()) for p, m in masks), "fine-tuning revived pruned weights"
     tuned = top1(model, loaded.data_config, data)
     return {"ratio": ratio, "criterion": criterion, "seed": seed, "macs_ratio": macs_ratio,
-            "params_ratio": result.report["achieved"]["params_ratio"], "zero_shot": zero_shot,
+            "params_ratio": result.report.achieved.params_ratio, "zero_shot": zero_shot,
             "finetuned": tuned, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -138,7 +139,7 @@ def main() -> None:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35])
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA) + ["weight"])
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--data", default=str(MNIST_DEFAULT))
+    p.add_argument("--data", default=default_data(None))
     p.add_argument("--out", default=str(RESULTS / "accuracy"), help="output stem (.md, .json, .png)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (results do not depend on it)")
     args = p.parse_args()
@@ -146,7 +147,7 @@ def main() -> None:
     start = time.perf_counter()
     loaded = load_model("reference")
     reference_top1 = top1(loaded.model, loaded.data_config, args.data)
-    cfg = FinetuneConfig(epochs=args.epochs)
+    cfg = TrainingOptions(epochs=args.epochs)
     rows = []
     for ratio in args.ratios:
         for criterion in args.criteria:

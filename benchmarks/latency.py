@@ -2,7 +2,7 @@
 
 For each model and kept-MACs fraction R, two pruned exports are timed beside the dense one:
 heads + MLP channels only, and with residual channels too (`--prune-embed`). All files of one
-model run interleaved in one `dimap_struct.bench.benchmark` call (same onnxruntime settings,
+model run interleaved in one `dimap_struct.deploy.bench.benchmark` call (same onnxruntime settings,
 all graph optimisations for every file, the dense one included), so speed-ups are ratios
 measured in one run. Also: `--round-to` 1 / 8 / 16 / 32 on swin_t at R = 0.5 with residual
 pruning; "large pruned versus small dense": swin_s pruned to swin_t's MACs against dense
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct import compress, load_model  # noqa: E402
 from dimap_struct.deploy.bench import benchmark  # noqa: E402
-from dimap_struct.deploy.export import export_onnx, read_metadata  # noqa: E402
-from dimap_struct.pipeline import onnx_metadata  # noqa: E402
+from dimap_struct.deploy.export import export_onnx  # noqa: E402
+from dimap_struct.deploy.onnx_file import read_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,7 +42,7 @@ def with_and_without_slim(loaded, tmp: Path, name: str, ratio) -> list[Path]:
     slim = tmp / f"{name}_slim.onnx"
     result = compress(loaded, ratio, output=slim, force=True)
     plain = tmp / f"{name}_noslim.onnx"
-    export_onnx(result.model, plain, tuple(loaded.data_config["input_size"]), onnx_metadata(result.report), slim=False)
+    export_onnx(result.model, plain, result.report.input_size, result.report.metadata(), slim=False)
     return [plain, slim]
 
 
@@ -141,7 +141,7 @@ def main() -> None:
             results["extras"]["round_to"] = timed(files, args)
             s = loaded.get("swin_s") or load_model("swin_s", pretrained=False)
             files = [export(t, tmp / "swin_t_dense.onnx", 1.0)]
-            budget = f"{read_metadata(files[0])['original']['macs'] / 1e9:.4f}G"
+            budget = f"{read_report(files[0]).original.macs / 1e9:.4f}G"
             files += [export(s, tmp / "swin_s_to_t_heads.onnx", budget),
                       export(s, tmp / "swin_s_to_t_embed.onnx", budget, prune_embed=True)]
             results["extras"]["large_vs_small"] = timed(files, args)

@@ -124,12 +124,6 @@ class Options:
         return {"recipe_version": RECIPE_VERSION, "dimap_struct_version": __version__,
                 "command": self.command, **values}
 
-    def changed(self) -> set[str]:
-        """Names of the options that differ from their defaults."""
-        defaults = type(self)()
-        return {f.name for f in self.specs() if getattr(self, f.name) != getattr(defaults, f.name)} \
-            if _constructible(type(self)) else set()
-
     # -- command line ------------------------------------------------------------------------
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser, skip: Iterable[str] = ()) -> None:
@@ -168,14 +162,6 @@ class Options:
         given = {k: v for k, v in vars(args).items() if k in names and v is not None}
         base = load_recipe(config, cls.command) if config else {}
         return cls.make(base, **given)
-
-
-def _constructible(cls) -> bool:
-    try:
-        cls()
-    except UserError:
-        return False
-    return True
 
 
 def _short(f: dataclasses.Field) -> list[str]:
@@ -268,6 +254,8 @@ def _range(spec: Spec) -> str:
 
 
 def _num(x: float) -> str:
+    if isinstance(x, int):
+        return str(x)
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 

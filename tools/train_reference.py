@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dimap_struct.data import MNIST_DEFAULT, build_loader  # noqa: E402
+from dimap_struct.cli.common import default_data  # noqa: E402
+from dimap_struct.data import build_loader  # noqa: E402
 from dimap_struct.deploy.evaluate import accuracy, torch_classifier  # noqa: E402
 from dimap_struct.files import atomic_output  # noqa: E402
 from dimap_struct.models.reference import (REFERENCE_DATA_CONFIG, REFERENCE_KWARGS,  # noqa: E402
@@ -40,7 +41,7 @@ HYPER = dict(batch_size=128, lr=1e-3, min_lr=1e-5, warmup_epochs=2, weight_decay
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--data", type=Path, default=MNIST_DEFAULT, help="MNIST directory")
+    p.add_argument("--data", type=Path, default=Path(default_data(None)), help="MNIST directory")
     p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights .safetensors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=HYPER["lr"])

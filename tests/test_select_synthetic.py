@@ -1,0 +1,118 @@
+"""Selection on a small synthetic cost model (no Swin): the budget search, floors, rounding and
+each policy's rule, against brute-force references (docs/method.md section 4)."""
+import itertools
+
+import pytest
+import torch
+
+from dimap_struct.prune.costs import BlockCost, CostModel, Term
+from dimap_struct.prune.criteria import GroupScores
+from dimap_struct.prune.select import select_to_budget
+
+HEADS, CHANNELS = (2, 3, 4), (6, 5, 8)
+
+
+def _costs() -> CostModel:
+    blocks = [BlockCost(name=f"b{i}", stage=i, num_heads=h, mlp_width=m, macs_per_head=100 * (i + 1),
+                        macs_per_channel=30 + 5 * i, params_per_head=10, params_per_channel=3)
+              for i, (h, m) in enumerate(zip(HEADS, CHANNELS))]
+    return CostModel(blocks, [Term("stage0", "aux", 50)], [Term("stage0", "aux", 7)])
+
+
+def _scores(seed: int = 0) -> GroupScores:
+    gen = torch.Generator().manual_seed(seed)
+    return GroupScores(heads=[torch.rand(h, generator=gen, dtype=torch.float64) for h in HEADS],
+                       mlp=[torch.rand(m, generator=gen, dtype=torch.float64) for m in CHANNELS])
+
+
+def _select(policy: str, ratio: float, **kw):
+    costs = _costs()
+    original = costs.count().macs
+    weights = dict(head_weights=[40, 50, 60], channel_weights=[8, 8, 8])
+    return select_to_budget(_scores(), costs, target_macs=int(ratio * original), policy=policy,
+                            **weights, **kw), costs, original
+
+
+def _kept_macs(costs, plan) -> int:
+    return costs.count(plan.head_counts, plan.mlp_widths).macs
+
+
+def test_analytic_macs_match_a_hand_count():
+    costs = _costs()
+    assert costs.count().macs == 50 + sum(h * 100 * (i + 1) + m * (30 + 5 * i)
+                                          for i, (h, m) in enumerate(zip(HEADS, CHANNELS)))
+    assert costs.count([1, 1, 1], [1, 1, 1]).macs == 50 + 100 + 200 + 300 + 30 + 35 + 40
+
+
+@pytest.mark.parametrize("policy", ["module-aware", "one-module", "uniform"])
+@pytest.mark.parametrize("ratio", [0.8, 0.6, 0.45])
+def test_budget_is_met_as_closely_as_the_policy_allows(policy, ratio):
+    selection, costs, original = _select(policy, ratio, min_heads=1, min_mlp=1)
+    plan = selection.plan
+    assert _kept_macs(costs, plan) == selection.achieved_macs
+    assert min(plan.head_counts) >= 1 and min(plan.mlp_widths) >= 1
+    # no other knob value of this policy lands closer to the target: scan it finely (brute force)
+    target = selection.target_macs
+    best = abs(selection.achieved_macs - target)
+    scan = [abs(_macs_at(policy, q, costs) - target) for q in torch.linspace(0, 1, 401).tolist()]
+    assert best <= min(scan)
+
+
+def _macs_at(policy: str, q: float, costs) -> int:
+    from dimap_struct.prune.select import POLICIES, _Module
+
+    scores = _scores()
+    modules = [_Module(scores.heads, [40, 50, 60], 1), _Module(scores.mlp, [8, 8, 8], 1)]
+    rule = POLICIES[policy](modules, [1, 1])
+    heads, widths = rule.kept_counts(q)
+    return costs.count(heads, widths).macs
+
+
+def test_one_module_removes_exactly_the_lowest_scores():
+    selection, _, _ = _select("one-module", 0.6, min_heads=1, min_mlp=1)
+    plan, scores = selection.plan, _scores()
+    removed, kept = [], []
+    for kind_scores, kind_plan in ((scores.heads, plan.heads), (scores.mlp, plan.mlp)):
+        for s, keep in zip(kind_scores, kind_plan):
+            best = int(torch.argmax(s))  # the floor of 1 protects each block's best group
+            removed += [float(s[i]) for i in range(len(s)) if i not in keep]
+            kept += [float(s[i]) for i in keep if i != best]
+    assert removed and max(removed) <= min(kept)
+
+
+def test_module_aware_removes_the_same_weight_fraction_from_both_modules():
+    selection, _, _ = _select("module-aware", 0.5, min_heads=1, min_mlp=1)
+    removed = selection.removed_weight_fraction
+    # groups are whole: the fractions differ by at most one group's share of its module
+    heads_total, mlp_total = sum(h * w for h, w in zip(HEADS, [40, 50, 60])), 8 * sum(CHANNELS)
+    assert abs(removed["attention"] - removed["mlp"]) <= max(60 / heads_total, 8 / mlp_total) + 1e-9
+    # inside each module the kept groups outrank the removed ones (one threshold per module)
+    scores, plan = _scores(), selection.plan
+    for kind_scores, kind_plan in ((scores.heads, plan.heads), (scores.mlp, plan.mlp)):
+        removed_s = [float(s[i]) for s, k in zip(kind_scores, kind_plan) for i in range(len(s)) if i not in k]
+        kept_s = [float(s[i]) for s, k in zip(kind_scores, kind_plan) for i in k if i != int(torch.argmax(s))]
+        if removed_s:
+            assert max(removed_s) <= min(kept_s)
+
+
+def test_uniform_prunes_every_block_by_the_same_ratio():
+    selection, _, _ = _select("uniform", 0.5, min_heads=1, min_mlp=1)
+    q = selection.thresholds["uniform_ratio"]
+    for n, kept in zip(CHANNELS, selection.plan.mlp_widths):
+        assert kept == max(1, n - int(round(q * n)))
+
+
+def test_floors_and_rounding():
+    selection, _, _ = _select("module-aware", 0.3, min_heads=2, min_mlp=4, round_to=2)
+    plan = selection.plan
+    assert all(h >= min(2, n) for h, n in zip(plan.head_counts, HEADS))
+    assert all(w >= 4 and (w % 2 == 0 or w == n) for w, n in zip(plan.mlp_widths, CHANNELS))
+    # every kept index is a real group, sorted, without repeats
+    for kept, n in itertools.chain(zip(plan.heads, HEADS), zip(plan.mlp, CHANNELS)):
+        assert kept == sorted(set(kept)) and all(0 <= i < n for i in kept)
+
+
+def test_unreachable_target_is_reported_not_hidden():
+    selection, _, original = _select("module-aware", 0.05, min_heads=2, min_mlp=5)
+    assert not selection.on_target and selection.note and "not reachable" in selection.note
+    assert selection.achieved_macs > selection.target_macs
