@@ -11,10 +11,26 @@ from torch import nn
 
 from dimap_struct.cli import bench as cli_bench
 from dimap_struct.deploy import bench
+from dimap_struct.prune.costs import Counts
+from dimap_struct.report.schema import Achieved, Architecture, Report, Source, Target
 
 FAST = dict(warmup=0.0, min_iters=5, min_time=0.01)
 CLI_FAST = ["--warmup", "0", "--min-iters", "5", "--min-time", "0.01", "--quiet"]
 WIDE_MACS, NARROW_MACS = 4_000_000, 1_000_000
+
+
+def _report(macs: int, size: int = 16, granularity: str = "structured", original: int = WIDE_MACS) -> Report:
+    """A minimal stored report of a toy model: `macs` pruned MACs of `original` (weight
+    granularity: effective MACs of a file that still runs at `original`)."""
+    return Report(
+        package_version="0", granularity=granularity,
+        source=Source(model="toy", family="toy", weights="random init (seed 0)", random_init=True),
+        data_config={"input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.5] * 3}, recipe={},
+        architecture=Architecture("toy"), criterion="dimap", criterion_summary="", score_mode=None,
+        target=Target(), achieved=Achieved(macs=macs, ratio=macs / original, params=0, params_ratio=0.0),
+        original=Counts(macs=original, params=0), pruned=Counts(macs=macs, params=0),
+        runtime_macs=original if granularity == "weight" else macs,
+        blocks=[], residual=None, selection={}, verification={}, notes=[])
 
 
 def _export(path, width: int, size: int = 16, macs: int | None = None):
@@ -28,8 +44,7 @@ def _export(path, width: int, size: int = 16, macs: int | None = None):
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     if macs is not None:
         proto = onnx.load(str(path))
-        meta = {"pruned": {"macs": macs}, "original": {"macs": WIDE_MACS}, "source_model": "toy",
-                "input": {"input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.5] * 3}}
+        meta = _report(macs, size).metadata()
         proto.metadata_props.append(onnx.StringStringEntryProto(key="dimap_struct", value=json.dumps(meta)))
         onnx.save(proto, str(path))
     return str(path)
@@ -91,9 +106,8 @@ def test_model_without_metadata(toys):
 
 
 def test_macs_from_metadata():
-    assert bench.model_macs({"pruned": {"macs": 7}, "original": {"macs": 9}}) == (7, None)
-    macs, note = bench.model_macs({"granularity": "weight", "pruned": {"effective_macs": 3},
-                                   "original": {"macs": 9}})
+    assert bench.model_macs(_report(7, original=9)) == (7, None)
+    macs, note = bench.model_macs(_report(3, granularity="weight", original=9))
     assert macs == 9 and "dense" in note  # zeros still cost MACs in a dense file
     macs, note = bench.model_macs(None)
     assert macs is None and "ideal speed-up unknown" in note
@@ -158,8 +172,12 @@ def test_cli_errors(toys, tmp_path, capsys):
     _one_line_error(*run(toys["wide"], str(junk)), "cannot read ONNX model")
     code, err = run(toys["wide"], toys["big_input"])
     _one_line_error(code, err, "conflicting input shapes: wide.onnx expects 3x16x16, big.onnx 3x20x20")
-    _one_line_error(*run(toys["wide"], "--torch"), "records no architecture")
-    _one_line_error(*run(toys["wide"], "--batch", "0"), "batch sizes must be positive")
+    _one_line_error(*run(toys["plain"], "--torch"), "records no architecture")  # no stored report
+    _one_line_error(*run(toys["wide"], "--batch", "0"), "--batch must be integers >= 1")
+    from dimap_struct import UserError
+
+    with pytest.raises(UserError, match="batch sizes must be positive"):  # the library checks it too
+        bench.benchmark([toys["wide"]], batches=(0,), threads=1, **FAST)
     _one_line_error(*run(toys["wide"], toys["plain"], "--plot", str(tmp_path / "p.png")), "has none")
     assert not (tmp_path / "p.png").exists()
 
@@ -169,13 +187,13 @@ def test_cli_torch_times_the_rebuilt_modules(tmp_path, capsys):
     MACs) as the file, timed in eager PyTorch in a second table."""
     import dimap_struct
     from dimap_struct.models.checkpoint import build_architecture
-    from dimap_struct.deploy.export import read_metadata
+    from dimap_struct.deploy.onnx_file import read_report
 
     dense, half = tmp_path / "dense.onnx", tmp_path / "half.onnx"
     dimap_struct.compress("reference", 1.0, output=dense)
     pruned = dimap_struct.compress("reference", 0.5, output=half)
-    rebuilt = build_architecture(read_metadata(half)["architecture"])
-    assert sum(p.numel() for p in rebuilt.parameters()) == pruned.report["pruned"]["params"]
+    rebuilt = build_architecture(read_report(half).architecture)
+    assert sum(p.numel() for p in rebuilt.parameters()) == pruned.report.pruned.params
 
     code = cli_bench.main([str(dense), str(half), "--torch", "--batch", "2", "--threads", "1", "--json", *CLI_FAST])
     out, err = capsys.readouterr()

@@ -22,8 +22,8 @@ def test_round_trip_is_exact(random_model, tmp_path, embed):
 
     with safe_open(str(pt), framework="pt") as f:
         spec = json.loads(f.metadata()[SPEC_KEY])
-    assert spec["source_model"] == "swin_tiny_patch4_window7_224"
-    assert spec["heads"] == result.selection.plan.head_counts
+    assert spec["architecture"]["source_model"] == "swin_tiny_patch4_window7_224"
+    assert spec["architecture"]["heads"] == result.selection.plan.head_counts
 
 
 def test_cli_save_then_compress_further_and_eval(tmp_path, capsys):
@@ -51,11 +51,11 @@ def test_other_image_size_prunes_exports_and_reloads(tmp_path):
     out, pt = tmp_path / "s.onnx", tmp_path / "s.pt"
     result = dimap_struct.compress("swin_t", 0.5, pretrained=False, output=out, save_pt=pt,
                                    model_kwargs={"img_size": 160, "window_size": 5})
-    assert result.report["input"]["input_size"] == [3, 160, 160]
-    from dimap_struct.deploy.export import read_metadata
+    assert result.report.data_config["input_size"] == [3, 160, 160]
+    from dimap_struct.deploy.onnx_file import read_report
 
-    assert read_metadata(out)["input"]["input_size"] == [3, 160, 160]
-    assert abs(result.report["achieved"]["ratio"] - 0.5) <= 0.01
+    assert read_report(out).data_config["input_size"] == [3, 160, 160]
+    assert abs(result.report.achieved.ratio - 0.5) <= 0.01
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         assert torch.equal(load_pruned(pt)(x), result.model(x))

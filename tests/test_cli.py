@@ -36,11 +36,11 @@ def test_bad_ratio(capsys, tmp_path, flops):
 
 
 @pytest.mark.parametrize("module, args", [
-    ("dimap_struct.cli", ["swin_t", "--bogus"]),
-    ("dimap_struct.cli", ["swin_t", "--min-heads", "two"]),
-    ("dimap_struct.cli_eval", []),
-    ("dimap_struct.cli_bench", ["a.onnx", "--batch", "x"]),
-    ("dimap_struct.cli_finetune", ["reference", "--epochs"]),
+    ("dimap_struct.cli.compress", ["swin_t", "--bogus"]),
+    ("dimap_struct.cli.compress", ["swin_t", "--min-heads", "two"]),
+    ("dimap_struct.cli.eval", ["reference", "--limit"]),
+    ("dimap_struct.cli.bench", ["a.onnx", "--batch", "x"]),
+    ("dimap_struct.cli.finetune", ["reference", "--epochs"]),
 ])
 def test_bad_flags_one_line(capsys, module, args):
     """argparse's own errors (unknown flag, bad value, missing argument) follow the same rule."""
@@ -50,6 +50,15 @@ def test_bad_flags_one_line(capsys, module, args):
         importlib.import_module(module).main(args)
     _, err = capsys.readouterr()
     _assert_user_error(exit_info.value.code, err, "error:", "--help")
+
+
+def test_eval_without_model_one_line(capsys):
+    """MODEL may come from --config, so its absence is a UserError after parsing: same rule."""
+    from dimap_struct.cli import eval as cli_eval
+
+    code = cli_eval.main([])
+    _, err = capsys.readouterr()
+    _assert_user_error(code, err, "error:", "MODEL")
 
 
 def test_unknown_model_suggests(capsys):
@@ -133,7 +142,7 @@ def test_checkpoint_formats_load_the_same_weights(tmp_path, tiny_state):
 
 def test_offline_pretrained_says_what_to_do(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    proc = subprocess.run([sys.executable, "-m", "dimap_struct.cli", "swin_t", "--flops", "0.5",
+    proc = subprocess.run([sys.executable, "-m", "dimap_struct.cli.compress", "swin_t", "--flops", "0.5",
                            "-o", str(tmp_path / "m.onnx"), "--quiet"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

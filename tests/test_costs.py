@@ -36,18 +36,18 @@ def torch_counted_macs(model, input_size) -> int:
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
 def test_analytic_macs_match_torch_flop_counter(random_model, ratio):
     result = dimap_struct.compress(random_model("swin_t"), ratio)
-    assert result.report["pruned"]["macs"] == torch_counted_macs(result.model, (3, 224, 224))
-    assert result.report["pruned"]["params"] == sum(p.numel() for p in result.model.parameters())
+    assert result.report.pruned.macs == torch_counted_macs(result.model, (3, 224, 224))
+    assert result.report.pruned.params == sum(p.numel() for p in result.model.parameters())
 
 
 @pytest.mark.parametrize("ratio", [0.9, 0.7, 0.5, 0.3, 0.15])
 def test_achieved_macs_on_target(random_model, ratio):
     result = dimap_struct.compress(random_model("swin_t"), ratio)
-    achieved = result.report["achieved"]
-    assert achieved["on_target"]
-    assert abs(achieved["ratio"] - ratio) <= 0.01
+    achieved = result.report.achieved
+    assert achieved.on_target
+    assert abs(achieved.ratio - ratio) <= 0.01
 
 
 def test_absolute_budget(random_model):
     result = dimap_struct.compress(random_model("swin_t"), "2.2G")
-    assert abs(result.report["achieved"]["macs"] - 2.2e9) <= 0.01 * result.report["original"]["macs"]
+    assert abs(result.report.achieved.macs - 2.2e9) <= 0.01 * result.report.original.macs

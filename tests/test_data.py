@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from dimap_struct.data import (MNIST_DEFAULT, build_dataset, build_loader, default_data_dir,
-                               num_classes, read_idx, split_indices)
+from dimap_struct.data import DATA_ENV, build_dataset, build_loader, num_classes, read_idx, split_indices
 from dimap_struct.errors import UserError
+from shared_data import mnist_dir
 
-needs_mnist = pytest.mark.skipif(default_data_dir() is None,
-                                 reason=f"shared MNIST not found at {MNIST_DEFAULT}")
+MNIST = mnist_dir()
+needs_mnist = pytest.mark.skipif(MNIST is None, reason="shared MNIST not found ($DIMAP_DATA or ../shared/data/mnist)")
 
 MNIST_CFG = {"input_size": (1, 32, 32), "mean": (0.1307,), "std": (0.3081,)}
 IMAGENET_CFG = {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.9,
@@ -34,8 +34,8 @@ def test_split_indices_partition():
 
 @needs_mnist
 def test_mnist_splits_labels_and_classes():
-    train, held = build_dataset(None, "train", MNIST_CFG), build_dataset(None, "eval", MNIST_CFG)
-    everything = build_dataset(None, "all", MNIST_CFG)
+    train, held = build_dataset(MNIST, "train", MNIST_CFG), build_dataset(MNIST, "eval", MNIST_CFG)
+    everything = build_dataset(MNIST, "all", MNIST_CFG)
     assert (len(train), len(held), len(everything)) == (8000, 2000, 10_000)
     for ds in (train, held):
         assert num_classes(ds) == 10
@@ -48,7 +48,7 @@ def test_mnist_splits_labels_and_classes():
 @needs_mnist
 @pytest.mark.parametrize("cfg", [MNIST_CFG, IMAGENET_CFG], ids=["1x32", "3x224"])
 def test_mnist_shapes_and_normalisation(cfg):
-    ds = build_dataset(None, "eval", cfg)
+    ds = build_dataset(MNIST, "eval", cfg)
     image, label = ds[3]
     assert image.shape == cfg["input_size"] and image.dtype == torch.float32
     assert isinstance(label, int) and 0 <= label <= 9
@@ -58,7 +58,7 @@ def test_mnist_shapes_and_normalisation(cfg):
     assert (image.amax(dim=(1, 2)) <= (1 - mean) / std + 1e-5).all()
     if cfg["input_size"][0] == 3:  # the gray channel is repeated
         assert torch.allclose(image[0] * std[0] + mean[0], image[2] * std[2] + mean[2], atol=1e-5)
-    images, labels = next(iter(build_loader(None, "eval", cfg, 8)))
+    images, labels = next(iter(build_loader(MNIST, "eval", cfg, 8)))
     assert images.shape == (8, *cfg["input_size"]) and labels.dtype == torch.int64
     assert torch.equal(images[3], image)
 
@@ -66,13 +66,23 @@ def test_mnist_shapes_and_normalisation(cfg):
 @needs_mnist
 def test_mnist_augmentation_is_seeded():
     def first_batch(seed):
-        loader = build_loader(None, "train", MNIST_CFG, 16, shuffle=True, seed=seed,
+        loader = build_loader(MNIST, "train", MNIST_CFG, 16, shuffle=True, seed=seed,
                               train_augment=True)
         return next(iter(loader))
 
     (a, ya), (b, yb), (c, _) = first_batch(1), first_batch(1), first_batch(2)
     assert torch.equal(a, b) and torch.equal(ya, yb) and not torch.equal(a, c)
     assert a.shape == (16, 1, 32, 32) and torch.isfinite(a).all()
+
+
+def test_no_path_reads_the_environment(monkeypatch):
+    """Without a path the library reads $DIMAP_DATA; without either, one clear UserError."""
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    with pytest.raises(UserError, match=DATA_ENV):
+        build_dataset(None, "eval", MNIST_CFG)
+    if MNIST is not None:
+        monkeypatch.setenv(DATA_ENV, str(MNIST))
+        assert len(build_dataset(None, "eval", MNIST_CFG)) == 2000
 
 
 def test_read_idx_roundtrip_and_errors(tmp_path):
@@ -154,18 +164,20 @@ def test_reference_model_accuracy():
     cfg = timm.data.resolve_model_data_config(model)
     assert {k: cfg[k] for k in REFERENCE_DATA_CONFIG} == REFERENCE_DATA_CONFIG
     assert not model.training
-    assert accuracy(torch_classifier(model, cfg, "reference"), None, batch_size=500)["top1"] >= 97.0
+    assert accuracy(torch_classifier(model, cfg, "reference"), MNIST, batch_size=500)["top1"] >= 97.0
 
 
 def test_reference_checks_sha256(tmp_path, monkeypatch):
+    import dataclasses
     import json
 
-    from dimap_struct import reference
+    from dimap_struct.models import reference
 
-    if not reference.WEIGHTS_PATH.is_file():
+    ref = reference.REFERENCES["reference"]
+    if not ref.weights.is_file():
         pytest.skip("reference weights not committed")
     recipe = tmp_path / "reference.json"
     recipe.write_text(json.dumps({"sha256": "0" * 64}))
-    monkeypatch.setattr(reference, "RECIPE_PATH", recipe)
+    monkeypatch.setitem(reference.REFERENCES, "reference", dataclasses.replace(ref, recipe=recipe))
     with pytest.raises(RuntimeError, match="SHA-256"):
         reference.build_reference()

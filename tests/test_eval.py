@@ -6,11 +6,11 @@ import torch
 
 import dimap_struct
 from dimap_struct.cli import eval as cli_eval
-from shared_data import mnist_dir as default_data_dir
 from dimap_struct.deploy.evaluate import accuracy, onnx_classifier, torch_classifier
 from dimap_struct.models import load_model
+from shared_data import mnist_dir
 
-pytestmark = pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data/mnist")
+pytestmark = pytest.mark.skipif(mnist_dir() is None, reason="needs ../shared/data/mnist")
 
 
 def _eval(capsys, *args):
@@ -31,10 +31,10 @@ def test_pruned_onnx_evaluates_like_pytorch(tmp_path, capsys):
     out = tmp_path / "r.onnx"
     result = dimap_struct.compress("reference", 0.5, output=out)
     loaded = load_model("reference")
-    ours = accuracy(torch_classifier(result.model, loaded.data_config, "pruned"), None)
-    theirs = accuracy(onnx_classifier(out), None)  # preprocessing read from the ONNX metadata
+    ours = accuracy(torch_classifier(result.model, loaded.data_config, "pruned"), mnist_dir())
+    theirs = accuracy(onnx_classifier(out), mnist_dir())  # preprocessing read from the ONNX metadata
     assert theirs["top1"] == pytest.approx(ours["top1"], abs=0.1)
-    code, text, _ = _eval(capsys, str(out), "--data", str(default_data_dir()), "--quiet")
+    code, text, _ = _eval(capsys, str(out), "--data", str(mnist_dir()), "--quiet")
     assert code == 0 and f"top-1 {theirs['top1']:.2f}%" in text
 
 

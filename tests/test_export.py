@@ -9,12 +9,12 @@ import onnxruntime as ort
 import pytest
 
 import dimap_struct
-from dimap_struct.deploy.export import read_metadata
+from dimap_struct.deploy.onnx_file import METADATA_KEY, read_report
 from dimap_struct.deploy.onnx_macs import count_onnx_macs
 
 
 def _cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dimap_struct.cli", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dimap_struct.cli.compress", *args], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -49,23 +49,26 @@ def test_graph_macs_are_half_of_the_original(exported, unpruned):
     path, _ = exported
     pruned_macs, dense_macs = count_onnx_macs(str(path)), count_onnx_macs(str(unpruned))
     assert abs(pruned_macs / dense_macs - 0.5) <= 0.01
-    meta = read_metadata(path)
+    meta = read_report(path)
     # the analytic counts agree with the graph exactly (biases/norms/softmax are not MACs in either)
-    assert meta["pruned"]["macs"] == pruned_macs
-    assert meta["original"]["macs"] == dense_macs
+    assert meta.pruned.macs == pruned_macs
+    assert meta.original.macs == dense_macs
     assert count_onnx_macs(str(path), batch=3) == 3 * pruned_macs
 
 
 def test_metadata_and_report_beside(exported):
     path, proc = exported
-    meta = read_metadata(path)
-    for key in ("source_model", "weights", "criterion", "target", "achieved", "original", "pruned",
-                "blocks", "input", "package_version"):
-        assert key in meta, key
-    assert meta["source_model"] == "swin_tiny_patch4_window7_224"
-    assert "random" in meta["weights"]
-    assert meta["input"]["input_size"] == [3, 224, 224] and len(meta["input"]["mean"]) == 3
-    assert len(meta["blocks"]) == 12 and all(b["kept_heads"] for b in meta["blocks"])
+    (stored,) = [json.loads(p.value) for p in onnx.load(str(path)).metadata_props if p.key == METADATA_KEY]
+    for key in ("source", "criterion", "target", "achieved", "original", "pruned",
+                "blocks", "data_config", "package_version"):
+        assert key in stored, key
+    assert "timings_s" not in stored and "onnx" not in stored
+    meta = read_report(path)
+    assert stored == meta.metadata()
+    assert meta.source.model == "swin_tiny_patch4_window7_224"
+    assert "random" in meta.source.weights
+    assert meta.data_config["input_size"] == [3, 224, 224] and len(meta.data_config["mean"]) == 3
+    assert len(meta.blocks) == 12 and all(b.kept_heads for b in meta.blocks)
     report = json.loads(path.with_suffix(".json").read_text())
     assert report["onnx"]["parity_max_abs_diff"] <= 1e-3
     assert report["verification"]["mask_equivalence_max_abs_diff"] <= 1e-4

@@ -117,12 +117,12 @@ def _slow_enabled(config) -> bool:
 def test_mask_equivalence_and_target(compressed):
     name, original, result = compressed
     report, plan = result.report, result.selection.plan
-    assert report["verification"]["mask_equivalence_max_abs_diff"] <= 1e-4
-    assert abs(report["achieved"]["ratio"] - 0.5) <= 0.01
+    assert report.verification["mask_equivalence_max_abs_diff"] <= 1e-4
+    assert abs(report.achieved.ratio - 0.5) <= 0.01
     assert sum(plan.head_counts) < sum(a.num_heads for a in attentions(original, plan))
 
     # independently of verify.zero_removed, against the family's own (unconverted) forward
-    size = tuple(report["input"]["input_size"])
+    size = tuple(report.data_config["input_size"])
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(7))
     reference = copy.deepcopy(original)
     zero_like_plan(reference, plan)
@@ -134,18 +134,18 @@ def test_mask_equivalence_and_target(compressed):
 def test_onnx_parity(compressed):
     _, _, result = compressed
     assert result.onnx_path.is_file() and result.json_path.is_file()
-    assert result.report["onnx"]["parity_max_abs_diff"] <= 1e-3
+    assert result.report.onnx.parity_max_abs_diff <= 1e-3
 
 
 def test_analytic_macs_match_torch_flop_counter(compressed):
     name, original, result = compressed
     report = result.report
-    size = tuple(report["input"]["input_size"])
+    size = tuple(report.data_config["input_size"])
     assert size == ((3, 256, 256) if "v2" in name and "cr" not in name else (3, 224, 224))
-    assert report["original"]["macs"] == torch_counted_macs(original, size)
-    assert report["original"]["params"] == sum(p.numel() for p in original.parameters())
-    assert report["pruned"]["macs"] == torch_counted_macs(result.model, size)
-    assert report["pruned"]["params"] == sum(p.numel() for p in result.model.parameters())
+    assert report.original.macs == torch_counted_macs(original, size)
+    assert report.original.params == sum(p.numel() for p in original.parameters())
+    assert report.pruned.macs == torch_counted_macs(result.model, size)
+    assert report.pruned.params == sum(p.numel() for p in result.model.parameters())
 
 
 def test_heads_keep_their_scale(compressed):

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from shared_data import mnist_dir as default_data_dir
 from dimap_struct.deploy.evaluate import accuracy, onnx_classifier
+from shared_data import mnist_dir
 
-pytestmark = pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data/mnist")
+pytestmark = pytest.mark.skipif(mnist_dir() is None, reason="needs ../shared/data/mnist")
 BASE = ["reference", "--no-pretrained", "--flops", "0.5", "--quiet"]
 
 
@@ -25,8 +25,8 @@ def small_mnist(tmp_path_factory):
     from dimap_struct.data import MNIST_FILES, read_idx
 
     root = tmp_path_factory.mktemp("mnist_small")
-    images = read_idx(default_data_dir() / f"{MNIST_FILES[0]}.gz")[:1000]
-    labels = read_idx(default_data_dir() / f"{MNIST_FILES[1]}.gz")[:1000]
+    images = read_idx(mnist_dir() / f"{MNIST_FILES[0]}.gz")[:1000]
+    labels = read_idx(mnist_dir() / f"{MNIST_FILES[1]}.gz")[:1000]
     with gzip.open(root / f"{MNIST_FILES[0]}.gz", "wb") as f:
         f.write(struct.pack(">iiii", 2051, len(images), 28, 28) + images.tobytes())
     with gzip.open(root / f"{MNIST_FILES[1]}.gz", "wb") as f:
@@ -41,7 +41,7 @@ def _env():
 def test_two_gloo_processes_agree_and_match_the_log(tmp_path):
     out = tmp_path / "ft.onnx"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "dimap_struct.cli_finetune", *BASE, "--max-steps", "4", "--batch-size", "16", "-o", str(out)]
+           "-m", "dimap_struct.cli.finetune", *BASE, "--max-steps", "4", "--batch-size", "16", "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", proc.stderr))
@@ -50,7 +50,7 @@ def test_two_gloo_processes_agree_and_match_the_log(tmp_path):
     ft = report["finetune"]
     assert ft["world_size"] == 2 and ft["steps"] == 4 and ft["weights_sha256"] == digests["0"]
     # the exported model is the one the log describes: its accuracy is what the script reported
-    measured = accuracy(onnx_classifier(out), None, split="eval")["top1"]
+    measured = accuracy(onnx_classifier(out), mnist_dir(), split="eval")["top1"]
     assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
     assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in proc.stdout
     assert not out.with_suffix(".resume.pt").exists()
@@ -59,7 +59,7 @@ def test_two_gloo_processes_agree_and_match_the_log(tmp_path):
 def test_interrupt_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
     out = tmp_path / "r.onnx"
     resume = out.with_suffix(".resume.pt")
-    cmd = [sys.executable, "-m", "dimap_struct.cli_finetune", *BASE, "--epochs", "4", "--batch-size", "100",
+    cmd = [sys.executable, "-m", "dimap_struct.cli.finetune", *BASE, "--epochs", "4", "--batch-size", "100",
            "--data", small_mnist, "-o", str(out)]
     # a terminal's Ctrl-C: SIGINT at its default even when the suite runs as a background job
     # (which starts with SIGINT ignored, and Python then never raises KeyboardInterrupt)
@@ -88,3 +88,11 @@ def test_resume_refuses_a_different_command(tmp_path, capsys):
 
     code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
     assert code == 2 and "no " in capsys.readouterr().err
+    # a checkpoint whose identity (recipe, process count) is another command's is refused
+    from dimap_struct.options import FinetuneOptions
+    from dimap_struct.recover.finetune import save_state
+
+    other = FinetuneOptions(model="reference", pretrained=False, flops="0.6").recipe()
+    save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), {}, {"recipe": other, "world_size": 1})
+    code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
+    assert code == 2 and "different command" in capsys.readouterr().err

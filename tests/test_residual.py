@@ -43,15 +43,15 @@ def test_interleaved_index_matches_timm_merging():
 def test_prune_embed_is_mask_equivalent_and_on_target(random_model, ratio):
     result = dimap_struct.compress(random_model("swin_t"), ratio, prune_embed=True, round_to=8)
     report = result.report
-    assert report["verification"]["mask_equivalence_max_abs_diff"] <= 1e-4
-    assert abs(report["achieved"]["ratio"] - ratio) <= 0.01
-    widths = [r["width"] for r in report["residual"]]
-    assert any(r["width"] < r["width_before"] for r in report["residual"])
+    assert report.verification["mask_equivalence_max_abs_diff"] <= 1e-4
+    assert abs(report.achieved.ratio - ratio) <= 0.01
+    widths = [r.width for r in report.residual]
+    assert any(r.width < r.width_before for r in report.residual)
     assert all(w % 8 == 0 and w >= 16 for w in widths)
     assert all(w % 8 == 0 for w in result.selection.plan.mlp_widths)
     assert result.model.num_features == widths[-1]
     # parameters counted analytically equal the real module's (compress checks; restated here)
-    assert sum(p.numel() for p in result.model.parameters()) == report["pruned"]["params"]
+    assert sum(p.numel() for p in result.model.parameters()) == report.pruned.params
 
 
 def test_prune_embed_refused_in_weight_mode(capsys):

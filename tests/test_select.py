@@ -34,7 +34,7 @@ def test_equal_weight_fraction_per_module(random_model):
     result = dimap_struct.compress(random_model("swin_t"), 0.5)
     removed = result.selection.removed_weight_fraction
     assert abs(removed["attention"] - removed["mlp"]) < 0.01
-    before, after = result.report["original"]["params_by_module"], result.report["pruned"]["params_by_module"]
+    before, after = result.report.original.params_by_module, result.report.pruned.params_by_module
     # attention params include biases and bias tables, so allow a little slack
     for kind in ("attention", "mlp"):
         assert abs((1 - after[kind] / before[kind]) - removed[kind]) < 0.02, kind
@@ -59,7 +59,7 @@ def test_constraints_and_round_to(random_model):
     assert min(plan.head_counts) >= 2
     assert min(plan.mlp_widths) >= 64
     assert all(w % 16 == 0 for w in plan.mlp_widths)
-    assert abs(result.report["achieved"]["ratio"] - 0.4) <= 0.01
+    assert abs(result.report.achieved.ratio - 0.4) <= 0.01
 
 
 def test_unreachable_target_is_reported(random_model):
@@ -67,12 +67,12 @@ def test_unreachable_target_is_reported(random_model):
     sel = result.selection
     assert not sel.on_target and "not reachable" in sel.note
     assert min(sel.plan.head_counts) >= 1 and min(sel.plan.mlp_widths) >= 8
-    assert any("not reachable" in n for n in result.report["notes"])
+    assert any("not reachable" in n for n in result.report.notes)
 
 
 def test_ratio_one_keeps_everything(random_model):
     result = dimap_struct.compress(random_model("swin_t"), 1.0)
-    assert result.report["achieved"]["ratio"] == 1.0
+    assert result.report.achieved.ratio == 1.0
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(result.model(x), random_model("swin_t")(x), atol=1e-6)

@@ -76,7 +76,7 @@ def load_classifier(spec: str, *, checkpoint=None, pretrained: bool = True, seed
 def accuracy(classifier: Classifier, data: str | os.PathLike | None, *, split: str = "eval",
              batch_size: int = 128, limit: int | None = None,
              on_batch: Callable[[int, int], None] | None = None) -> dict:
-    """Top-1 and top-5 (percent) of `classifier` on `split` of `data` (None: the shared MNIST).
+    """Top-1 and top-5 (percent) of `classifier` on `split` of `data` (None: the directory in $DIMAP_DATA).
     `on_batch(done, total)` reports progress in images."""
     from ..data import build_loader, num_classes
 

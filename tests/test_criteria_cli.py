@@ -1,0 +1,64 @@
+"""Criteria on the command line: choices from the registry, refusals in one line, --plot / --compare."""
+import pytest
+
+from dimap_struct.cli import compress as cli
+from dimap_struct.prune.criteria import CRITERIA, Criterion, criterion_names, register, unregister
+
+
+def _help(capsys, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no name is wrapped at its hyphen
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def _listed_criteria(text: str) -> list[str]:
+    (line,) = [line for line in text.splitlines() if line.strip().startswith("--criterion")]
+    listed = line.split("one of:", 1)[1].split("(default", 1)[0]
+    return [name.strip() for name in listed.split(",")]
+
+
+def test_cli_names_every_criterion(capsys, monkeypatch):
+    assert _listed_criteria(_help(capsys, monkeypatch)) == criterion_names() == list(CRITERIA)
+
+
+def test_cli_choices_follow_the_registry(capsys, monkeypatch):
+    """A newly registered criterion is offered by the CLI; unregistered, it is gone again."""
+    dimap = CRITERIA["dimap"]
+    register(Criterion("test-only", dimap.score, dimap.policy, "a registry test"))
+    try:
+        assert "test-only" in _listed_criteria(_help(capsys, monkeypatch))
+    finally:
+        unregister("test-only")
+    assert "test-only" not in _listed_criteria(_help(capsys, monkeypatch))
+
+
+def _err(capsys, *args):
+    code = cli.main(list(args))
+    return code, capsys.readouterr().err.strip()
+
+
+def test_cli_refusals(capsys):
+    code, err = _err(capsys, "swin_t", "--no-pretrained", "--criterion", "magnitude")
+    assert code == 2 and ", ".join(criterion_names()) in err and len(err.splitlines()) == 1
+    code, err = _err(capsys, "swin_t", "--no-pretrained", "--criterion", "taylor")
+    assert code == 2 and "--calib-data" in err and len(err.splitlines()) == 1
+    for extra in (["--round-to", "8"], ["--criterion", "l1"], ["--min-mlp", "16"]):
+        code, err = _err(capsys, "swin_t", "--no-pretrained", "--granularity", "weight", *extra)
+        assert code == 2 and "only apply to structured" in err, extra
+    code, err = _err(capsys, "swin_t", "--no-pretrained", "--params", "0.5")
+    assert code == 2 and "--granularity weight" in err
+    code, err = _err(capsys, "swin_t", "--no-pretrained", "--granularity", "weight", "--params", "2")
+    assert code == 2 and "--params" in err
+
+
+def test_cli_report_names_criterion_and_plots(capsys, tmp_path):
+    png = tmp_path / "blocks.png"
+    code = cli.main(["swin_t", "--no-pretrained", "--criterion", "l2", "--plot", str(png), "--compare", "dimap",
+                     "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "l2: group L2 norm" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks.png"]

@@ -1,0 +1,87 @@
+"""Criteria: same surgery and MACs search for all, only the ranking differs (scores and selection
+behaviour per registered criterion)."""
+import copy
+
+import pytest
+import torch
+
+import dimap_struct
+from dimap_struct.models import wrap_model
+from dimap_struct.prune.criteria import CRITERIA, score
+from shared_data import mnist_dir
+
+MNIST = mnist_dir()
+
+
+def _compress(model, criterion, **kw):
+    if CRITERIA[criterion].needs_data:
+        if MNIST is None:
+            pytest.skip("taylor needs the shared MNIST directory for calibration")
+        kw.update(calib_data=MNIST, calib_batches=1)
+    return dimap_struct.compress(model, kw.pop("flops", 0.5), criterion=criterion, **kw)
+
+
+@pytest.mark.parametrize("criterion", list(CRITERIA))
+def test_every_criterion_is_mask_equivalent_and_on_target(random_model, criterion):
+    result = _compress(random_model("swin_t"), criterion)
+    report = result.report
+    assert report.criterion == criterion
+    assert report.verification["mask_equivalence_max_abs_diff"] <= 1e-4
+    assert abs(report.achieved.ratio - 0.5) <= 0.01
+    assert report.selection["policy"] == CRITERIA[criterion].policy
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_uniform_criteria_prune_every_block_alike(random_model, criterion):
+    plan = _compress(random_model("swin_t"), criterion).selection.plan
+    blocks = wrap_model(copy.deepcopy(random_model("swin_t"))).adapter.blocks()
+    mlp_ratios = [w / b.mlp.width for w, b in zip(plan.mlp_widths, blocks)]
+    assert max(mlp_ratios) - min(mlp_ratios) <= 2 / min(b.mlp.width for b in blocks)
+    removed = 1 - mlp_ratios[0]
+    for h, b in zip(plan.head_counts, blocks):  # heads: the same ratio, rounded per block (>= 1 kept)
+        H = b.attn.num_heads
+        assert h == 1 or abs((1 - h / H) - removed) <= 0.5 / H + 0.5 / b.mlp.width + 1e-9
+    # within a block the kept channels are the largest by norm
+    scores = score(criterion, blocks)
+    for s, kept in zip(scores.mlp, plan.mlp):
+        dropped = sorted(set(range(len(s))) - set(kept))
+        if dropped:
+            assert s[dropped].max() <= s[kept].min()
+
+
+def test_random_is_seeded(random_model):
+    model = random_model("swin_t")
+    a = _compress(model, "random", seed=1).selection.plan
+    b = _compress(model, "random", seed=1).selection.plan
+    c = _compress(model, "random", seed=2).selection.plan
+    assert a.heads == b.heads and a.mlp == b.mlp
+    assert a.mlp != c.mlp
+
+
+def test_lamp_global_has_one_threshold_across_modules(random_model):
+    model = random_model("swin_t")
+    result = _compress(model, "lamp-global")
+    blocks = wrap_model(copy.deepcopy(model)).adapter.blocks()
+    scores = score("lamp-global", blocks)
+    removed, kept = [], []
+    for kind_scores, kind_plan, protect in ((scores.heads, result.selection.plan.heads, 1),
+                                            (scores.mlp, result.selection.plan.mlp, 8)):
+        for s, keep in zip(kind_scores, kind_plan):
+            best = set(torch.argsort(s, descending=True, stable=True)[:protect].tolist())
+            removed += [float(s[i]) for i in range(len(s)) if i not in keep]
+            kept += [float(s[i]) for i in keep if i not in best]
+    assert max(removed) <= min(kept)
+
+
+def test_dimap_cost_divides_by_group_macs(random_model):
+    result = _compress(random_model("swin_t"), "dimap-cost")
+    from dimap_struct.prune.costs import build_cost_model
+
+    loaded = wrap_model(copy.deepcopy(random_model("swin_t")))
+    blocks = loaded.adapter.blocks()
+    costs = build_cost_model(loaded.model, loaded.adapter, blocks, (3, 224, 224))
+    base, cost = score("dimap", blocks), score("dimap-cost", blocks, costs=costs)
+    for b, bc in enumerate(costs.blocks):
+        assert torch.allclose(cost.heads[b] * bc.macs_per_head, base.heads[b])
+        assert torch.allclose(cost.mlp[b] * bc.macs_per_channel, base.mlp[b])
+    assert result.report.achieved.on_target
