@@ -1,44 +1,208 @@
-"""Output files that never appear half-written, and the checks run on them before any work."""
+"""Output files: checked before the work, written under short temporary names, published
+together or not at all, and never over an existing file unless `force`.
+
+- `check_output` runs before any work: a name that fits, in a writable directory, that is not
+  a directory and not taken (unless `force`).
+- `staged(paths, force)` yields one temporary file per output, beside it; when the block ends
+  normally they are all published (`publish`), otherwise removed.
+- `publish` is the final step and checks again: without `force` it links each file to its
+  name, which fails if the name appeared meanwhile (another run writing the same output), so
+  an existing file is never replaced. Several outputs are published together: if one fails,
+  those already published are removed.
+- Every temporary file is registered until it is published or removed, so the command's exit
+  path (`cli.common.run_command`) removes whatever an interruption left (`remove_pending`).
+"""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Sequence
 
+from . import signals
 from .errors import UserError
 
+TEMP_PREFIX = ".dimap-"
+"""Temporary files are `.dimap-XXXXXXXX<suffix>`: short, whatever the output's name."""
 
-def check_new_file(path: str | os.PathLike, force: bool, suffixes: tuple[str, ...] | None = None,
-                   what: str = "output") -> Path:
-    """UserError unless `path` can be written: right suffix (when `suffixes` are given), an
-    existing writable directory, and no file there unless `force`. `what` names it in messages
-    (e.g. 'output', '--plot')."""
+# errors writing a file that the user can fix: space, quota, file size limit, read-only mount
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_pending: set[Path] = set()
+published: list[Path] = []
+"""Outputs this process has published, in order (for the message after an interruption)."""
+
+
+def check_output(path: str | os.PathLike, force: bool, suffixes: tuple[str, ...] | None = None,
+                 what: str = "output") -> Path:
+    """`path` as a Path, or UserError (one line) unless it can be written: the right suffix
+    (when `suffixes` are given), a name the file system allows, an existing writable directory,
+    not a directory itself, and no file there unless `force`. `what` names it in messages (e.g.
+    'output', '--plot')."""
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
-        raise UserError(f"{what} {path} must end in {' or '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"{what} directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{what} directory {parent} is not writable")
-    if path.exists() and not force:
+        raise UserError(f"{what} {_short(path)} must end in {' or '.join(suffixes)}")
+    parent = path.parent
+    _check_directory(parent, what)
+    limit = _name_max(parent)
+    if len(os.fsencode(path.name)) > limit:
+        raise UserError(f"{what} file name is {len(os.fsencode(path.name))} bytes long; the file system allows "
+                        f"{limit}: {_short(path)}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory")
+    if (path.exists() or path.is_symlink()) and not force:
         raise UserError(f"{path} already exists; pass --force to overwrite")
+    _probe_writable(parent, what)
     return path
 
 
-@contextmanager
-def atomic_output(path: Path, suffix: str):
-    """Yield a temporary path beside `path`; move it to `path` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+def _check_directory(parent: Path, what: str) -> None:
+    if parent.is_dir():
+        return
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"{what} directory {parent} cannot exist: {existing} is a file, not a directory")
+    raise UserError(f"{what} directory {parent} does not exist")
+
+
+def _probe_writable(parent: Path, what: str) -> None:
+    # os.access says yes to root everywhere, /proc and read-only mounts included: create a file
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
+    except OSError as err:
+        raise UserError(f"{what} directory {parent} is not writable ({err.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _short(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 80 else f"{text[:38]}...{text[-38:]}"
+
+
+@contextmanager
+def staged(paths: Sequence[str | os.PathLike], force: bool) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of `paths`; publish them all when the block ends
+    normally (see `publish`), remove them on any exception, Ctrl-C or termination signal.
+    An OSError from a full disk, a quota or a read-only file system becomes a UserError
+    naming the output."""
+    finals = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for final in finals:
+            temps.append(_new_temp(final))
+        try:
+            yield temps
+        except OSError as err:
+            if err.errno not in _WRITE_ERRORS:
+                raise
+            raise _write_error(err, finals, temps) from err
+        publish(list(zip(temps, finals)), force)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for temp in temps:
+            _discard(temp)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
+    """`staged` for one file: yield its temporary path. `force=True` (the default) replaces an
+    existing file, for files the command owns (a resume checkpoint)."""
+    with staged([path], force) as (temp,):
+        yield temp
+
+
+def publish(pairs: Sequence[tuple[Path, Path]], force: bool) -> None:
+    """Move each temporary file to its final name, all or none. Without `force` a name that
+    exists by now is never replaced (UserError); with it, an existing file is replaced but a
+    directory never is. Termination signals wait until this is done."""
+    done: list[Path] = []
+    with signals.deferred():
+        try:
+            for temp, final in pairs:
+                os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give ordinary permissions
+                if force and not final.is_dir():
+                    os.replace(temp, final)
+                else:
+                    _link_new(temp, final)
+                _pending.discard(temp)
+                done.append(final)
+            published.extend(done)
+        except BaseException as err:
+            for final in done:
+                final.unlink(missing_ok=True)
+            if isinstance(err, OSError):  # the checks before the work passed: the file system changed
+                raise _write_error(err, [f for _, f in pairs], [t for t, _ in pairs]) from err
+            raise
+
+
+def _link_new(temp: Path, final: Path) -> None:
+    """Give `temp` the name `final` only if no such name exists, atomically (a hard link
+    fails on an existing name, where a rename would replace it)."""
+    if final.is_dir():
+        raise UserError(f"{final} is a directory")
+    try:
+        try:
+            os.link(temp, final)
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            # no hard links on this file system: reserve the name exclusively, then fill it
+            os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.replace(temp, final)
+            return
+    except FileExistsError:
+        raise UserError(f"{final} appeared while this command ran; it was kept (pass --force to "
+                        "overwrite)") from None
+    os.unlink(temp)
+
+
+def _new_temp(final: Path) -> Path:
+    with signals.deferred():  # never a file on disk that the registry does not know
+        try:
+            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=final.suffix, dir=final.parent)
+        except OSError as err:
+            raise _write_error(err, [final], []) from err
+        os.close(fd)
+        temp = Path(name)
+        _pending.add(temp)
+    return temp
+
+
+def _discard(temp: Path) -> None:
+    with signals.deferred():
+        try:
+            temp.unlink()
+        except FileNotFoundError:
+            pass
+        _pending.discard(temp)
+
+
+def remove_pending() -> list[Path]:
+    """Remove every temporary file this process still holds (after an interruption); return
+    their paths."""
+    removed = sorted(_pending)
+    for temp in removed:
+        _discard(temp)
+    return removed
+
+
+def _write_error(err: OSError, finals: Sequence[Path], temps: Sequence[Path]) -> UserError:
+    """One line naming the output `err` happened to (the first one if it cannot tell)."""
+    target = finals[0]
+    for temp, final in zip(temps, finals):
+        if err.filename and Path(err.filename) in (temp, final):
+            target = final
+    return UserError(f"cannot write {target}: {err.strerror or os.strerror(err.errno)}")
 
 
 def _umask() -> int:

@@ -109,7 +109,8 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
         from .models.checkpoint import save_pruned
 
         with steps("save pruned checkpoint"):
-            save_pruned(net, report.architecture, report.data_config, report.source.weights, options.save_pt)
+            save_pruned(net, report.architecture, report.data_config, report.source.weights, options.save_pt,
+                            force=options.force)
         result.pt_path = Path(options.save_pt)
         report.pruned_checkpoint = str(options.save_pt)
     report.timings_s = steps.seconds
@@ -117,21 +118,21 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
         from .deploy.export import write_model_and_report
 
         with steps("export ONNX and check parity"):
-            write_model_and_report(net, report, paths, options.opset)
+            write_model_and_report(net, report, paths, options.opset, force=options.force)
         result.onnx_path, result.json_path = paths
     return result
 
 
 def check_outputs(options) -> tuple[Path, Path] | None:
     """Check every output path before any work; return (ONNX path, JSON report path) or None."""
-    from .files import check_new_file
+    from .files import check_output
 
     if getattr(options, "save_pt", None) is not None:
-        check_new_file(options.save_pt, options.force, (".pt", ".safetensors"), "--save-pt")
+        check_output(options.save_pt, options.force, (".pt", ".safetensors"), "--save-pt")
     if options.output is None:
         return None
-    path = check_new_file(options.output, options.force, (".onnx",))
-    return path, check_new_file(path.with_suffix(".json"), options.force)
+    path = check_output(options.output, options.force, (".onnx",))
+    return path, check_output(path.with_suffix(".json"), options.force, what="report")
 
 
 def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Steps):

@@ -115,7 +115,7 @@ def test_checkpoint_problems(capsys, tmp_path, tiny_state):
     other = tmp_path / "swin_t.pth"
     torch.save({"model": tiny_state}, other)
     code, _, err = _run(capsys, "swin_s", "--checkpoint", str(other))
-    _assert_user_error(code, err, "missing keys")
+    _assert_user_error(code, err, "is for a model with depths (2, 2, 6, 2), width 96, not swin_small")
 
     if os.geteuid() != 0:
         unreadable = tmp_path / "unreadable.pth"

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out, ".tmp") as tmp:
+    with atomic_output(args.out) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     import timm
 
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         "sha256": sha256_file(args.out),
     }
     recipe_path = args.out.with_suffix(".json")
-    with atomic_output(recipe_path, ".tmp") as tmp:
+    with atomic_output(recipe_path) as tmp:
         tmp.write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, sha256 {recipe['sha256']}) "
           f"and {recipe_path.name}; eval top-1 {100 * recipe['eval_top1']:.2f}%, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,12 +81,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_outputs(options: BenchOptions) -> None:
     """Fail before timing anything if an output cannot be written."""
-    from ..files import check_new_file
+    from ..errors import UserError
+    from ..files import check_output
 
     for flag, path, suffixes in (("--md", options.md, None), ("--json-out", options.json_out, None),
                                  ("--plot", options.plot, (".png",))):
         if path is not None:
-            check_new_file(path, options.force, suffixes, flag)
+            check_output(path, options.force, suffixes, flag)
+    given = [p for p in (options.md, options.json_out, options.plot) if p is not None]
+    if len({os.path.abspath(p) for p in given}) < len(given):
+        raise UserError("--md, --json-out and --plot must name different files")
 
 
 def _check_plottable(paths: list[str]) -> None:
@@ -214,17 +219,15 @@ def plot(result: dict, path) -> None:
 
 
 def _write_outputs(options: BenchOptions, result: dict) -> None:
-    from ..files import atomic_output
+    from ..files import staged
 
-    if options.md:
-        with atomic_output(Path(options.md), ".md") as tmp:
-            tmp.write_text(markdown(result))
-    if options.json_out:
-        with atomic_output(Path(options.json_out), ".json") as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-    if options.plot:
-        with atomic_output(Path(options.plot), ".png") as tmp:
-            plot(result, tmp)
+    writers = [(path, write) for path, write in (
+        (options.md, lambda tmp: tmp.write_text(markdown(result))),
+        (options.json_out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n")),
+        (options.plot, lambda tmp: plot(result, tmp))) if path is not None]
+    with staged([path for path, _ in writers], options.force) as temps:  # all of them or none
+        for (_, write), tmp in zip(writers, temps):
+            write(tmp)
 
 
 if __name__ == "__main__":

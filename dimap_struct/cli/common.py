@@ -1,7 +1,8 @@
 """What every `dimap-*` command shares: error handling, exit codes and progress display.
 
-User errors (`UserError`) print one line and exit with code 2; Ctrl-C exits with 130; any
-other exception exits with 1 and a hint. `--debug` shows the traceback instead.
+User errors (`UserError`) print one line and exit with code 2; Ctrl-C exits with 130, SIGTERM
+with 143, SIGHUP with 129, after removing every temporary file; any other exception exits with 1
+and a one-line hint. `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -51,26 +52,49 @@ def default_data(data: str | None) -> str:
 
 
 def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
-    """Call `run(args)` and turn exceptions into the exit codes above."""
+    """Call `run(args)` and turn exceptions into the exit codes above. SIGINT, SIGTERM and SIGHUP
+    unwind like Ctrl-C (`signals`) and exit with 128 + the signal number; every temporary file
+    is gone by then (`files.remove_pending`). Progress goes to stderr only when it is a terminal
+    (`args.quiet` is set otherwise)."""
+    from .. import files, signals
+
+    signals.install()
+    if not sys.stderr.isatty():
+        args.quiet = True
     try:
         return run(args)
     except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
         sys.stderr.close()
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no output written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        code = getattr(err, "exit_code", 130)
+        with signals.deferred():
+            files.remove_pending()
+            what = "interrupted" if code == 130 else f"stopped by {err}"
+            written = ", ".join(map(str, files.published)) or "no output"
+            print(f"{prog}: {what}; {written} written", file=sys.stderr)
+        return code
     except Exception as err:
         from ..errors import UserError
 
+        files.remove_pending()
         if args.debug:
             raise
         if isinstance(err, UserError):
-            print(f"{prog}: error: {err}", file=sys.stderr)
+            print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
             return 2
-        print(f"{prog}: internal error: {type(err).__name__}: {err} (rerun with --debug "
+        print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug "
               "for the traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line(text: str) -> str:
+    """The first line of `text`, without terminal escapes, at most 300 characters."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def progress(console):

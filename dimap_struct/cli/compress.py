@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..errors import UserError
-    from ..files import check_new_file
+    from ..files import check_output
     from ..models import load_any
     from ..pipeline import check_outputs, compress
     from ..prune.criteria import get_criterion
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--compare only applies to structured pruning, not to --granularity weight")
     check_outputs(options)
     if args.plot:
-        check_new_file(args.plot, options.force, (".png",), "--plot")
+        check_output(args.plot, options.force, (".png",), "--plot")
 
     on_step = None if args.quiet else progress(Console(stderr=True))
     # --compare prunes one loaded model several times (compress copies it each time); otherwise
@@ -106,8 +106,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plot(path: str, source, options: CompressOptions, report, compare: list[str]) -> None:
     """Draw this run and, for --compare, the same target under other criteria (no export)."""
-    from pathlib import Path
-
     from ..files import atomic_output
     from ..pipeline import compress
     from ..report.plot import plot_blocks
@@ -115,7 +113,7 @@ def _plot(path: str, source, options: CompressOptions, report, compare: list[str
     reports = [report]
     for name in compare:
         reports.append(compress(source, options.replace(criterion=name, output=None, save_pt=None)).report)
-    with atomic_output(Path(path), ".png") as tmp:
+    with atomic_output(path, options.force) as tmp:
         plot_blocks(reports, tmp)
     report.plot = str(path)
 

@@ -61,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         result = accuracy(classifier, data, split=options.split, batch_size=options.batch_size, limit=options.limit,
                           on_batch=lambda done, total: bar.update(task, completed=done, total=total))
     result.update(model=classifier.description, data=str(data), recipe=options.recipe())
+    for warning in result["warnings"]:
+        print(f"dimap-eval: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

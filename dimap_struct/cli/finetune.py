@@ -124,10 +124,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train_progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    """A bar over all optimiser steps: loss, steps done, steps per second, elapsed time, ETA."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
 
-    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), console=console, transient=True)
+    class StepsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.2f} steps/s" if task.speed else "- steps/s", style="progress.data.speed")
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), StepsPerSecond(),
+                   TimeElapsedColumn(), "eta", TimeRemainingColumn(), console=console, transient=True)
     task = None
 
     def update(step: int, total: int, loss: float) -> None:

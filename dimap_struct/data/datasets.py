@@ -19,9 +19,11 @@ Problems a user can fix raise :class:`~dimap_struct.errors.UserError` with one l
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
+import warnings
 import zlib
 from pathlib import Path
 
@@ -38,6 +40,9 @@ DATA_ENV = "DIMAP_DATA"
 SPLITS = ("train", "eval", "all")
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+IMAGE_MODES = {1: "L", 3: "RGB"}
+"""PIL mode images are converted to, by the model's input channels."""
 
 _IDX_MAGIC = {2051: 3, 2049: 1}  # magic -> number of dimensions (images, labels)
 _CACHE_LIMIT = 256 * 2**20  # bytes: preprocessed MNIST splits up to this size stay in memory
@@ -258,15 +263,38 @@ def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool
 
     config = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
                                          "crop_pct", "crop_mode") if k in data_config}
+    channels = _input_size(data_config)[0]
+    if channels not in IMAGE_MODES:
+        raise UserError(f"image folders need a model with 1 or 3 input channels, this one has {channels}")
     transform = create_transform(**config, is_training=train_augment)
     try:
-        folder = ImageFolder(str(root), transform=transform, allow_empty=True)
+        folder = ImageFolder(str(root), transform=transform, allow_empty=True,
+                             loader=functools.partial(read_image, mode=IMAGE_MODES[channels]))
     except (FileNotFoundError, OSError) as exc:
         raise UserError(f"cannot read image folder {root}: {exc}") from None
     if not folder.samples:
         raise UserError(f"image folder {root} has class folders but no images "
                         f"({', '.join(IMAGE_SUFFIXES)})")
     return FolderSplit(folder, split_indices(len(folder), split).tolist())
+
+
+def read_image(path: str, mode: str = "RGB"):
+    """The image at `path` as a PIL image in `mode` ('RGB' or 'L'): greyscale, CMYK, palette
+    and RGBA files are converted, so a folder may mix them. UserError naming the file if it is
+    truncated or not an image."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "palette images with transparency"
+                return image.convert(mode)  # decodes the whole file: truncation shows here
+    except Image.UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: not an image file PIL can decode") from None
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for broken files
+        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read image {path}: {detail}") from None
 
 
 # ------------------------------------------------------------------------------ public

@@ -77,13 +77,18 @@ def accuracy(classifier: Classifier, data: str | os.PathLike | None, *, split: s
              batch_size: int = 128, limit: int | None = None,
              on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Top-1 and top-5 (percent) of `classifier` on `split` of `data` (None: the directory in $DIMAP_DATA).
-    `on_batch(done, total)` reports progress in images."""
+    `on_batch(done, total)` reports progress in images. The result's "warnings" list says when
+    the model has more outputs than the data has classes (a likely mix-up, not an error)."""
     from ..data import build_loader, num_classes
 
     loader = build_loader(data, split, classifier.data_config, batch_size)
     classes = num_classes(loader.dataset)
     if classifier.num_classes is not None and classes > classifier.num_classes:
         raise UserError(f"the data has {classes} classes but the model predicts {classifier.num_classes}")
+    warnings = []
+    if classifier.num_classes is not None and classes < classifier.num_classes:
+        warnings.append(f"the model has {classifier.num_classes} outputs but the data has {classes} classes: "
+                        f"labels are read as the first {classes} outputs; is this the right model for this data?")
     total = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
     top1 = top5 = seen = 0
     for images, labels in loader:
@@ -99,4 +104,5 @@ def accuracy(classifier: Classifier, data: str | os.PathLike | None, *, split: s
             on_batch(seen, total)
     if seen == 0:
         raise UserError("the evaluation data is empty")
-    return {"top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen, "images": seen, "split": split}
+    return {"top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen, "images": seen, "split": split,
+            "warnings": warnings}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ class ParityError(RuntimeError):
 
 def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, opset: int = 17,
                 probe: torch.Tensor | None = None, slim: bool = True) -> float:
-    """Export `model` to `path` (write it through `files.atomic_output`) and return the max abs
+    """Export `model` to `path` (a temporary file of `files.staged`) and return the max abs
     difference between onnxruntime (CPU) and PyTorch on `probe` (default: a seeded batch of 2).
     Raises ParityError above 1e-3. `metadata` is stored as JSON under the ONNX metadata key
     'dimap_struct'. `slim=False` skips onnxslim (to measure what it brings)."""
@@ -76,17 +75,17 @@ def onnx_parity(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
     return float(np.abs(ours - ref).max())
 
 
-def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], opset: int) -> None:
+def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], opset: int, *,
+                           force: bool = False) -> None:
     """Export `net` to ONNX (checked, parity-tested, the report's metadata inside) and the
-    `report.schema.Report` as JSON, both atomically: neither file appears unless both are
-    complete. Sets `report.onnx`."""
-    from ..files import atomic_output
+    `report.schema.Report` as JSON, published together (`files.staged`): neither file appears
+    unless both are complete, and an existing file is replaced only with `force`. Sets
+    `report.onnx`."""
+    from ..files import staged
     from ..report.schema import OnnxInfo
 
     onnx_path, json_path = paths
-    with ExitStack() as stack:
-        tmp_onnx = stack.enter_context(atomic_output(onnx_path, ".onnx"))
-        tmp_json = stack.enter_context(atomic_output(json_path, ".json"))
+    with staged([onnx_path, json_path], force) as (tmp_onnx, tmp_json):
         parity = export_onnx(net, tmp_onnx, report.input_size, report.metadata(), opset=opset)
         report.onnx = OnnxInfo(path=str(onnx_path), opset=opset, dynamic_batch=True, parity_max_abs_diff=parity,
                                bytes=tmp_onnx.stat().st_size)

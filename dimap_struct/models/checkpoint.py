@@ -22,9 +22,10 @@ SPEC_KEY = "dimap_struct"
 FORMAT = 2
 
 
-def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str, path: str | os.PathLike) -> None:
-    """Write `model`'s tensors and its spec to `path` (atomically). `architecture` is a
-    `report.Architecture`."""
+def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str, path: str | os.PathLike, *,
+                force: bool = True) -> None:
+    """Write `model`'s tensors and its spec to `path` (atomically; an existing file is replaced
+    only with `force`). `architecture` is a `report.Architecture`."""
     from safetensors.torch import save_file
 
     from ..files import atomic_output
@@ -33,7 +34,7 @@ def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str,
     spec = {"format": FORMAT, "architecture": dataclasses.asdict(architecture), "data_config": data_config,
             "weights": weights}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_output(path, ".tmp") as tmp:
+    with atomic_output(path, force) as tmp:
         save_file(state, str(tmp), metadata={SPEC_KEY: json.dumps(spec)})
 
 

@@ -4,8 +4,8 @@ preprocessing, classifier width) is the family adapter's (`models.adapters`).
 
 Weights come from (a) the family's pretrained source (default: timm / the Hugging Face Hub,
 torchvision's DEFAULT weights, or this package's reference weights), (b) a local checkpoint
-(`.pth`, `.pt`, `.safetensors`; a bare state dict or one under a `model` / `state_dict` key, as
-in the official Swin release), or (c) a seeded random initialisation.
+(`.pth`, `.pt`, `.safetensors`: see `state_dict` for the layouts understood and the checks), or
+(c) a seeded random initialisation.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ..errors import UserError
 from .adapters import (FamilyAdapter, adapter_for_model, family_for_name, is_foreign_name, suggestions,
                        supported_families)
 from .reference import sha256_file
+from .state_dict import load_into, read_checkpoint
 
 
 @dataclass
@@ -66,14 +67,15 @@ def load_model(name: str, *, checkpoint: str | os.PathLike | None = None, pretra
     if found is None:
         resolve_name(name)  # raises the right UserError
     family, name = found
-    state_dict = read_state_dict(checkpoint) if checkpoint is not None else None  # fail fast on bad files
+    stored = read_checkpoint(checkpoint) if checkpoint is not None else None  # fail fast on bad files
     fetch = checkpoint is None and pretrained
     torch.manual_seed(seed)
     model = family.build(name, pretrained=fetch, **model_kwargs)
     adapter = family(model)
-    if state_dict is not None:
-        _load_into(model, adapter, state_dict, checkpoint)
-        weights = f"checkpoint {Path(checkpoint).name} (sha256 {sha256_file(checkpoint)[:12]})"
+    if stored is not None:
+        load_into(model, adapter, stored, checkpoint, name)
+        where = f"key '{stored.key}', " if stored.key else ""
+        weights = f"checkpoint {Path(checkpoint).name} ({where}sha256 {sha256_file(checkpoint)[:12]})"
     elif fetch:
         weights = family.weights_description(model, name)
     else:
@@ -95,55 +97,8 @@ def wrap_model(model: nn.Module, name: str | None = None) -> LoadedModel:
                        adapter.build_kwargs())
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors / .pth / .pt, unwrapping `model` / `state_dict`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"checkpoint not readable: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt files raise many types (pickle, zip, safetensors, EOF)
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:160]}") from err
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"checkpoint {path} holds no state dict of tensors")
-    return state
-
-
 def unsupported(name: str) -> UserError:
     return UserError(f"'{name}' is not a supported model yet; supported families: {supported_families()}")
-
-
-def _load_into(model: nn.Module, adapter: FamilyAdapter, state_dict: dict, path) -> None:
-    try:
-        state_dict = adapter.convert_state_dict(state_dict)
-    except Exception as err:
-        raise UserError(f"checkpoint {path} does not fit this architecture: {err}") from err
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state_dict[k].shape)} "
-                         f"in file, {tuple(own[k].shape)} in model)")
-        raise UserError(f"checkpoint {path} is not a {type(model).__name__} of this size: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
 
 
 def load_any(model: "str | nn.Module | LoadedModel", *, checkpoint=None, pretrained: bool = True, seed: int = 0,

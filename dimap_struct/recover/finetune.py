@@ -171,5 +171,5 @@ def save_state(path: Path, state: dict, meta: dict) -> None:
     """Write a resume checkpoint atomically (temporary file, then rename)."""
     from ..files import atomic_output
 
-    with atomic_output(path, ".tmp") as tmp:
+    with atomic_output(path) as tmp:
         torch.save({**state, "meta": meta}, tmp)

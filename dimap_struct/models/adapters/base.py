@@ -190,6 +190,31 @@ class FamilyAdapter(ABC):
         """Map a checkpoint in the family's other published layouts to this model's keys."""
         return state_dict
 
+    block_key: ClassVar[str | None] = None
+    """Regex matching one state-dict key per block, with groups (stage, block), e.g.
+    `r"layers\.(\d+)\.blocks\.(\d+)\.norm1\.weight$"`; `describe_state_dict` counts them."""
+    width_key: ClassVar[str | None] = None
+    """The state-dict key whose first dimension is the embedding width."""
+
+    @classmethod
+    def describe_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> str | None:
+        """The architecture a state dict holds, in words ('depths (2, 2, 6, 2), width 96'), to
+        explain a checkpoint that does not fit; None if the keys are not this family's."""
+        import re
+
+        if cls.block_key is None:
+            return None
+        stages: dict[int, set[int]] = {}
+        for key in state_dict:
+            found = re.search(cls.block_key, key)
+            if found:
+                stages.setdefault(int(found[1]), set()).add(int(found[2]))
+        if not stages:
+            return None
+        text = f"depths {tuple(len(stages[s]) for s in sorted(stages))}"
+        width = state_dict.get(cls.width_key) if cls.width_key else None
+        return text if width is None else f"{text}, width {width.shape[0]}"
+
     @abstractmethod
     def data_config(self) -> dict:
         """Preprocessing in timm's format (input_size, mean, std, interpolation, crop_pct,

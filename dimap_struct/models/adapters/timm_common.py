@@ -35,6 +35,8 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
     """Name of the model's ModuleList of stages."""
     aliases: ClassVar[dict[str, str]] = {}
     """Short names of this family, e.g. swin_t -> swin_tiny_patch4_window7_224."""
+    block_key = r"^(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.norm1\.weight$"
+    width_key = "patch_embed.proj.weight"
 
     @classmethod
     def _names(cls) -> list[str]:
@@ -101,15 +103,20 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
         return self.timm_module.checkpoint_filter_fn(state_dict, self.model)
 
     def data_config(self) -> dict:
-        """timm's data config (from the model's `pretrained_cfg`), with the input size the
-        model was really built for (a model built with another img_size keeps its pretrained
-        config's size)."""
+        """timm's data config (from the model's `pretrained_cfg`), with the input size and the
+        channels the model was really built for (a model built with another img_size or
+        in_chans keeps its pretrained config's). A 1-channel model gets the mean of the RGB
+        means and standard deviations."""
         import timm.data
 
         config = dict(timm.data.resolve_model_data_config(self.model))
-        size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
-        if size is not None and tuple(size) != tuple(config["input_size"][1:]):
-            config["input_size"] = (config["input_size"][0], *size)
+        embed = getattr(self.model, "patch_embed", None)
+        size = getattr(embed, "img_size", None) or config["input_size"][1:]
+        channels = embed.proj.in_channels if embed is not None else config["input_size"][0]
+        config["input_size"] = (channels, *size)
+        for key in ("mean", "std"):
+            if len(config[key]) != channels and channels == 1:
+                config[key] = (sum(config[key]) / len(config[key]),)
         return config
 
     def build_kwargs(self) -> dict:

@@ -130,6 +130,8 @@ class TorchvisionSwinAdapter(FamilyAdapter):
     family = "torchvision Swin v1 / v2 (torchvision:swin_t/s/b, torchvision:swin_v2_t/s/b)"
     prunable_attention = {tv_swin.ShiftedWindowAttention: PrunableShiftedWindowAttention,
                           tv_swin.ShiftedWindowAttentionV2: PrunableShiftedWindowAttentionV2}
+    block_key = r"^features\.(\d+)\.(\d+)\.norm1\.weight$"
+    width_key = "features.0.0.weight"
 
     @classmethod
     def resolve_name(cls, name: str) -> str | None:

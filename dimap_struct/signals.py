@@ -1,0 +1,65 @@
+"""Termination signals as exceptions, so that every command cleans up the same way.
+
+SIGINT (Ctrl-C), SIGTERM (`kill`, `timeout`, Docker, Slurm) and SIGHUP (a closed terminal)
+raise `Terminated` in the main thread. It is a KeyboardInterrupt, so every `finally` and
+`with` block on the way out runs: temporary files are removed (`files`), a fine-tuning run
+keeps its last complete epoch. The command then exits with 128 + the signal number (130, 143,
+129).
+
+`deferred()` holds a signal back while a few steps must happen together (publishing the ONNX
+file and its report, creating and registering a temporary file); it is raised when the block
+ends. The flag lives in Python, not in the thread's signal mask, because the kernel may deliver
+a signal to any of torch's threads.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal arrived; `exit_code` is 128 + its number."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+_depth = 0
+_pending: int | None = None
+
+
+def _handle(signum, frame) -> None:
+    global _pending
+    if _depth:
+        _pending = _pending or signum
+        return
+    raise Terminated(signum)
+
+
+def install() -> None:
+    """Route SIGINT, SIGTERM and SIGHUP to `Terminated` (main thread only; elsewhere a no-op).
+    A signal the parent process told us to ignore (e.g. SIGHUP under `nohup`) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in HANDLED:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _handle)
+
+
+@contextmanager
+def deferred():
+    """Hold termination signals until the block ends, then raise the first one that arrived."""
+    global _depth, _pending
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0 and _pending is not None:
+            signum, _pending = _pending, None
+            raise Terminated(signum)
