@@ -317,8 +317,9 @@ class SourceOptions(Options):
                                "(swin_base_patch4_window7_224.ms_in22k_ft_in1k), an alias (swin_t, swin_s, "
                                "swin_b, swin_l), 'torchvision:swin_t', 'reference', or a pruned checkpoint "
                                "written by --save-pt", positional=True)
-    checkpoint: str | None = option(None, "local .pth / .pt / .safetensors state dict (bare, or under "
-                                    "'model' / 'state_dict')", metavar="PATH", group="weights")
+    checkpoint: str | None = option(None, "local .pth / .pt / .safetensors state dict: bare, or under "
+                                    "'model' / 'state_dict' (else 'model_ema' / 'state_dict_ema' / 'ema'); "
+                                    "DDP 'module.' prefixes are stripped", metavar="PATH", group="weights")
     pretrained: bool = option(True, "random initialisation instead of pretrained weights (for trying the tool)",
                               kind=bool, flag="--no-pretrained", group="weights")
     seed: int = option(0, "seed of the random initialisation, of --criterion random and of data order",

@@ -41,14 +41,23 @@ def _handle(signum, frame) -> None:
     raise Terminated(signum)
 
 
-def install() -> None:
-    """Route SIGINT, SIGTERM and SIGHUP to `Terminated` (main thread only; elsewhere a no-op).
-    A signal the parent process told us to ignore (e.g. SIGHUP under `nohup`) stays ignored."""
+@contextmanager
+def handled():
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise `Terminated` (main thread only;
+    elsewhere nothing changes). A signal the parent process told us to ignore (e.g. SIGHUP
+    under `nohup`) stays ignored. The previous handlers come back afterwards."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    for signum in HANDLED:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
+    previous = {signum: signal.getsignal(signum) for signum in HANDLED}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
             signal.signal(signum, _handle)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager

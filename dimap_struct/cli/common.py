@@ -58,9 +58,21 @@ def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Nam
     (`args.quiet` is set otherwise)."""
     from .. import files, signals
 
-    signals.install()
     if not sys.stderr.isatty():
         args.quiet = True
+    with signals.handled():
+        try:
+            return _exit_code(prog, args, run)
+        except KeyboardInterrupt as err:  # a signal held back while an error was reported
+            with signals.deferred():
+                files.remove_pending()
+            return getattr(err, "exit_code", 130)
+
+
+def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
+    from .. import files, signals
+    from ..errors import UserError
+
     try:
         return run(args)
     except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
@@ -75,17 +87,16 @@ def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Nam
             print(f"{prog}: {what}; {written} written", file=sys.stderr)
         return code
     except Exception as err:
-        from ..errors import UserError
-
-        files.remove_pending()
-        if args.debug:
-            raise
-        if isinstance(err, UserError):
-            print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
-            return 2
-        print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug "
-              "for the traceback)", file=sys.stderr)
-        return 1
+        with signals.deferred():
+            files.remove_pending()
+            if args.debug:
+                raise
+            if isinstance(err, UserError):
+                print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
+                return 2
+            print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug "
+                  "for the traceback)", file=sys.stderr)
+            return 1
 
 
 def _one_line(text: str) -> str:

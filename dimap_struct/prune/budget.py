@@ -20,7 +20,7 @@ def target_macs(flops: float | str, original_macs: int) -> int:
     if match:
         macs = float(match.group(1)) * _UNITS[match.group(2).upper()]
         if not 0 < macs <= original_macs:
-            raise UserError(f"--flops {text}: the budget must be above 0 and at most the model's "
+            raise UserError(f"--flops {text!r}: the budget must be above 0 and at most the model's "
                             f"{original_macs / 1e9:.2f}G MACs")
         return int(round(macs))
     try:
@@ -28,7 +28,7 @@ def target_macs(flops: float | str, original_macs: int) -> int:
     except ValueError:
         raise UserError(f"--flops {text!r}: expected a fraction 0 < R <= 1 (e.g. 0.5) or MACs such as 7.3G") from None
     if math.isnan(ratio) or not 0 < ratio <= 1:
-        raise UserError(f"--flops {text}: the fraction of MACs to keep must satisfy 0 < R <= 1")
+        raise UserError(f"--flops {text!r}: the fraction of MACs to keep must satisfy 0 < R <= 1")
     return int(round(ratio * original_macs))
 
 
@@ -46,4 +46,4 @@ def check_weight_fraction(value) -> None:
     except (TypeError, ValueError):
         raise UserError(f"--params {value!r}: expected a fraction 0 < R <= 1") from None
     if math.isnan(r) or not 0 < r <= 1:
-        raise UserError(f"--params {value}: the fraction of prunable weights to keep must satisfy 0 < R <= 1")
+        raise UserError(f"--params {value!r}: the fraction of prunable weights to keep must satisfy 0 < R <= 1")

@@ -1,0 +1,212 @@
+"""The bad-input table: what a hostile but fair user tries, and what each command must answer.
+
+One parametrised test per command. Each row is (arguments, exit code, words that stderr must
+hold, files that must not exist, files that must exist). Exit code 2 also means: stderr is
+exactly one line, `<prog>: error: ...`, without a traceback or progress before it. `{name}`
+in a row is a path from the `place` fixture (files built once for the module). The numbers
+in the ids are the rows of the reliability issue's table; rows 6, 9 and 15 (signals, a full
+disk, two runs racing) are in test_signals.py, row 19 (the API) is at the end of this file.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dimap_struct.cli import bench, compress, eval as eval_cli, finetune
+from shared_data import mnist_dir
+
+LONG_OK = "n" * 249 + ".onnx"  # 254 bytes: legal, and its report's name fits too
+LONG_BAD = "n" * 295 + ".onnx"  # 300 bytes: over any file system's limit
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory):
+    """Paths the rows refer to, built once: checkpoints of the reference model in every layout a
+    user may bring, a 1-channel model, image folders (good, broken, ten classes), a file where a
+    directory is expected, a directory where a file is expected."""
+    from PIL import Image
+
+    from dimap_struct.models import load_model
+    from dimap_struct.pipeline import compress as compress_api
+
+    root = tmp_path_factory.mktemp("bad_input")
+    model = load_model("reference").model
+    state = model.state_dict()
+    qkv = next(k for k in state if k.endswith("attn.qkv.weight"))
+    fc1 = next(k for k in state if k.endswith("mlp.fc1.weight"))
+    torch.save({"model": {**state, qkv: _poke(state[qkv], float("inf"))}}, root / "inf.pth")
+    torch.save({**state, fc1: _poke(state[fc1], float("nan"))}, root / "nan.pth")
+    torch.save({"epoch": 3, "model_ema": state}, root / "ema.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, root / "ddp.pth")
+    torch.save(state, root / "plain.pth")
+    torch.save(model, root / "module.pth")
+    (root / "adir.pth").mkdir()
+    (root / "afile").write_text("a file, not a directory")
+    (root / "taken.onnx").write_text("an earlier run's file")
+    (root / "d" / "dir.onnx").mkdir(parents=True)
+    (root / "e" / "out.json").mkdir(parents=True)
+
+    compress_api("swin_tiny_patch4_window7_224", 0.5, pretrained=False, output=str(root / "gray.onnx"),
+                 model_kwargs={"in_chans": 1, "img_size": 56, "window_size": 7, "embed_dim": 24, "num_classes": 3,
+                               "depths": (1, 1, 1, 1), "num_heads": (2, 2, 2, 2)})
+    rng = np.random.default_rng(0)
+    for mode, name in (("RGB", "rgb"), ("L", "grey"), ("CMYK", "cmyk")):  # a folder may mix them
+        for label in ("a", "b"):
+            (root / "photos" / label).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (40, 40, len(mode)), dtype=np.uint8).squeeze()
+            Image.fromarray(pixels, mode).save(root / "photos" / label / f"{name}.jpg")
+    for label in range(10):
+        (root / "ten" / f"c{label}").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "ten" / f"c{label}" / "x.jpg")
+    for broken, content in (("truncated", None), ("garbage", b"this is no JPEG")):
+        folder = root / broken
+        (folder / "a").mkdir(parents=True)
+        good = (root / "photos" / "a" / "rgb.jpg").read_bytes()
+        (folder / "a" / "fine.jpg").write_bytes(good)
+        (folder / "a" / f"{broken}.jpg").write_bytes(content if content is not None else good[: len(good) // 3])
+    return root
+
+
+def _poke(tensor, value):
+    tensor = tensor.clone()
+    tensor.view(-1)[7] = value
+    return tensor
+
+
+def _fill(arg: str, place: Path) -> str:
+    return arg.format(p=place, mnist=mnist_dir() or "no-mnist")
+
+
+def _check(main, prog, row, place, capsys):
+    args, code, words, absent, present = row
+    got = main([_fill(a, place) for a in args])
+    out, err = capsys.readouterr()
+    assert got == code, err
+    for word in words:
+        assert _fill(word, place) in err, err
+    if code == 2:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and "Traceback" not in err, err
+    for name in absent:
+        assert not Path(_fill(name, place)).exists(), name
+    for name in present:
+        assert Path(_fill(name, place)).is_file(), name
+    assert not [p for p in place.rglob(".dimap-*")], "temporary files left behind"
+
+
+COMPRESS = {
+    "1-calib-batches-negative": (["reference", "--criterion", "taylor", "--calib-data", "{mnist}",
+                                  "--calib-batches=-3"], 2, ["--calib-batches must be an integer >= 1"], [], []),
+    "2-calib-batches-zero": (["reference", "--criterion", "taylor", "--calib-data", "{mnist}",
+                              "--calib-batches", "0"], 2, ["--calib-batches must be an integer >= 1"], [], []),
+    "3-inf-in-qkv": (["reference", "--checkpoint", "{p}/inf.pth", "-o", "{p}/x3.onnx"], 2,
+                     ["non-finite", "attn.qkv.weight"], ["{p}/x3.onnx", "{p}/x3.json"], []),
+    "4-nan-in-fc1": (["reference", "--checkpoint", "{p}/nan.pth", "-o", "{p}/x4.onnx"], 2,
+                     ["non-finite", "mlp.fc1.weight"], ["{p}/x4.onnx", "{p}/x4.json"], []),
+    "5-output-is-a-directory": (["reference", "-o", "{p}/d/dir.onnx", "--force"], 2, ["is a directory"],
+                                ["{p}/d/dir.json"], []),
+    "5-report-is-a-directory": (["reference", "-o", "{p}/e/out.onnx", "--force"], 2, ["out.json is a directory"],
+                                ["{p}/e/out.onnx"], []),
+    "7-name-of-254-bytes": (["reference", "-o", "{p}/" + LONG_OK], 0, [], [],
+                            ["{p}/" + LONG_OK, "{p}/" + LONG_OK[:-5] + ".json"]),
+    "8-name-of-300-bytes": (["reference", "-o", "{p}/" + LONG_BAD], 2, ["file name is 300 bytes long"], [], []),
+    "13-seed-overflow": (["reference", "--seed=99999999999999999999"], 2,
+                         ["--seed must be an integer >= 0 and <= 9223372036854775807"], [], []),
+    "14-unwritable-directory": (["reference", "-o", "/proc/x.onnx"], 2, ["/proc is not writable"], [], []),
+    "16-pickled-module": (["reference", "--checkpoint", "{p}/module.pth"], 2, ["pickled Python objects"], [], []),
+    "17-ema-weights": (["reference", "--checkpoint", "{p}/ema.pth", "--json"], 0, [], [], []),
+    "18-ddp-prefix": (["reference", "--checkpoint", "{p}/ddp.pth", "--json"], 0, [], [], []),
+    "18-other-architecture": (["swin_t", "--checkpoint", "{p}/plain.pth"], 2,
+                              ["is for a model with depths", "not swin_tiny_patch4_window7_224 (depths (2, 2, 6, 2)"],
+                              [], []),
+    "21-existing-output": (["reference", "-o", "{p}/taken.onnx"], 2, ["already exists; pass --force"], [], []),
+    "22-directory-is-a-file": (["reference", "-o", "{p}/afile/x.onnx"], 2, ["afile is a file, not a directory"],
+                               [], []),
+    "22-checkpoint-is-a-directory": (["reference", "--checkpoint", "{p}/adir.pth/"], 2,
+                                     ["adir.pth is a directory, not a file"], [], []),
+    "bad-budget": (["reference", "--flops", "1.5"], 2, ["0 < R <= 1"], [], []),
+    "unknown-model": (["swin_tt"], 2, ["unknown model 'swin_tt'"], [], []),
+}
+
+EVAL = {
+    "10-grey-model-on-colour-folder": (["{p}/gray.onnx", "--data", "{p}/photos", "--split", "all"], 0, [], [], []),
+    "11-truncated-jpeg": (["{p}/gray.onnx", "--data", "{p}/truncated", "--split", "all"], 2,
+                          ["cannot read image", "truncated.jpg"], [], []),
+    "11-garbage-jpeg": (["{p}/gray.onnx", "--data", "{p}/garbage", "--split", "all"], 2,
+                        ["cannot read image", "garbage.jpg: not an image file"], [], []),
+    "13-seed-overflow": (["swin_t", "--no-pretrained", "--seed=99999999999999999999"], 2, ["--seed"], [], []),
+    "20-thousand-outputs-ten-classes": (["swin_t", "--no-pretrained", "--data", "{p}/ten", "--split", "all",
+                                         "--limit", "2"], 0, ["warning", "1000 outputs", "10 classes"], [], []),
+    "21-missing-model-file": (["{p}/nothing.onnx"], 2, ["not found"], [], []),
+    "21-missing-data": (["{p}/gray.onnx", "--data", "{p}/nowhere"], 2, ["data directory not found"], [], []),
+    "22-model-is-a-directory": (["{p}/d/dir.onnx"], 2, ["is a directory"], [], []),
+    "bad-split": (["{p}/gray.onnx", "--split", "test"], 2, ["--split"], [], []),
+}
+
+FINETUNE = {
+    "12-lr-nan": (["reference", "-o", "{p}/f.onnx", "--lr", "nan"], 2, ["--lr must be a finite number"],
+                  ["{p}/f.onnx"], []),
+    "13-seed-overflow": (["reference", "-o", "{p}/f.onnx", "--seed=99999999999999999999"], 2, ["--seed"], [], []),
+    "14-unwritable-directory": (["reference", "-o", "/proc/f.onnx"], 2, ["not writable"], [], []),
+    "22-directory-is-a-file": (["reference", "-o", "{p}/afile/f.onnx"], 2, ["is a file, not a directory"], [], []),
+    "no-output": (["reference"], 2, ["-o OUT.onnx"], [], []),
+    "epochs-zero": (["reference", "-o", "{p}/f.onnx", "--epochs", "0"], 2, ["--epochs"], [], []),
+}
+
+BENCH = {
+    "21-missing-file": (["{p}/nothing.onnx"], 2, ["not found"], [], []),
+    "21-threads-zero": (["{p}/gray.onnx", "--threads", "0"], 2, ["--threads"], [], []),
+    "14-unwritable-md": (["{p}/gray.onnx", "--md", "/proc/t.md"], 2, ["not writable"], [], []),
+    "22-md-under-a-file": (["{p}/gray.onnx", "--md", "{p}/afile/t.md"], 2, ["is a file, not a directory"], [], []),
+    "same-file-twice": (["{p}/gray.onnx", "--md", "{p}/t.out", "--json-out", "{p}/t.out"], 2,
+                        ["must name different files"], ["{p}/t.out"], []),
+    "existing-json": (["{p}/gray.onnx", "--json-out", "{p}/taken.onnx"], 2, ["already exists"], [], []),
+}
+
+
+def _needs(row):
+    if any("{mnist}" in a for a in row[0]) and mnist_dir() is None:
+        pytest.skip("needs the shared MNIST")
+
+
+@pytest.mark.parametrize("row", COMPRESS.values(), ids=COMPRESS.keys())
+def test_compress(row, place, capsys):
+    _needs(row)
+    _check(compress.main, "dimap-compress", row, place, capsys)
+
+
+@pytest.mark.parametrize("row", EVAL.values(), ids=EVAL.keys())
+def test_eval(row, place, capsys):
+    _check(eval_cli.main, "dimap-eval", row, place, capsys)
+
+
+@pytest.mark.parametrize("row", FINETUNE.values(), ids=FINETUNE.keys())
+def test_finetune(row, place, capsys):
+    _check(finetune.main, "dimap-finetune", row, place, capsys)
+
+
+@pytest.mark.parametrize("row", BENCH.values(), ids=BENCH.keys())
+def test_bench(row, place, capsys):
+    _check(bench.main, "dimap-bench", row, place, capsys)
+
+
+@pytest.mark.parametrize("model", [123, None, 0.5, ["swin_t"]])
+def test_19_api_rejects_what_is_not_a_model(model):
+    from dimap_struct.errors import UserError
+    from dimap_struct.pipeline import compress as compress_api
+
+    with pytest.raises(UserError, match="model must be a name, a path or an nn.Module"):
+        compress_api(model, 0.5)
+
+
+def test_checkpoint_layouts_load_the_same_weights(place):
+    """EMA keys and DDP prefixes give the very weights of the plain file."""
+    from dimap_struct.models import load_model
+
+    plain = load_model("reference", checkpoint=place / "plain.pth").model.state_dict()
+    for name in ("ema.pth", "ddp.pth"):
+        loaded = load_model("reference", checkpoint=place / name)
+        assert all(torch.equal(plain[k], v) for k, v in loaded.model.state_dict().items()), name
+        assert "key '" in loaded.weights
