@@ -1,4 +1,5 @@
 """Bad input: one clear line on stderr, exit code 2, nothing written. Checkpoints load."""
+import re
 import os
 import stat
 import subprocess
@@ -178,3 +179,21 @@ def test_bad_structure_options(capsys):
     _assert_user_error(code, err, "round-to")
     code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--min-heads", "0")
     _assert_user_error(code, err, "min-heads")
+
+
+def test_finetune_progress_shows_steps_per_second_and_eta():
+    """The fine-tuning bar on a terminal: loss, steps done of all, steps per second, elapsed, ETA."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from dimap_struct.cli.finetune import _train_progress
+
+    screen = io.StringIO()
+    update = _train_progress(Console(file=screen, force_terminal=True, width=150))
+    for step in range(1, 7):
+        time.sleep(0.05)
+        update(step, 6, 1.0 / step)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # the last frame is drawn when it ends
+    assert re.search(r"fine-tuning \(loss 0\.167\) .* 6/6 \d+\.\d\d steps/s 0:00:0\d eta 0:00:00", text), text

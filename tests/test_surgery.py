@@ -36,7 +36,8 @@ def test_mask_equivalence(random_model, key):
     original = random_model(key)
     size = original.default_cfg["input_size"]
     x = torch.randn(3, *size, generator=torch.Generator().manual_seed(7))
-    for ratio in RATIOS:
+    # window 12 at 384 adds nothing per ratio that the 224 models do not test: one ratio (30 s saved)
+    for ratio in RATIOS if key != "swin_b384" else [0.5]:
         result = dimap_struct.compress(original, ratio)
         plan = result.selection.plan
         assert sum(plan.head_counts) < sum(b.attn.num_heads for s in original.layers for b in s.blocks)

@@ -100,12 +100,11 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
 
 
 def _one_line(text: str) -> str:
-    """The first line of `text`, without terminal escapes, at most 300 characters."""
+    """The first line of `text`, without terminal escapes (some libraries colour their errors)."""
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip()
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= 300 else line[:297] + "..."
+    return text.splitlines()[0] if text else ""
 
 
 def progress(console):
