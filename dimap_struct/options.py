@@ -240,7 +240,7 @@ def _coerce(f: dataclasses.Field, value):
     if choices is not None and value not in choices:
         close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"{name} must be one of {', '.join(choices)}; got '{value}'{hint}")
+        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}{hint}")
     return value
 
 

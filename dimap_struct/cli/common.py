@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -91,8 +92,9 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
             files.remove_pending()
             if args.debug:
                 raise
-            if isinstance(err, UserError):
-                print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
+            if isinstance(err, UserError):  # ours are one line, but may quote what the user typed
+                message = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err)).strip().replace("\n", "\\n")
+                print(f"{prog}: error: {message}", file=sys.stderr)
                 return 2
             print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug "
                   "for the traceback)", file=sys.stderr)
@@ -101,8 +103,6 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
 
 def _one_line(text: str) -> str:
     """The first line of `text`, without terminal escapes (some libraries colour their errors)."""
-    import re
-
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip()
     return text.splitlines()[0] if text else ""
 
