@@ -173,11 +173,11 @@ def test_reference_checks_sha256(tmp_path, monkeypatch):
 
     from dimap_struct.models import reference
 
-    ref = reference.REFERENCES["reference"]
+    ref = reference.REFERENCES["reference-mnist"]
     if not ref.weights.is_file():
         pytest.skip("reference weights not committed")
     recipe = tmp_path / "reference.json"
     recipe.write_text(json.dumps({"sha256": "0" * 64}))
-    monkeypatch.setitem(reference.REFERENCES, "reference", dataclasses.replace(ref, recipe=recipe))
+    monkeypatch.setitem(reference.REFERENCES, "reference-mnist", dataclasses.replace(ref, recipe=recipe))
     with pytest.raises(RuntimeError, match="SHA-256"):
         reference.build_reference()

@@ -7,11 +7,16 @@ Two sources, picked by what the directory holds:
 - An ImageFolder directory (one subfolder per class, ImageNet-val layout), read with
   torchvision and timm's evaluation transform for the model's data config.
 
-Splits, the same rule for both sources (samples in their stored / sorted order):
-index % 5 == 4 is ``"eval"`` (MNIST: 2,000 digits), the rest ``"train"`` (8,000), and
-``"all"`` is everything. ImageFolder follows the rule too, so a model fine-tuned on
-``"train"`` is never measured on the images it saw; pass ``split="all"`` to evaluate on the
-whole folder.
+Splits (samples in their stored / sorted order): a data set stored as ``train/`` and
+``test/`` (or ``val/``) image folders, like CIFAR-10 or ImageNet, keeps its own split:
+``"train"`` is ``train/``, ``"eval"`` is ``test/``, ``"all"`` is both. Otherwise the same rule
+for MNIST and a single folder: index % 5 == 4 is ``"eval"`` (MNIST: 2,000 digits), the rest
+``"train"`` (8,000), and ``"all"`` is everything, so a model fine-tuned on ``"train"`` is never
+measured on the images it saw.
+
+Images of a folder are converted to the model's channel count (greyscale, CMYK, palette and
+RGBA files beside RGB ones); a class folder without images, or an image that cannot be decoded,
+is a UserError naming it.
 
 Every item is ``(image, label)``: a float32 tensor of shape ``data_config["input_size"]``
 ``(C, H, W)`` normalised with ``data_config["mean"]`` / ``["std"]``, and an int label.
@@ -30,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler,
+from torch.utils.data import (BatchSampler, ConcatDataset, DataLoader, Dataset, RandomSampler,
                               SequentialSampler, Subset)
 
 from ..errors import UserError
@@ -257,6 +262,14 @@ class FolderSplit(Subset):
         return self.dataset.classes
 
 
+class FolderUnion(ConcatDataset):
+    """Several image folders with the same classes, one after the other."""
+
+    @property
+    def classes(self):
+        return self.datasets[0].classes
+
+
 def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool) -> Dataset:
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
@@ -275,7 +288,21 @@ def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool
     if not folder.samples:
         raise UserError(f"image folder {root} has class folders but no images "
                         f"({', '.join(IMAGE_SUFFIXES)})")
+    counts = np.bincount([label for _, label in folder.samples], minlength=len(folder.classes))
+    if (counts == 0).any():
+        empty = folder.classes[int(np.argmin(counts))]
+        raise UserError(f"class folder {root / empty} has no images ({', '.join(IMAGE_SUFFIXES)})")
     return FolderSplit(folder, split_indices(len(folder), split).tolist())
+
+
+def split_folders(root: Path) -> dict[str, Path] | None:
+    """For a data set stored as `train/` and `test/` (or `val/`) image folders (CIFAR-10,
+    ImageNet): {"train": train/, "eval": test/ or val/}; None for any other layout."""
+    train = root / "train"
+    held = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    if held is None or not train.is_dir() or not any(p.is_dir() for p in train.iterdir()):
+        return None
+    return {"train": train, "eval": held}
 
 
 def read_image(path: str, mode: str = "RGB"):
@@ -319,6 +346,14 @@ def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = 
         index = torch.from_numpy(split_indices(len(labels), split))
         return MNISTDataset(images[index], labels[index], data_config,
                             augment=train_augment, seed=seed)
+    folders = split_folders(root)
+    if folders is not None:  # the data set's own split: train/ to learn, test/ (val/) to measure
+        if split == "all":
+            parts = [_image_folder(folders[s], "all", data_config, train_augment) for s in ("train", "eval")]
+            if parts[0].classes != parts[1].classes:
+                raise UserError(f"{folders['train']} and {folders['eval']} hold different classes")
+            return FolderUnion(parts)
+        return _image_folder(folders[split], "all", data_config, train_augment)
     if any(p.is_dir() for p in root.iterdir()):
         return _image_folder(root, split, data_config, train_augment)
     raise UserError(f"{root} is neither MNIST (IDX files {MNIST_FILES[0]}[.gz] and "

@@ -1,12 +1,15 @@
-"""The project's own small reference Swins, built by name (`REFERENCES`); the digits model
-'reference' is trained on the MNIST "train" split.
+"""The project's own small reference Swins, built by name (`REFERENCES`):
 
-A true hierarchical timm ``SwinTransformer`` (three stages, shifted windows in the first two,
-patch merging between stages) for 1 x 32 x 32 digits (MNIST's 28 x 28 resized). Its weights
-and training recipe live beside this module in ``weights/``; ``tools/train_reference.py``
-makes them.
+- 'reference-mnist' (alias 'reference'): three stages (2-2-2 blocks, 2-4-8 heads, width 48)
+  for 1 x 32 x 32 digits, trained on the MNIST "train" split by `tools/train_reference.py`;
+- 'reference-cifar10': Swin-T's proportions scaled down (four stages, 2-2-6-2 blocks, 2-4-8-16
+  heads, width 32, window 4, patch 2) for 3 x 32 x 32 photographs, trained on CIFAR-10's
+  `train/` by `tools/train_folder_reference.py`.
 
-    model = build_reference("reference")            # trained, eval mode
+Both are true hierarchical timm ``SwinTransformer``s (shifted windows, patch merging). Their
+weights and training recipes live beside this module in ``weights/``.
+
+    model = build_reference("reference-cifar10")    # trained, eval mode
     cfg = timm.data.resolve_model_data_config(model) # == REFERENCE_DATA_CONFIG
 """
 from __future__ import annotations
@@ -72,14 +75,43 @@ class ReferenceModel:
                 **self.data_config}
 
 
-REFERENCES = {
-    "reference": ReferenceModel("swin_reference_mnist", REFERENCE_KWARGS, REFERENCE_DATA_CONFIG, WEIGHTS_PATH,
-                                RECIPE_PATH),
+CIFAR10_KWARGS = dict(
+    img_size=32,
+    patch_size=2,
+    in_chans=3,
+    num_classes=10,
+    window_size=4,
+    embed_dim=32,
+    depths=(2, 2, 6, 2),
+    num_heads=(2, 4, 8, 16),  # head_dim 16 in every stage
+    mlp_ratio=4.0,
+    drop_path_rate=0.1,
+)
+
+CIFAR10_DATA_CONFIG = {
+    "input_size": (3, 32, 32),
+    "mean": (0.4914, 0.4822, 0.4465),
+    "std": (0.2470, 0.2435, 0.2616),
+    "interpolation": "bicubic",
+    "crop_pct": 1.0,
 }
-"""Built-in reference models by name."""
+
+CIFAR10_WEIGHTS_PATH = WEIGHTS_PATH.with_name("reference_cifar10.safetensors")
+
+REFERENCES = {
+    "reference-mnist": ReferenceModel("swin_reference_mnist", REFERENCE_KWARGS, REFERENCE_DATA_CONFIG, WEIGHTS_PATH,
+                                      RECIPE_PATH),
+    "reference-cifar10": ReferenceModel("swin_reference_cifar10", CIFAR10_KWARGS, CIFAR10_DATA_CONFIG,
+                                        CIFAR10_WEIGHTS_PATH, CIFAR10_WEIGHTS_PATH.with_suffix(".json")),
+}
+"""Built-in reference models by name: the digits model (MNIST, 1 x 32 x 32) and the CIFAR-10
+model (real photographs, 3 x 32 x 32), both trained by this project (recipes in `weights/`)."""
+
+ALIASES = {"reference": "reference-mnist"}
+"""'reference' was the digits model's only name; commands that use it keep working."""
 
 
-def build_reference(name: str = "reference", pretrained: bool = True, seed: int = 0, *,
+def build_reference(name: str = "reference-mnist", pretrained: bool = True, seed: int = 0, *,
                     drop_path_rate: float | None = None) -> nn.Module:
     """The reference Swin `name` in eval mode: random init from ``seed``, then the trained
     weights (checked against the recipe's SHA-256, RuntimeError on mismatch) if ``pretrained``.
@@ -88,7 +120,7 @@ def build_reference(name: str = "reference", pretrained: bool = True, seed: int 
     """
     from timm.models.swin_transformer import SwinTransformer
 
-    ref = REFERENCES[name]
+    ref = REFERENCES[ALIASES.get(name, name)]
     kwargs = dict(ref.kwargs)
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate

@@ -11,22 +11,23 @@ import torch
 from torch import nn
 
 from ...errors import UserError
-from ..reference import REFERENCES, build_reference
+from ..reference import ALIASES, REFERENCES, build_reference
 from .base import register_adapter
 from .timm_swin import TimmSwinV1Adapter
 
 
 @register_adapter
 class ReferenceAdapter(TimmSwinV1Adapter):
-    family = "dimap-struct reference Swins (" + ", ".join(REFERENCES) + ")"
+    family = "dimap-struct reference Swins (" + ", ".join([*REFERENCES, *ALIASES]) + ")"
 
     @classmethod
     def resolve_name(cls, name: str) -> str | None:
+        name = ALIASES.get(name, name)
         return name if name in REFERENCES else None
 
     @classmethod
     def known_names(cls) -> list[str]:
-        return list(REFERENCES)
+        return list(REFERENCES) + list(ALIASES)
 
     @classmethod
     def foreign_name(cls, name: str) -> bool:
@@ -40,7 +41,7 @@ class ReferenceAdapter(TimmSwinV1Adapter):
 
     @classmethod
     def weights_description(cls, model: nn.Module, name: str) -> str:
-        return "trained reference (dimap_struct/models/weights, see its recipe)"
+        return f"trained reference (dimap_struct/models/weights/{REFERENCES[name].recipe.name})"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
