@@ -1,13 +1,16 @@
-"""Accuracy versus MACs: every criterion on the trained reference Swin, before and after fine-tuning.
+"""Accuracy versus MACs: every criterion on a trained reference Swin, before and after fine-tuning.
 
-For each kept-MACs fraction R and each criterion (random: 3 seeds, mean +- std), the reference
-model (dimap_struct/models/weights, trained on the MNIST train split) is pruned and its top-1 on the
-MNIST eval split measured (a) straight away and (b) after the same fine-tune budget for all:
-one epoch of knowledge distillation from the unpruned model plus labels. The paper-faithful
-weight mode runs at the same fractions of prunable weights (its zeros are kept during
-fine-tuning). Writes benchmarks/results/accuracy.{md,json,png}.
+For each kept-MACs fraction R and each criterion (random: 3 seeds, mean +- std), a reference
+model (`--model`: reference-mnist, trained on the MNIST train split, or reference-cifar10,
+trained on CIFAR-10's train/) is pruned and its top-1 on the data's "eval" split (MNIST: 2,000
+held-out digits; CIFAR-10: the 10,000 test/ photos) measured (a) straight away and (b) after
+the same fine-tune budget for all: knowledge distillation from the unpruned model plus labels,
+`--epochs` of the "train" split, or at most `--max-steps` steps. The paper-faithful weight mode
+runs at the same fractions of prunable weights (its zeros are kept during fine-tuning). Writes
+benchmarks/results/accuracy[_<model>].{md,json,png}.
 
-    .venv/bin/python benchmarks/accuracy.py                      # the full grid (about 20-30 min)
+    .venv/bin/python benchmarks/accuracy.py                      # digits: the full grid (about 20-30 min)
+    .venv/bin/python benchmarks/accuracy.py --model reference-cifar10 --max-steps 100
     .venv/bin/python benchmarks/accuracy.py --ratios 0.5 --criteria dimap l1 --epochs 0.2   # quick look
 """
 from __future__ import annotations
@@ -36,8 +39,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RANDOM_SEEDS = (0, 1, 2)
 
 
+DEFAULT_DATA = {"reference-mnist": None, "reference-cifar10": str(Path(__file__).resolve().parents[2] / "shared" /
+                                                                  "data" / "cifar10")}
+
+
 def top1(model, data_config, data) -> float:
-    return accuracy(torch_classifier(model, data_config, "", 10), data, split="eval")["top1"]
+    return accuracy(torch_classifier(model, data_config, "", 10), data, split="eval", batch_size=500)["top1"]
 
 
 def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: TrainingOptions) -> dict:
@@ -89,8 +96,9 @@ def write_markdown(path: Path, meta: dict, summary: list[dict], ratios: list[flo
     criteria = list(dict.fromkeys(e["criterion"] for e in summary))
     by = {(e["criterion"], e["ratio"]): e for e in summary}
     lines = [f"`{meta['command']}` ({meta['date']}, {meta['machine']}, wall {meta['wall_s'] / 60:.1f} min)", "",
-             f"Reference model: unpruned top-1 **{meta['reference_top1']:.2f}%** on the MNIST eval split "
-             f"(2,000 digits). Fine-tune: {meta['finetune']['epochs']} epoch(s) of KD, batch "
+             f"Reference model `{meta.get('model', 'reference-mnist')}`: unpruned top-1 "
+             f"**{meta['reference_top1']:.2f}%** on the eval split of {meta['data']}. Fine-tune: "
+             f"{meta['finetune']['epochs']} epoch(s) of KD (at most {meta['finetune']['max_steps']} steps), batch "
              f"{meta['finetune']['batch_size']}, lr {meta['finetune']['lr']}. `weight` is the paper-faithful "
              "unstructured mode at the same fraction of prunable weights (its MACs column is effective MACs; "
              "the model is not faster). `random`: mean +- std over seeds 0, 1, 2.", ""]
@@ -116,7 +124,7 @@ def plot(path: Path, summary: list[dict], reference_top1: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, title in zip(axes, ("zero_shot", "finetuned"), ("straight after pruning", "after 1 epoch KD")):
+    for ax, key, title in zip(axes, ("zero_shot", "finetuned"), ("straight after pruning", "after the same KD budget")):
         for c in dict.fromkeys(e["criterion"] for e in summary):
             pts = sorted((e["macs_ratio"], e[key], e[f"{key}_std"] or 0) for e in summary if e["criterion"] == c)
             xs, ys, err = zip(*pts)
@@ -126,7 +134,7 @@ def plot(path: Path, summary: list[dict], reference_top1: float) -> None:
         ax.set_title(title)
         ax.set_xlabel("MACs kept (fraction)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("top-1 (%), MNIST eval split")
+    axes[0].set_ylabel("top-1 (%), eval split")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -138,16 +146,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35])
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA) + ["weight"])
+    p.add_argument("--model", default="reference-mnist", choices=list(DEFAULT_DATA))
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--data", default=default_data(None))
-    p.add_argument("--out", default=str(RESULTS / "accuracy"), help="output stem (.md, .json, .png)")
+    p.add_argument("--max-steps", type=int, help="at most this many fine-tuning steps (batch 64)")
+    p.add_argument("--data", help="data directory (default: the shared MNIST or CIFAR-10 for --model)")
+    p.add_argument("--out", help="output stem (.md, .json, .png; default benchmarks/results/accuracy[_cifar10])")
     p.add_argument("--threads", type=int, default=2, help="torch threads (results do not depend on it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    args.data = args.data or DEFAULT_DATA[args.model] or default_data(None)
+    args.out = args.out or str(RESULTS / ("accuracy" if args.model == "reference-mnist" else
+                                          f"accuracy_{args.model.removeprefix('reference-')}"))
     start = time.perf_counter()
-    loaded = load_model("reference")
+    loaded = load_model(args.model)
     reference_top1 = top1(loaded.model, loaded.data_config, args.data)
-    cfg = TrainingOptions(epochs=args.epochs)
+    cfg = TrainingOptions(epochs=args.epochs, max_steps=args.max_steps)
     rows = []
     for ratio in args.ratios:
         for criterion in args.criteria:
@@ -159,8 +172,9 @@ def main() -> None:
                       f"({row['seconds']} s)", flush=True)
     summary = summarise(rows)
     meta = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
+            "model": args.model,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "wall_s": time.perf_counter() - start,
-            "reference_top1": reference_top1, "finetune": cfg.__dict__, "data": args.data}
+            "reference_top1": reference_top1, "finetune": cfg.as_dict(), "data": args.data}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2) + "\n")

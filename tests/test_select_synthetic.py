@@ -44,7 +44,7 @@ def test_analytic_macs_match_a_hand_count():
     assert costs.count([1, 1, 1], [1, 1, 1]).macs == 50 + 100 + 200 + 300 + 30 + 35 + 40
 
 
-@pytest.mark.parametrize("policy", ["module-aware", "one-module", "uniform"])
+@pytest.mark.parametrize("policy", ["module-aware", "one-module", "uniform", "distortion"])
 @pytest.mark.parametrize("ratio", [0.8, 0.6, 0.45])
 def test_budget_is_met_as_closely_as_the_policy_allows(policy, ratio):
     selection, costs, original = _select(policy, ratio, min_heads=1, min_mlp=1)
@@ -61,8 +61,9 @@ def test_budget_is_met_as_closely_as_the_policy_allows(policy, ratio):
 def _macs_at(policy: str, q: float, costs) -> int:
     from dimap_struct.prune.select import POLICIES, _Module
 
-    scores = _scores()
-    modules = [_Module(scores.heads, [40, 50, 60], 1), _Module(scores.mlp, [8, 8, 8], 1)]
+    scores, blocks = _scores(), _costs().blocks
+    modules = [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in blocks]),
+               _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in blocks])]
     rule = POLICIES[policy](modules, [1, 1])
     heads, widths = rule.kept_counts(q)
     return costs.count(heads, widths).macs
@@ -116,3 +117,60 @@ def test_unreachable_target_is_reported_not_hidden():
     selection, _, original = _select("module-aware", 0.05, min_heads=2, min_mlp=5)
     assert not selection.on_target and selection.note and "not reachable" in selection.note
     assert selection.achieved_macs > selection.target_macs
+
+
+def _distortion(scores, plan, costs) -> float:
+    """The objective of the distortion rule: sum over streams of sqrt(removed energy fraction)."""
+    total = 0.0
+    for kind_scores, kind_plan in ((scores.heads, plan.heads), (scores.mlp, plan.mlp)):
+        for s, keep in zip(kind_scores, kind_plan):
+            total += float(sum(s[i] for i in range(len(s)) if i not in keep)) ** 0.5
+    return total
+
+
+def test_distortion_rule_is_the_greedy_of_its_formula():
+    """Replay the rule by brute force: at every step, over all candidates of every stream (not
+    only each stream's lowest), remove the one adding the least sqrt-distortion per MAC."""
+    from dimap_struct.prune.select import POLICIES, _Module
+
+    scores, blocks = _scores(), _costs().blocks
+    modules = [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in blocks]),
+               _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in blocks])]
+    rule = POLICIES["distortion"](modules, [1, 1])
+    kinds = [(scores.heads, [b.macs_per_head for b in blocks]), (scores.mlp, [b.macs_per_channel for b in blocks])]
+    left = {(i, b, g) for i, (sc, _) in enumerate(kinds) for b, s in enumerate(sc)
+            for g in range(len(s)) if g != int(torch.argmax(s))}
+    lost = {(i, b): 0.0 for i in range(2) for b in range(3)}
+    expected = []
+    while left:
+        def cost(c):
+            i, b, g = c
+            f = float(kinds[i][0][b][g])
+            return ((lost[i, b] + f) ** 0.5 - lost[i, b] ** 0.5) / kinds[i][1][b], c
+        _, pick = min(cost(c) for c in left)
+        expected.append(pick)
+        left.remove(pick)
+        lost[pick[0], pick[1]] += float(kinds[pick[0]][0][pick[1]][pick[2]])
+    assert rule.sequence == expected
+
+
+def test_distortion_rule_beats_the_others_on_its_own_objective():
+    costs = _costs()
+    results = {p: _select(p, 0.6, min_heads=1, min_mlp=1)[0] for p in ("distortion", "module-aware", "one-module")}
+    objective = {p: _distortion(_scores(), r.plan, costs) for p, r in results.items()}
+    macs = {p: r.achieved_macs for p, r in results.items()}
+    # at no more MACs than the others keep, the greedy's distortion is the smallest
+    for other in ("module-aware", "one-module"):
+        if macs["distortion"] <= macs[other]:
+            assert objective["distortion"] <= objective[other] + 1e-12
+
+
+def test_energy_fractions_against_a_loop():
+    from dimap_struct.prune.scoring import energy_fractions
+
+    gen = torch.Generator().manual_seed(3)
+    views = [torch.randn(4, 6, generator=gen), torch.randn(4, 10, generator=gen)]
+    total = sum(float((v.double() ** 2).sum()) for v in views)
+    expected = [sum(float((v[g].double() ** 2).sum()) for v in views) / total for g in range(4)]
+    assert torch.allclose(energy_fractions(views), torch.tensor(expected, dtype=torch.float64))
+    assert float(energy_fractions(views).sum()) == pytest.approx(1.0)

@@ -80,3 +80,14 @@ def group_scores(views: list[torch.Tensor], mode: str = "group") -> torch.Tensor
         count = sum(v.shape[1] for v in views)
         return total / count
     raise ValueError(f"unknown score mode {mode!r}; expected 'group' or 'weight'")
+
+
+def energy_fractions(views: list[torch.Tensor]) -> torch.Tensor:
+    """Share of its layers' weight energy each group owns, pooled over the group's layers:
+    f_g = sum_l E_{g,l} / sum_l ||W_l||_F^2, with E_{g,l} the sum of w^2 over group g's weights
+    in layer l (float64). Removing a set S of the groups leaves the pooled layers with a relative
+    Frobenius distortion of sqrt(sum_{g in S} f_g): the quantity DIMAP's bound adds up
+    (docs/method.md section 4)."""
+    energy = sum((v.to(torch.float64) ** 2).sum(1) for v in views)
+    total = float(energy.sum())
+    return energy / total if total > 0 else torch.zeros_like(energy)

@@ -8,9 +8,10 @@ first) removes p of the module's weights. `p` is searched by bisection so that t
 model's MACs land on the target. Every block keeps its `min_heads` best heads and `min_mlp`
 best channels; with `round_to > 1`, kept MLP widths are rounded to the nearest multiple.
 
-Baselines use other policies over the same search (a knob q in [0, 1], more pruning as it
-grows): `one-module` ranks heads and channels together under one threshold (the paper's
-"model as module" ablation) and `uniform` removes the same fraction of every block.
+Other policies use the same search (a knob q in [0, 1], more pruning as it grows):
+`one-module` ranks heads and channels together under one threshold (the paper's "model as
+module" ablation), `uniform` removes the same fraction of every block, and `distortion` spends
+the budget where DIMAP's distortion bound grows least per MAC saved (`DistortionBudget`).
 """
 from __future__ import annotations
 
@@ -65,8 +66,12 @@ class Selection:
 class _Module:
     """One DIMAP module: all groups of one kind across blocks, ordered for removal."""
 
-    def __init__(self, scores: list[torch.Tensor], weights_per_group: list[int], keep_at_least: int):
+    def __init__(self, scores: list[torch.Tensor], weights_per_group: list[int], keep_at_least: int,
+                 macs_per_group: list[float] | None = None):
         self.sizes = [len(s) for s in scores]
+        self.block_scores = scores
+        self.macs_per_group = macs_per_group or [1.0] * len(scores)
+        """MACs one group of each block costs (the distortion rule divides by it)."""
         self.ranked = [sorted(range(len(s)), key=lambda i: (-float(s[i]), i)) for s in scores]
         blocks, idxs, vals, weights = [], [], [], []
         for b, (s, w) in enumerate(zip(scores, weights_per_group)):
@@ -164,7 +169,82 @@ class Uniform(_Policy):
         return [None] * len(self.modules)
 
 
-POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform}
+class DistortionBudget(_Policy):
+    """DIMAP's bound as the objective (docs/method.md section 4): the scores are energy
+    fractions f_g (`scoring.energy_fractions`), and each block's heads, each block's MLP
+    channels and each stage's residual channels form one stream whose relative distortion is
+    D = sqrt(sum of f over its removed groups). Greedy: remove next the group whose removal adds
+    the least distortion per MAC saved, sqrt(E + f_g) - sqrt(E), divided by its MACs; within a
+    stream that is always its lowest-f group still removable. The knob q is the fraction of
+    the full greedy sequence removed, so MACs fall monotonically with q."""
+
+    def __init__(self, modules, floors):
+        import heapq
+
+        super().__init__(modules, floors)
+        streams, heap = [], []
+        for i, m in enumerate(modules):
+            for b, ranked in enumerate(m.ranked):
+                removable = list(reversed(ranked[min(floors[i], len(ranked)):]))  # lowest score first
+                streams.append((i, b, removable, m.block_scores[b], max(m.macs_per_group[b], 1e-9)))
+        removed_energy = [0.0] * len(streams)
+        position = [0] * len(streams)
+
+        def push(k: int) -> None:
+            i, b, removable, scores, macs = streams[k]
+            if position[k] < len(removable):
+                f = max(float(scores[removable[position[k]]]), 0.0)
+                added = math.sqrt(removed_energy[k] + f) - math.sqrt(removed_energy[k])
+                heapq.heappush(heap, (added / macs, k, position[k]))
+
+        for k in range(len(streams)):
+            push(k)
+        sequence = []
+        while heap:
+            _, k, pos = heapq.heappop(heap)
+            i, b, removable, scores, _ = streams[k]
+            sequence.append((i, b, removable[pos]))
+            removed_energy[k] += max(float(scores[removable[pos]]), 0.0)
+            position[k] += 1
+            push(k)
+        self.sequence = sequence
+        self.seq_module = torch.tensor([i for i, _, _ in sequence], dtype=torch.long)
+        self.seq_block = torch.tensor([b for _, b, _ in sequence], dtype=torch.long)
+
+    def _prefix(self, q: float) -> int:
+        return int(round(q * len(self.sequence)))
+
+    def kept_counts(self, q):
+        k = self._prefix(q)
+        module, block = self.seq_module[:k], self.seq_block[:k]
+        return [[n - int(r) for n, r in zip(m.sizes, torch.bincount(block[module == i], minlength=len(m.sizes)))]
+                for i, m in enumerate(self.modules)]
+
+    def kept(self, q):
+        kept = [[set(range(n)) for n in m.sizes] for m in self.modules]
+        for i, b, index in self.sequence[:self._prefix(q)]:
+            kept[i][b].discard(index)
+        return kept
+
+    def thresholds(self, q):
+        return [None] * len(self.modules)
+
+
+POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform,
+                                      "distortion": DistortionBudget}
+
+
+def residual_channel_macs(costs: CostModel) -> list[int]:
+    """MACs one residual channel of each stage costs in the unpruned model (every block, norm,
+    patch embedding and merging of the stage that touches it)."""
+    full = list(costs.residual_widths)
+    before = costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks], full)
+    out = []
+    for s in range(len(full)):
+        fewer = full[:s] + [full[s] - 1] + full[s + 1:]
+        out.append(before - costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks],
+                                       fewer))
+    return out
 
 
 def _round_width(width: int, full: int, multiple: int, floor: int) -> int:
@@ -198,15 +278,16 @@ def select_to_budget(
 
     `head_weights[b]` / `channel_weights[b]`: weights one head / one MLP channel of block b owns
     (the paper's equal-fraction-per-module rule, and the reported removed fractions).
-    `policy`: 'module-aware' (default), 'one-module' or 'uniform' (see `POLICIES`).
+    `policy`: 'module-aware' (default), 'one-module', 'uniform' or 'distortion' (see `POLICIES`).
     With `residual_scores` (one tensor per stage) and `residual_weights` (weights one residual
     channel of each stage owns), residual channels are a third module; every stage keeps at
     least `min_embed` of them. `round_to` rounds kept MLP widths, residual widths and the total
     width of kept heads (heads x `head_dims[b]`) to multiples of it."""
-    modules = [_Module(scores.heads, head_weights, min_heads), _Module(scores.mlp, channel_weights, min_mlp)]
+    modules = [_Module(scores.heads, head_weights, min_heads, [b.macs_per_head for b in costs.blocks]),
+               _Module(scores.mlp, channel_weights, min_mlp, [b.macs_per_channel for b in costs.blocks])]
     floors = [min_heads, min_mlp]
     if residual_scores is not None:
-        modules.append(_Module(residual_scores, residual_weights, min_embed))
+        modules.append(_Module(residual_scores, residual_weights, min_embed, residual_channel_macs(costs)))
         floors.append(min_embed)
     rule = POLICIES[policy](modules, floors)
     head_dims = head_dims or [1] * len(head_weights)

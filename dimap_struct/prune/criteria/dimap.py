@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..scoring import group_scores
+from ..scoring import energy_fractions, group_scores
 from .registry import Criterion, GroupScores, ScoreContext, per_group, register, residual_by_views
 
 
@@ -35,3 +35,37 @@ register(Criterion("lamp-global", dimap_scores, "one-module",
 # residual channels of one stage all cost the same, so they keep their plain DIMAP score
 register(Criterion("dimap-cost", cost_aware_scores, "module-aware", "DIMAP score divided by the group's MACs",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
+register(Criterion("dimap-paper", dimap_scores, "module-aware",
+                   "the paper's rule: heads and MLP channels each lose the same fraction of their weights",
+                   uses_score_mode=True, residual_score=residual_by_views(_option_a)))
+
+
+def bound_scores(blocks, context: ScoreContext) -> GroupScores:
+    """Energy fraction of each group in its block's layers (`scoring.energy_fractions`)."""
+    return per_group(blocks, energy_fractions)
+
+
+def bound_squared_scores(blocks, context: ScoreContext) -> GroupScores:
+    """Energy fraction per MAC: ranking by it minimises the sum of squared relative distortions
+    per MAC saved (the additive form of DIMAP's bound)."""
+    if context.costs is None:
+        raise ValueError("dimap-bound-sq needs the cost model (costs=...)")
+    base = bound_scores(blocks, context)
+    return GroupScores(heads=[s / bc.macs_per_head for s, bc in zip(base.heads, context.costs.blocks)],
+                       mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, context.costs.blocks)])
+
+
+def _residual_squared(sites, context: ScoreContext):
+    from ..residual import channel_views
+    from ..select import residual_channel_macs
+
+    per_channel = residual_channel_macs(context.costs)
+    return [energy_fractions(channel_views(s)) / max(m, 1) for s, m in zip(sites, per_channel)]
+
+
+register(Criterion("dimap-bound", bound_scores, "distortion",
+                   "DIMAP's bound: greedy on the sum of relative Frobenius distortions added per MAC saved",
+                   residual_score=residual_by_views(energy_fractions)))
+register(Criterion("dimap-bound-sq", bound_squared_scores, "one-module",
+                   "DIMAP's bound squared: groups ranked by energy fraction per MAC, the whole model one module",
+                   residual_score=_residual_squared))
