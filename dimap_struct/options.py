@@ -356,14 +356,21 @@ class PruneOptions(SourceOptions):
                                "faster model", kind=bool, group="selection")
     min_embed: int = option(16, "residual channels every stage keeps (with --prune-embed)", kind=int, minimum=1,
                             group="selection")
-    calib_data: str | None = option(None, "data for data-driven criteria (taylor): an MNIST directory or an "
-                                    "ImageFolder", metavar="PATH", group="selection")
+    calib_data: str | None = option(None, "calibration images (an MNIST directory or an ImageFolder; its train "
+                                    "split): for data-driven criteria (taylor) and for one-shot recovery after "
+                                    "the cut (--recovery)", metavar="PATH", group="selection")
     calib_batches: int = option(4, "calibration batches of 32 images for data-driven criteria", kind=int,
                                 minimum=1, group="selection")
+    calib_images: int = option(256, "calibration images for recovery (with --calib-data)", kind=int, minimum=1,
+                               group="recovery")
+    recovery: str = option("refit", "with --calib-data, after the cut: refit = least-squares refit of the kept "
+                           "columns of proj and fc2 to the unpruned outputs; bias = move the removed groups' mean "
+                           "contribution into the bias; none = keep the plain cut",
+                           choices=("refit", "bias", "none"), group="recovery")
 
     STRUCTURED_ONLY: ClassVar[tuple[str, ...]] = (
         "criterion", "score_mode", "min_heads", "min_mlp", "round_to", "prune_embed", "min_embed", "calib_data",
-        "calib_batches")
+        "calib_batches", "calib_images", "recovery")
 
     def check(self) -> None:
         super().check()

@@ -168,6 +168,12 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
             min_embed=options.min_embed, **embed)
     plan = selection.plan
 
+    stats = None
+    if options.calib_data is not None and options.recovery != "none":
+        from .recover.oneshot import collect_stats
+
+        with steps(f"calibration statistics ({options.calib_images} images)"):
+            stats = collect_stats(net, blocks, _calibration_images(loaded, options), seed=options.seed)
     with steps("cut heads and channels"):
         reference = copy.deepcopy(net)
         mask(reference, adapter.__class__(reference), plan)
@@ -183,7 +189,32 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
         if measured_params != after.params:
             raise RuntimeError(f"parameter count {measured_params} != analytic {after.params}: surgery bug")
     report = _structured_report(loaded, options, costs, before, after, selection, mask_diff)
+    if stats is not None:
+        with steps(f"recover ({options.recovery})"):
+            report.recovery = _recover(net, adapter, plan, stats, options)
     return net, selection, report
+
+
+def _calibration_images(loaded: LoadedModel, options: CompressOptions):
+    from .data import build_dataset, num_classes
+    from .recover.oneshot import calibration_images
+
+    classes = num_classes(build_dataset(options.calib_data, "train", loaded.data_config))
+    if loaded.adapter.num_classes is not None and classes != loaded.adapter.num_classes:
+        raise UserError(f"--calib-data {options.calib_data} has {classes} classes, the model predicts "
+                        f"{loaded.adapter.num_classes}: is it the model's data?")
+    return calibration_images(options.calib_data, loaded.data_config, options.calib_images, options.seed)
+
+
+def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
+    """Correct the cut model's proj and fc2 layers in place (docs/method.md section 8)."""
+    from .recover.oneshot import RIDGE, RecoveryReport, data_fingerprint, recover
+
+    start = time.perf_counter()
+    layers = recover(adapter.blocks(), plan, stats, options.recovery, RIDGE, plan.residual)
+    result = RecoveryReport(options.recovery, options.calib_images, str(options.calib_data),
+                            data_fingerprint(options.calib_data), RIDGE, time.perf_counter() - start, layers)
+    return result.to_dict()
 
 
 def _structured_report(loaded: LoadedModel, options: CompressOptions, costs: CostModel, before: Counts,

@@ -127,6 +127,12 @@ COMPRESS = {
     "22-checkpoint-is-a-directory": (["reference", "--checkpoint", "{p}/adir.pth/"], 2,
                                      ["adir.pth is a directory, not a file"], [], []),
     "bad-budget": (["reference", "--flops", "1.5"], 2, ["0 < R <= 1"], [], []),
+    "calib-images-zero": (["reference", "--calib-data", "{p}/ten", "--calib-images", "0"], 2,
+                          ["--calib-images must be an integer >= 1"], [], []),
+    "calib-images-more-than-the-data": (["reference", "--calib-data", "{p}/ten", "--calib-images", "50"], 2,
+                                        ["--calib-images 50: the calibration data has only 8 images"], [], []),
+    "calib-data-of-other-classes": (["reference", "--calib-data", "{p}/photos"], 2,
+                                    ["has 2 classes, the model predicts 10"], [], []),
     "unknown-model": (["swin_tt"], 2, ["unknown model 'swin_tt'"], [], []),
 }
 

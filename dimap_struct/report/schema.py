@@ -133,6 +133,8 @@ class Report:
     pruned_checkpoint: str | None = None
     plot: str | None = None
     finetune: dict | None = None
+    recovery: dict | None = None
+    """One-shot recovery from calibration images (`recover.oneshot.RecoveryReport.to_dict`)."""
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property

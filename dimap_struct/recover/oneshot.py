@@ -1,0 +1,213 @@
+"""Stage 7, one-shot recovery from calibration images (no training): after the cut, the layers
+that read the removed groups (`proj` for heads, `fc2` for MLP channels) are corrected so that
+they reproduce the unpruned layer's output on calibration activations (docs/method.md
+section 8).
+
+One pass of the *unpruned* model over N calibration images accumulates, for every block's
+`proj` and `fc2`, the Gram matrix G = sum x x^T of its input x (with a constant 1 appended),
+in float64, from at most `tokens_per_image` token positions per image: statistics, never the
+activations themselves. The layer's output is y = A x with A = [W b], so everything below is
+exact on the calibration set given G:
+
+- bias compensation: the kept columns stay, and b' = b + W_R mean(x_R) takes the mean
+  contribution of the removed inputs R;
+- refit (ridge least squares): A'_K = A G[:, K] (G[K, K] + lambda I)^-1 over the kept inputs
+  K (the constant included), lambda = `ridge` x the mean of diag(G[K, K]), solved in float64.
+
+The calibration error of a choice A' is tr((A' - A) G (A' - A)^T) / tokens; a layer whose
+recovery would raise it above the plain cut's is left as cut (a degenerate refit) and the
+report says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+METHODS = ("refit", "bias", "none")
+RIDGE = 1e-3
+"""The refit's damping, relative to the mean diagonal of the kept inputs' Gram matrix."""
+
+
+@dataclass
+class LayerStats:
+    """Calibration statistics of one layer's input, and the layer's unpruned weights."""
+
+    gram: torch.Tensor
+    """float64 (F + 1, F + 1): sum of x x^T over tokens, x with a trailing constant 1."""
+    tokens: int
+    weight: torch.Tensor
+    """float64 (out, F), the unpruned weight."""
+    bias: torch.Tensor
+    """float64 (out,), zeros if the layer has none."""
+
+
+@dataclass
+class RecoveryReport:
+    method: str
+    images: int
+    data: str
+    data_sha256: str
+    ridge: float
+    seconds: float = 0.0
+    layers: list[dict] = field(default_factory=list)
+    """Per layer: name, calibration error (mean squared output error per token) of the plain cut
+    and after recovery, and whether the recovery was kept."""
+
+    @property
+    def error_before(self) -> float:
+        return sum(layer["error_cut"] for layer in self.layers)
+
+    @property
+    def error_after(self) -> float:
+        return sum(layer["error_recovered"] for layer in self.layers)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "images": self.images, "data": self.data, "data_sha256": self.data_sha256,
+                "ridge": self.ridge, "seconds": round(self.seconds, 2), "error_cut": self.error_before,
+                "error_recovered": self.error_after,
+                "layers_left_as_cut": [layer["name"] for layer in self.layers if not layer["kept"]],
+                "layers": self.layers}
+
+
+def recovered_layers(blocks) -> list[tuple[str, nn.Linear, str]]:
+    """(name, layer, kind) of every layer recovery corrects: each block's proj ('heads') and
+    fc2 ('mlp')."""
+    out = []
+    for block in blocks:
+        out.append((f"{block.name}.proj", block.attn.proj, "heads"))
+        out.append((f"{block.name}.fc2", block.mlp.fc2, "mlp"))
+    return out
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size: int = 32,
+                  tokens_per_image: int = 64, seed: int = 0) -> dict[str, LayerStats]:
+    """Run the unpruned `model` over `images` (N, C, H, W) and return the input statistics of
+    every layer `recovered_layers` names (see the module docstring)."""
+    layers = recovered_layers(blocks)
+    stats = {name: LayerStats(torch.zeros(layer.in_features + 1, layer.in_features + 1, dtype=torch.float64), 0,
+                              layer.weight.detach().to(torch.float64).clone(),
+                              (layer.bias.detach() if layer.bias is not None
+                               else torch.zeros(layer.out_features)).to(torch.float64).clone())
+             for name, layer, _ in layers}
+    gen = torch.Generator().manual_seed(seed)
+    current = {"images": 0}
+
+    def hook(name):
+        def accumulate(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            cap = tokens_per_image * current["images"]
+            if x.shape[0] > cap:
+                x = x[torch.randperm(x.shape[0], generator=gen)[:cap]]
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+            stats[name].gram += (x.T @ x).to(torch.float64)  # float32 products, float64 sums
+            stats[name].tokens += x.shape[0]
+        return accumulate
+
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer, _ in layers]
+    try:
+        model.eval()
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            current["images"] = len(batch)
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _error(a_new: torch.Tensor, a: torch.Tensor, gram: torch.Tensor, tokens: int) -> float:
+    diff = a_new - a
+    return float(torch.einsum("oi,ij,oj->", diff, gram, diff)) / max(tokens, 1)
+
+
+def solve(stats: LayerStats, kept: list[int], rows: list[int] | None, method: str, ridge: float
+          ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """New (weight, bias) of one layer that keeps input columns `kept` (and output rows `rows`,
+    all if None), by `method`; with the calibration error of the plain cut and of the result.
+    The result is the plain cut when recovery would not lower the error."""
+    features = stats.weight.shape[1]
+    a = torch.cat([stats.weight, stats.bias[:, None]], 1)
+    if rows is not None:
+        a = a[rows]
+    keep = torch.tensor(list(kept) + [features], dtype=torch.long)
+    cut = torch.zeros_like(a)
+    cut[:, keep] = a[:, keep]
+    new = cut.clone()
+    if method == "bias":
+        mean = stats.gram[features, :features] / max(stats.tokens, 1)
+        removed = torch.ones(features, dtype=torch.bool)
+        removed[keep[:-1]] = False
+        new[:, features] += a[:, :features][:, removed] @ mean[removed]
+    elif method == "refit":
+        g_kk = stats.gram[keep][:, keep]
+        damp = ridge * float(torch.diagonal(g_kk).mean()) if len(keep) else 0.0
+        system = g_kk + damp * torch.eye(len(keep), dtype=torch.float64)
+        rhs = a @ stats.gram[:, keep]  # (out, |K|)
+        new[:, keep] = torch.linalg.solve(system, rhs.T).T
+    error_cut = _error(cut, a, stats.gram, stats.tokens)
+    error_new = _error(new, a, stats.gram, stats.tokens)
+    if not error_new <= error_cut:  # NaN counts as worse
+        return cut[:, keep[:-1]], cut[:, features], error_cut, error_cut
+    return new[:, keep[:-1]], new[:, features], error_cut, error_new
+
+
+@torch.no_grad()
+def recover(blocks, plan, stats: dict[str, LayerStats], method: str, ridge: float,
+            residual_rows: list[list[int]] | None) -> list[dict]:
+    """Correct every pruned block's proj and fc2 in place (`blocks` of the pruned model, cut
+    by `plan`); return the per-layer report."""
+    out = []
+    for b, block in enumerate(blocks):
+        rows = None if residual_rows is None else residual_rows[block.stage]
+        d = block.attn.head_dim
+        for name, layer, kind in recovered_layers([block]):
+            full = stats[name].weight.shape[1]
+            # proj reads the heads' outputs laid out (H, d); fc2 reads the MLP channels
+            kept = [h * d + i for h in plan.heads[b] for i in range(d)] if kind == "heads" else plan.mlp[b]
+            if len(kept) == full:
+                continue
+            weight, bias, before, after = solve(stats[name], kept, rows, method, ridge)
+            layer.weight.copy_(weight.to(layer.weight.dtype))
+            if layer.bias is None:
+                if bias.abs().max() > 0:  # a layer without bias cannot take the compensation
+                    weight, bias, before, after = solve(stats[name], kept, rows, "none", ridge)
+                    layer.weight.copy_(weight.to(layer.weight.dtype))
+            else:
+                layer.bias.copy_(bias.to(layer.bias.dtype))
+            out.append({"name": name, "error_cut": before, "error_recovered": after, "kept": after < before})
+    return out
+
+
+def calibration_images(data: str, data_config: dict, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` images of the "train" split of `data` (a seeded random choice), preprocessed for
+    the model; UserError if the data holds fewer."""
+    from ..data import build_dataset
+
+    dataset = build_dataset(data, "train", data_config)
+    if count > len(dataset):
+        raise UserError(f"--calib-images {count}: the calibration data has only {len(dataset)} images in its "
+                        "train split")
+    pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    batch = dataset[pick] if hasattr(dataset, "batch") else None
+    if batch is not None:
+        return batch[0]
+    return torch.stack([dataset[i][0] for i in pick])
+
+
+def data_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 of a data directory's file list and sizes (of the file, for a file)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        digest.update(f"{f.relative_to(path) if f != path else f.name}\0{f.stat().st_size}\n".encode())
+    return digest.hexdigest()
