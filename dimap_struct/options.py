@@ -458,11 +458,19 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
     force: bool = option(False, "overwrite existing output files", kind=bool, group="output", recipe=False)
     resume: bool = option(False, "continue from OUT.resume.pt (saved after each epoch)", kind=bool,
                           group="output", recipe=False)
+    prune_steps: int = option(1, "reach the target in K rounds of prune + KD (MACs on a geometric schedule, the "
+                              "KD budget split evenly) instead of one cut", kind=int, minimum=1, maximum=50,
+                              flag="--steps", metavar="K", group="training")
 
     def check(self) -> None:
         super().check()
         if self.granularity != "structured":
             raise UserError("dimap-finetune prunes structurally; --granularity weight is for dimap-compress")
+        if self.prune_steps > 1 and self.resume:
+            raise UserError("--resume continues a one-cut run; it does not work with --steps > 1")
+        if self.prune_steps > 1 and self.max_steps is not None and self.max_steps < self.prune_steps:
+            raise UserError(f"--steps {self.prune_steps} needs at least one training step per round; "
+                            f"--max-steps {self.max_steps} allows fewer")
 
     def training(self) -> TrainingOptions:
         """The training part of these options."""

@@ -159,6 +159,11 @@ FINETUNE = {
     "22-directory-is-a-file": (["reference", "-o", "{p}/afile/f.onnx"], 2, ["is a file, not a directory"], [], []),
     "no-output": (["reference"], 2, ["-o OUT.onnx"], [], []),
     "epochs-zero": (["reference", "-o", "{p}/f.onnx", "--epochs", "0"], 2, ["--epochs"], [], []),
+    "steps-zero": (["reference", "-o", "{p}/f.onnx", "--steps", "0"], 2, ["--steps must be an integer >= 1"], [], []),
+    "steps-over-the-budget": (["reference", "-o", "{p}/f.onnx", "--steps", "3", "--max-steps", "2"], 2,
+                              ["--steps 3 needs at least one training step per round"], [], []),
+    "steps-with-resume": (["reference", "-o", "{p}/f.onnx", "--steps", "2", "--resume"], 2,
+                          ["does not work with --steps > 1"], [], []),
 }
 
 BENCH = {

@@ -96,3 +96,25 @@ def test_resume_refuses_a_different_command(tmp_path, capsys):
     save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), {}, {"recipe": other, "world_size": 1})
     code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
     assert code == 2 and "different command" in capsys.readouterr().err
+
+
+def test_iterative_rounds_reach_the_target_and_trace_heads_back(tmp_path, small_mnist):
+    """--steps 2: two prune + KD rounds on the geometric schedule; the report is stated against
+    the original model (its kept heads are original indices) and the ONNX file is exported."""
+    from dimap_struct.cli import finetune as cli_finetune
+    from dimap_struct.recover.iterative import schedule
+
+    assert schedule(0.25, 2) == [0.5, 0.25]
+    out = tmp_path / "it.onnx"
+    code = cli_finetune.main([*BASE, "--flops", "0.5", "--steps", "2", "--max-steps", "4", "--batch-size", "32",
+                              "--data", small_mnist, "-o", str(out), "--json"])
+    assert code == 0 and out.exists()
+    report = json.loads(out.with_suffix(".json").read_text())
+    rounds = report["iterative"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[0]["target_ratio"] == pytest.approx(0.5 ** 0.5)
+    assert abs(report["achieved"]["ratio"] - 0.5) <= 0.01 and report["original"]["macs"] > report["pruned"]["macs"]
+    for row in report["blocks"]:
+        assert len(row["kept_heads"]) == row["heads"] and all(0 <= h < row["heads_before"] for h in row["kept_heads"])
+    assert report["architecture"]["source_model"] == "reference-mnist"
+    assert report["finetune"]["steps"] == 4

@@ -71,14 +71,21 @@ def _run(args: argparse.Namespace) -> int:
     loaded = load_any(options.model, checkpoint=options.checkpoint, pretrained=options.pretrained, seed=options.seed,
                       model_kwargs=options.model_kwargs)
     prune_options = options.pruning()
-    result = compress(loaded, prune_options, on_step=step)
-    student, teacher, config = result.model, loaded.model, loaded.data_config
-    report = result.report
-    report.recipe = options.recipe()
+    teacher, config = loaded.model, loaded.data_config
     classes = loaded.adapter.num_classes
 
     def evaluate(model):
         return accuracy(torch_classifier(model, config, "", classes), data, split="eval")["top1"]
+
+    on_step = None
+    if ctx.is_main and not args.quiet:
+        on_step = _train_progress(console)
+    if options.prune_steps > 1:
+        return _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step)
+    result = compress(loaded, prune_options, on_step=step)
+    student = result.model
+    report = result.report
+    report.recipe = options.recipe()
 
     before = {}
     if ctx.is_main:
@@ -88,9 +95,6 @@ def _run(args: argparse.Namespace) -> int:
         if ctx.is_main:
             save_state(resume, st, identity)
 
-    on_step = None
-    if ctx.is_main and not args.quiet:
-        on_step = _train_progress(console)
     try:
         summary = finetune(student, teacher, data, config, cfg, ctx, seed=options.seed, state=state,
                            on_epoch_end=save, on_step=on_step)
@@ -104,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         after = evaluate(student)
         report.finetune = {**summary, **before, "finetuned_top1": after, "data": str(data),
                            "weights_sha256": digest, "resumed": state is not None}
-        write_model_and_report(student, report, paths, prune_options.opset)
+        write_model_and_report(student, report, paths, prune_options.opset, force=options.force)
         resume.unlink(missing_ok=True)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
@@ -115,6 +119,50 @@ def _run(args: argparse.Namespace) -> int:
                   f"  top-1: unpruned {f['teacher_top1']:.2f}%  pruned {f['pruned_top1']:.2f}%  "
                   f"fine-tuned {f['finetuned_top1']:.2f}%  ({f['steps']} steps x {cfg.batch_size} x "
                   f"{ctx.world_size} process(es))")
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step) -> int:
+    """--steps K: K rounds of prune + KD (`recover.iterative`), each with 1/K of the budget."""
+    from ..deploy.export import write_model_and_report
+    from ..recover.finetune import finetune, weights_digest
+    from ..recover.iterative import prune_in_rounds
+
+    k_steps = options.prune_steps
+    per_round = cfg.replace(epochs=cfg.epochs / k_steps,
+                            max_steps=None if cfg.max_steps is None else cfg.max_steps // k_steps)
+    teacher_top1 = evaluate(loaded.model) if ctx.is_main else None
+
+    def train(model, k):
+        summary = finetune(model, loaded.model, data, loaded.data_config, per_round, ctx, seed=options.seed + k,
+                           on_step=on_step)
+        if ctx.is_main:
+            summary["top1"] = evaluate(model)
+        return summary
+
+    student, report, rounds = prune_in_rounds(loaded, prune_options, k_steps, train, on_step=step)
+    report.recipe = options.recipe()
+    digest = weights_digest(student)
+    print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
+    if ctx.is_main:
+        after = rounds[-1]["training"]["top1"]
+        report.iterative["rounds"] = [{**r, "top1_after_kd": rr["training"]["top1"]}
+                                      for r, rr in zip(report.iterative["rounds"], rounds)]
+        report.finetune = {"steps": sum(r["training"]["steps"] for r in rounds), "teacher_top1": teacher_top1,
+                           "finetuned_top1": after, "data": str(data), "weights_sha256": digest, "resumed": False,
+                           "config": per_round.as_dict(), "per_round": True}
+        write_model_and_report(student, report, paths, prune_options.opset, force=options.force)
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            trail = "  ".join(f"{r['achieved_ratio']:.3f}: {r['top1_after_kd']:.2f}%" for r in report.iterative["rounds"])
+            print(f"{report.source.model} -> {paths[0]} ({report.achieved.ratio:.3f} of the MACs in {k_steps} rounds, "
+                  f"criterion {report.criterion})\n  top-1: unpruned {teacher_top1:.2f}%  after each round {trail}")
     if ctx.distributed:
         import torch.distributed as dist
 
@@ -139,7 +187,9 @@ def _train_progress(console):
 
     def update(step: int, total: int, loss: float) -> None:
         nonlocal task
-        if task is None:
+        if task is None or step == 1:  # a new run (with --steps K, a new round)
+            if task is not None:
+                bar.remove_task(task)
             bar.start()
             task = bar.add_task("fine-tuning", total=total)
         bar.update(task, completed=step, description=f"fine-tuning (loss {loss:.3f})")

@@ -133,6 +133,8 @@ class Report:
     pruned_checkpoint: str | None = None
     plot: str | None = None
     finetune: dict | None = None
+    iterative: dict | None = None
+    """`dimap-finetune --steps K`: each round's MACs target and result (`recover.iterative`)."""
     recovery: dict | None = None
     """One-shot recovery from calibration images (`recover.oneshot.RecoveryReport.to_dict`)."""
     timings_s: dict[str, float] = field(default_factory=dict)
