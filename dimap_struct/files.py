@@ -70,12 +70,13 @@ def _check_directory(parent: Path, what: str) -> None:
 
 def _probe_writable(parent: Path, what: str) -> None:
     # os.access says yes to root everywhere, /proc and read-only mounts included: create a file
-    try:
-        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
-    except OSError as err:
-        raise UserError(f"{what} directory {parent} is not writable ({err.strerror})") from None
-    os.close(fd)
-    os.unlink(probe)
+    with signals.deferred():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
+        except OSError as err:
+            raise UserError(f"{what} directory {parent} is not writable ({err.strerror})") from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _name_max(directory: Path) -> int:
@@ -123,31 +124,40 @@ def atomic_output(path: str | os.PathLike, force: bool = True) -> Iterator[Path]
 
 def publish(pairs: Sequence[tuple[Path, Path]], force: bool) -> None:
     """Move each temporary file to its final name, all or none. Without `force` a name that
-    exists by now is never replaced (UserError); with it, an existing file is replaced but a
-    directory never is. Termination signals wait until this is done."""
+    exists by now is never replaced (UserError); with it, existing files are moved aside and
+    removed only once every file is in place (restored if one fails); a directory is never
+    replaced. Termination signals wait until this is done."""
     done: list[Path] = []
+    aside: list[tuple[Path, Path]] = []  # with force: (old file moved aside, its name)
     with signals.deferred():
         try:
             for temp, final in pairs:
                 os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give ordinary permissions
-                if force and not final.is_dir():
-                    os.replace(temp, final)
-                else:
-                    _link_new(temp, final)
+                if force and final.is_file() and not final.is_symlink():
+                    old = _new_temp(final)
+                    os.replace(final, old)  # kept until the whole set is published
+                    aside.append((old, final))
+                _link_new(temp, final)
                 _pending.discard(temp)
                 done.append(final)
             published.extend(done)
         except BaseException as err:
             for final in done:
                 final.unlink(missing_ok=True)
+            for old, final in aside:  # --force: the earlier outputs come back as they were
+                os.replace(old, final)
+                _pending.discard(old)
             if isinstance(err, OSError):  # the checks before the work passed: the file system changed
                 raise _write_error(err, [f for _, f in pairs], [t for t, _ in pairs]) from err
             raise
+        for old, _ in aside:
+            _discard(old)
 
 
 def _link_new(temp: Path, final: Path) -> None:
     """Give `temp` the name `final` only if no such name exists, atomically (a hard link
-    fails on an existing name, where a rename would replace it)."""
+    fails on an existing name, where a rename would replace it). With --force the old file
+    was moved aside first, so this is the one path for both."""
     if final.is_dir():
         raise UserError(f"{final} is a directory")
     try:
@@ -182,7 +192,7 @@ def _discard(temp: Path) -> None:
     with signals.deferred():
         try:
             temp.unlink()
-        except FileNotFoundError:
+        except OSError:  # gone already, or the directory changed: nothing more to do here
             pass
         _pending.discard(temp)
 

@@ -31,13 +31,17 @@ class Terminated(KeyboardInterrupt):
 
 _depth = 0
 _pending: int | None = None
+_terminating = False
 
 
 def _handle(signum, frame) -> None:
-    global _pending
+    global _pending, _terminating
+    if _terminating:  # already unwinding: more signals (Ctrl-C pressed again) must not cut the cleanup
+        return
     if _depth:
         _pending = _pending or signum
         return
+    _terminating = True
     raise Terminated(signum)
 
 
@@ -49,6 +53,8 @@ def handled():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _terminating, _pending
+    _terminating, _pending = False, None
     previous = {signum: signal.getsignal(signum) for signum in HANDLED}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
@@ -63,12 +69,15 @@ def handled():
 @contextmanager
 def deferred():
     """Hold termination signals until the block ends, then raise the first one that arrived."""
-    global _depth, _pending
+    global _depth, _pending, _terminating
     _depth += 1
     try:
         yield
     finally:
+        signum = _pending if _depth == 1 else None
+        if signum is not None:
+            _pending = None
         _depth -= 1
-        if _depth == 0 and _pending is not None:
-            signum, _pending = _pending, None
+        if signum is not None:
+            _terminating = True
             raise Terminated(signum)

@@ -41,6 +41,11 @@ def place(tmp_path_factory):
     torch.save({"epoch": 3, "model_ema": state}, root / "ema.pth")
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, root / "ddp.pth")
     torch.save(state, root / "plain.pth")
+    torch.save({f"_orig_mod.module.{k}": v for k, v in state.items()}, root / "compiled_ddp.pth")
+    import argparse
+
+    torch.save({"state_dict": state, "epoch": 9, "args": argparse.Namespace(lr=0.1, model="x")},
+               root / "timm_train.pth")  # what timm's train.py writes
     torch.save(model, root / "module.pth")
     (root / "adir.pth").mkdir()
     (root / "afile").write_text("a file, not a directory")
@@ -217,7 +222,7 @@ def test_checkpoint_layouts_load_the_same_weights(place):
     from dimap_struct.models import load_model
 
     plain = load_model("reference", checkpoint=place / "plain.pth").model.state_dict()
-    for name in ("ema.pth", "ddp.pth"):
+    for name in ("ema.pth", "ddp.pth", "compiled_ddp.pth", "timm_train.pth"):
         loaded = load_model("reference", checkpoint=place / name)
         assert all(torch.equal(plain[k], v) for k, v in loaded.model.state_dict().items()), name
-        assert "key '" in loaded.weights
+        assert ("key '" in loaded.weights) == (name != "compiled_ddp.pth")  # the container key is named

@@ -107,3 +107,17 @@ def test_no_space_error_is_a_user_error(tmp_path):
         with files.staged([tmp_path / "x.onnx"], force=False) as (temp,):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_force_restores_the_earlier_pair_if_publishing_fails(tmp_path):
+    """--force replaces an existing pair only as a whole: when the report cannot be placed (its
+    name became a directory), the ONNX file published a moment earlier is withdrawn and the
+    earlier ONNX file comes back."""
+    onnx_path, json_path = tmp_path / "m.onnx", tmp_path / "m.json"
+    onnx_path.write_text("earlier model")
+    json_path.mkdir()
+    pairs = [(_temp(tmp_path, "new.onnx"), onnx_path), (_temp(tmp_path, "new.json"), json_path)]
+    with pytest.raises(UserError, match="is a directory"):
+        files.publish(pairs, force=True)
+    assert onnx_path.read_text() == "earlier model"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(files.TEMP_PREFIX) and "new" not in p.name]

@@ -61,6 +61,7 @@ def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Nam
 
     if not sys.stderr.isatty():
         args.quiet = True
+    files.published.clear()
     with signals.handled():
         try:
             return _exit_code(prog, args, run)
@@ -77,7 +78,8 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
     try:
         return run(args)
     except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
-        sys.stderr.close()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
         return 1
     except KeyboardInterrupt as err:
         code = getattr(err, "exit_code", 130)

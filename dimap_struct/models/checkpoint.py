@@ -26,7 +26,7 @@ def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str,
                 force: bool = True) -> None:
     """Write `model`'s tensors and its spec to `path` (atomically; an existing file is replaced
     only with `force`). `architecture` is a `report.Architecture`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from ..files import atomic_output
 
@@ -35,7 +35,8 @@ def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str,
             "weights": weights}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_output(path, force) as tmp:
-        save_file(state, str(tmp), metadata={SPEC_KEY: json.dumps(spec)})
+        # bytes written by Python, so a full disk raises OSError (files.staged names the output)
+        tmp.write_bytes(save(state, metadata={SPEC_KEY: json.dumps(spec)}))
 
 
 def read_spec(path: str | os.PathLike) -> dict:

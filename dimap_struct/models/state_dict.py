@@ -13,6 +13,7 @@ family adapter (`FamilyAdapter.describe_state_dict`: depths and width) next to t
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,9 @@ def _load(path: Path):
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # timm's and DeiT's training scripts store their argparse.Namespace beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):  # the safe unpickler met a class: a module, an optimizer...
             raise UserError(f"checkpoint {path} holds pickled Python objects (e.g. a whole nn.Module), not only "
@@ -94,9 +97,13 @@ def _unwrap(raw) -> tuple[dict | None, str | None]:
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    stripped = True
+    while stripped:  # e.g. torch.compile over DDP: '_orig_mod.module.'
+        stripped = False
+        for prefix in PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped = True
     return state
 
 

@@ -171,5 +171,9 @@ def save_state(path: Path, state: dict, meta: dict) -> None:
     """Write a resume checkpoint atomically (temporary file, then rename)."""
     from ..files import atomic_output
 
+    import io
+
+    buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError
+    torch.save({**state, "meta": meta}, buffer)
     with atomic_output(path) as tmp:
-        torch.save({**state, "meta": meta}, tmp)
+        tmp.write_bytes(buffer.getbuffer())

@@ -38,7 +38,13 @@ def prune_in_rounds(loaded, options, steps: int, train: Callable[[nn.Module, int
     ratios = schedule(final / original_macs, steps)
     model, first, report, kept, rounds = loaded, None, None, None, []
     for k, ratio in enumerate(ratios, 1):
-        budget = f"{ratio * original_macs / 1e9:.12g}G"
+        current = report.pruned.macs if report is not None else original_macs
+        if report is not None and ratio * original_macs >= current and k < steps:
+            # an earlier round already went this far (its cut overshot): train, cut next round
+            rounds.append({"round": k, "target_ratio": ratio, "achieved_ratio": current / original_macs,
+                           "training": train(model, k)})
+            continue
+        budget = f"{min(ratio * original_macs, current) / 1e9:.12g}G"
         try:
             result = compress(model, options.replace(flops=budget, output=None, save_pt=None), on_step=on_step)
         except UserError as err:

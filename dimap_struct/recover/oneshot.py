@@ -106,8 +106,8 @@ def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size:
             cap = tokens_per_image * current["images"]
             if x.shape[0] > cap:
                 x = x[torch.randperm(x.shape[0], generator=gen)[:cap]]
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
-            stats[name].gram += (x.T @ x).to(torch.float64)  # float32 products, float64 sums
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+            stats[name].gram += (x.T @ x).to(torch.float64).cpu()  # float32 products, float64 sums
             stats[name].tokens += x.shape[0]
         return accumulate
 
@@ -129,16 +129,19 @@ def _error(a_new: torch.Tensor, a: torch.Tensor, gram: torch.Tensor, tokens: int
     return float(torch.einsum("oi,ij,oj->", diff, gram, diff)) / max(tokens, 1)
 
 
-def solve(stats: LayerStats, kept: list[int], rows: list[int] | None, method: str, ridge: float
-          ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+def solve(stats: LayerStats, kept: list[int], rows: list[int] | None, method: str, ridge: float,
+          has_bias: bool = True) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """New (weight, bias) of one layer that keeps input columns `kept` (and output rows `rows`,
     all if None), by `method`; with the calibration error of the plain cut and of the result.
-    The result is the plain cut when recovery would not lower the error."""
+    The result is the plain cut when recovery would not lower the error. A layer without a bias
+    (`has_bias` False) is refitted on its kept columns alone; bias compensation needs a bias."""
     features = stats.weight.shape[1]
     a = torch.cat([stats.weight, stats.bias[:, None]], 1)
     if rows is not None:
         a = a[rows]
-    keep = torch.tensor(list(kept) + [features], dtype=torch.long)
+    if not has_bias and method == "bias":
+        method = "none"
+    keep = torch.tensor(list(kept) + ([features] if has_bias else []), dtype=torch.long)
     cut = torch.zeros_like(a)
     cut[:, keep] = a[:, keep]
     new = cut.clone()
@@ -155,9 +158,10 @@ def solve(stats: LayerStats, kept: list[int], rows: list[int] | None, method: st
         new[:, keep] = torch.linalg.solve(system, rhs.T).T
     error_cut = _error(cut, a, stats.gram, stats.tokens)
     error_new = _error(new, a, stats.gram, stats.tokens)
+    columns = torch.tensor(list(kept), dtype=torch.long)
     if not error_new <= error_cut:  # NaN counts as worse
-        return cut[:, keep[:-1]], cut[:, features], error_cut, error_cut
-    return new[:, keep[:-1]], new[:, features], error_cut, error_new
+        return cut[:, columns], cut[:, features], error_cut, error_cut
+    return new[:, columns], new[:, features], error_cut, error_new
 
 
 @torch.no_grad()
@@ -175,13 +179,9 @@ def recover(blocks, plan, stats: dict[str, LayerStats], method: str, ridge: floa
             kept = [h * d + i for h in plan.heads[b] for i in range(d)] if kind == "heads" else plan.mlp[b]
             if len(kept) == full:
                 continue
-            weight, bias, before, after = solve(stats[name], kept, rows, method, ridge)
+            weight, bias, before, after = solve(stats[name], kept, rows, method, ridge, layer.bias is not None)
             layer.weight.copy_(weight.to(layer.weight.dtype))
-            if layer.bias is None:
-                if bias.abs().max() > 0:  # a layer without bias cannot take the compensation
-                    weight, bias, before, after = solve(stats[name], kept, rows, "none", ridge)
-                    layer.weight.copy_(weight.to(layer.weight.dtype))
-            else:
+            if layer.bias is not None:
                 layer.bias.copy_(bias.to(layer.bias.dtype))
             out.append({"name": name, "error_cut": before, "error_recovered": after, "kept": after < before})
     return out
