@@ -16,23 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dynamo]'
 	touch $(STAMP)
 
-CIFAR ?= ../shared/data/cifar10
-DEMO := build/demo
+DATA ?= ../shared/data/mnist
 
-# The product on the CIFAR-10 reference Swin: half its MACs, top-1 on the 10,000 test photos
-# before and after (no fine-tuning), and onnxruntime latency before and after. Offline.
 demo: install
-	mkdir -p $(DEMO)
-	$(BIN)/dimap-compress reference-cifar10 --flops 1.0 --force --quiet -o $(DEMO)/cifar10_dense.onnx > /dev/null
-	$(BIN)/dimap-compress reference-cifar10 --flops 0.5 --force -o $(DEMO)/cifar10_050.onnx
-	@if [ -d "$(CIFAR)/test" ]; then \
-		echo "top-1 before pruning:"; $(BIN)/dimap-eval $(DEMO)/cifar10_dense.onnx --data "$(CIFAR)" --quiet; \
-		echo "top-1 after pruning to half the MACs (no fine-tuning):"; \
-		$(BIN)/dimap-eval $(DEMO)/cifar10_050.onnx --data "$(CIFAR)" --quiet; \
+	mkdir -p build/demo
+	$(BIN)/dimap-compress reference --flops 0.5 --force -o build/demo/reference_050.onnx
+	@if [ -d "$(DATA)" ]; then \
+		echo "top-1 before pruning:"; $(BIN)/dimap-eval reference --data "$(DATA)" --quiet; \
+		echo "top-1 after pruning (no fine-tuning):"; $(BIN)/dimap-eval build/demo/reference_050.onnx --data "$(DATA)" --quiet; \
 	else \
-		echo "accuracy skipped: no CIFAR-10 at $(CIFAR) (set CIFAR=... to a folder with train/ and test/)"; \
+		echo "accuracy skipped: no data directory at $(DATA) (set DATA=... to an MNIST directory)"; \
 	fi
-	$(BIN)/dimap-bench $(DEMO)/cifar10_dense.onnx $(DEMO)/cifar10_050.onnx --batch 1 8 --warmup 0.5 --min-time 2
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -65,6 +65,9 @@ def place(tmp_path_factory):
     for label in range(10):
         (root / "ten" / f"c{label}").mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "ten" / f"c{label}" / "x.jpg")
+    for label in range(12):
+        (root / "twelve" / f"c{label:02d}").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L").save(root / "twelve" / f"c{label:02d}" / "x.png")
     for broken, content in (("truncated", None), ("garbage", b"this is no JPEG")):
         folder = root / broken
         (folder / "a").mkdir(parents=True)
@@ -136,8 +139,8 @@ COMPRESS = {
                           ["--calib-images must be an integer >= 1"], [], []),
     "calib-images-more-than-the-data": (["reference", "--calib-data", "{p}/ten", "--calib-images", "50"], 2,
                                         ["--calib-images 50: the calibration data has only 8 images"], [], []),
-    "calib-data-of-other-classes": (["reference", "--calib-data", "{p}/photos"], 2,
-                                    ["has 2 classes, the model predicts 10"], [], []),
+    "calib-data-of-more-classes": (["reference", "--calib-data", "{p}/twelve"], 2,
+                                   ["has 12 classes, the model predicts only 10"], [], []),
     "unknown-model": (["swin_tt"], 2, ["unknown model 'swin_tt'"], [], []),
 }
 

@@ -81,3 +81,24 @@ def test_reference_names():
     assert tuple(loaded.data_config["input_size"]) == (3, 32, 32)
     assert [len(stage.blocks) for stage in loaded.model.layers] == [2, 2, 6, 2]
     assert [stage.blocks[0].attn.num_heads for stage in loaded.model.layers] == [2, 4, 8, 16]
+
+
+def test_cifar_reference_recognises_real_photographs(tmp_path):
+    """The committed CIFAR-10 reference on 5 test photos per class (50 images it never saw):
+    at least 70% (its recipe records the full test set's figure)."""
+    from dimap_struct.deploy.evaluate import accuracy, torch_classifier
+    from dimap_struct.models import load_model
+    from dimap_struct.models.reference import REFERENCES
+
+    if not REFERENCES["reference-cifar10"].weights.is_file():
+        pytest.skip("CIFAR-10 reference weights not committed")
+    root = tmp_path / "five"
+    for folder in sorted((CIFAR / "test").iterdir()):
+        (root / "test" / folder.name).mkdir(parents=True)
+        (root / "train" / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:5]:
+            shutil.copy(image, root / "test" / folder.name / image.name)
+            shutil.copy(image, root / "train" / folder.name / image.name)
+    loaded = load_model("reference-cifar10")
+    result = accuracy(torch_classifier(loaded.model, loaded.data_config, "", 10), root, split="eval")
+    assert result["images"] == 50 and result["top1"] >= 70.0, result

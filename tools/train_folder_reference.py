@@ -83,6 +83,11 @@ def model_kwargs(args, classes: int, channels: int) -> dict:
                 num_heads=tuple(args.heads), mlp_ratio=args.mlp_ratio, drop_path_rate=args.drop_path)
 
 
+def _plain(values: dict) -> dict:
+    """Options as JSON-ready values (paths as text)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, C) -> normalised float (B, C, H, W)."""
     return (x.permute(0, 3, 1, 2).float().div_(255) - mean) / std
@@ -147,6 +152,7 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     gen = torch.Generator().manual_seed(args.seed)
     history, first_epoch, spent = [], 0, 0.0
+    earlier_runs: list[dict] = []
     if args.resume:
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
@@ -155,6 +161,7 @@ def main(argv=None) -> int:
         gen.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         history, first_epoch, spent = saved["history"], saved["epoch"], saved["elapsed_s"]
+        earlier_runs = [_plain(r) for r in saved.get("runs", [saved["args"]])]
     print(f"Swin {args.embed_dim}-{args.depths}-{args.heads}: {n_params:,} parameters, {len(labels)} train images "
           f"({int(held.sum())} held out), epochs {first_epoch + 1}..{args.epochs}", flush=True)
 
@@ -184,7 +191,8 @@ def main(argv=None) -> int:
         with atomic_output(state_path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                        "epoch": epoch + 1, "elapsed_s": elapsed, "args": vars(args)}, tmp)
+                        "epoch": epoch + 1, "elapsed_s": elapsed, "args": _plain(vars(args)),
+                        "runs": earlier_runs + [_plain(vars(args))]}, tmp)
 
     wall = spent + time.perf_counter() - start
     model.eval()
@@ -207,7 +215,7 @@ def main(argv=None) -> int:
         "data": {"source": str(args.data), "train": f"train/ except every {HOLDOUT_EVERY}th image (held out)",
                  "train_size": len(labels), "holdout_size": int(held.sum()),
                  "test": "test/, read once after training, for this figure only", "test_size": len(test.labels)},
-        "hyper": {k: v for k, v in vars(args).items() if k not in ("data", "out", "state", "resume")},
+        "hyper": {k: v for k, v in _plain(vars(args)).items() if k not in ("data", "out", "state", "resume")},
         "augment": "reflect-pad 4 + random 32x32 crop, horizontal flip",
         "schedule": "AdamW, linear warm-up then cosine per step, grad clip 5",
         "test_top1": round(test_top1, 4),
@@ -217,6 +225,10 @@ def main(argv=None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()},
         "command": "tools/train_folder_reference.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "earlier_runs": earlier_runs,
+        "note": ("resumed from a per-epoch state: `earlier_runs` are the options each earlier invocation ran "
+                 "with; the learning-rate schedule follows the last invocation's --epochs from the step "
+                 "reached") if earlier_runs else None,
         "weights": args.out.name,
         "sha256": sha256_file(args.out),
     }
