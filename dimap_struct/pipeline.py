@@ -199,11 +199,13 @@ def _calibration_images(loaded: LoadedModel, options: CompressOptions):
     from .data import build_dataset, num_classes
     from .recover.oneshot import calibration_images
 
-    classes = num_classes(build_dataset(options.calib_data, "train", loaded.data_config))
+    dataset = build_dataset(options.calib_data, "train", loaded.data_config)
+    classes = num_classes(dataset)
     if loaded.adapter.num_classes is not None and classes > loaded.adapter.num_classes:
         raise UserError(f"--calib-data {options.calib_data} has {classes} classes, the model predicts only "
                         f"{loaded.adapter.num_classes}: is it the model's data?")
-    return calibration_images(options.calib_data, loaded.data_config, options.calib_images, options.seed)
+    return calibration_images(options.calib_data, loaded.data_config, options.calib_images, options.seed,
+                              dataset=dataset)
 
 
 def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import resource
 import sys
@@ -34,10 +33,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dimap_struct.data.decoded import decoded_folder  # noqa: E402
 from dimap_struct.files import atomic_output  # noqa: E402
 from dimap_struct.models.reference import sha256_file  # noqa: E402
+from train_reference import lr_factor  # noqa: E402  (the same schedule as the digits trainer)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -143,13 +144,7 @@ def main(argv=None) -> int:
     warm = min(round(args.warmup_epochs * per_epoch), steps // 2)
     floor = args.min_lr / args.lr
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, steps - warm)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
     gen = torch.Generator().manual_seed(args.seed)
     history, first_epoch, spent = [], 0, 0.0
     earlier_runs: list[dict] = []

@@ -38,6 +38,15 @@ HYPER = dict(batch_size=128, lr=1e-3, min_lr=1e-5, warmup_epochs=2, weight_decay
              augment="random affine: rotation +-10 deg, translate 0.1, scale 0.9-1.1")
 
 
+def lr_factor(step: int, warm: int, steps: int, floor: float) -> float:
+    """Learning-rate multiplier at `step`: linear warm-up over `warm` steps, then a cosine decay
+    to `floor` at `steps` (both reference trainers use it)."""
+    if step < warm:
+        return (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20)
@@ -79,13 +88,7 @@ def main(argv=None) -> int:
     warm = min(round(hyper["warmup_epochs"] * len(train)), steps // 2)
     floor = hyper["min_lr"] / hyper["lr"]
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, steps - warm)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
     print(f"reference Swin: {n_params:,} parameters, {len(train.dataset)} train digits, {args.epochs} epochs",
           flush=True)
 

@@ -187,12 +187,13 @@ def recover(blocks, plan, stats: dict[str, LayerStats], method: str, ridge: floa
     return out
 
 
-def calibration_images(data: str, data_config: dict, count: int, seed: int = 0) -> torch.Tensor:
+def calibration_images(data: str, data_config: dict, count: int, seed: int = 0, *,
+                       dataset=None) -> torch.Tensor:
     """`count` images of the "train" split of `data` (a seeded random choice), preprocessed for
-    the model; UserError if the data holds fewer."""
+    the model; UserError if the data holds fewer. `dataset`: that split, if already built."""
     from ..data import build_dataset
 
-    dataset = build_dataset(data, "train", data_config)
+    dataset = dataset if dataset is not None else build_dataset(data, "train", data_config)
     if count > len(dataset):
         raise UserError(f"--calib-images {count}: the calibration data has only {len(dataset)} images in its "
                         "train split")
