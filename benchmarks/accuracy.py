@@ -6,8 +6,11 @@ trained on CIFAR-10's train/) is pruned and its top-1 on the data's "eval" split
 held-out digits; CIFAR-10: the 10,000 test/ photos) measured (a) straight away and (b) after
 the same fine-tune budget for all: knowledge distillation from the unpruned model plus labels,
 `--epochs` of the "train" split, or at most `--max-steps` steps. The paper-faithful weight mode
-runs at the same fractions of prunable weights (its zeros are kept during fine-tuning). Writes
-benchmarks/results/accuracy[_<model>].{md,json,png}.
+runs at the same fractions of prunable weights (its zeros are kept during fine-tuning). A third
+figure (c) is the data-free cut followed by one-shot recovery (`--recovery refit`) from 256 images
+of the train split. `dimap` is not run: it is an alias of the rule named in
+`prune.criteria.dimap.DEFAULT_RULE`. Rows are saved as they finish (OUT.partial.json); `--resume`
+skips the cells already there. Writes benchmarks/results/accuracy[_<model>].{md,json,png}.
 
     .venv/bin/python benchmarks/accuracy.py                      # digits: the full grid (about 20-30 min)
     .venv/bin/python benchmarks/accuracy.py --model reference-cifar10 --max-steps 100
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct import compress, load_model  # noqa: E402
 from dimap_struct.prune.criteria import CRITERIA  # noqa: E402
+from dimap_struct.prune.criteria.dimap import DEFAULT_RULE  # noqa: E402
 from dimap_struct.cli.common import default_data  # noqa: E402
 from dimap_struct.deploy.evaluate import accuracy, torch_classifier  # noqa: E402
 from dimap_struct.options import TrainingOptions  # noqa: E402
@@ -55,19 +59,37 @@ def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: Training
                  if n.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight")) and ".blocks." in n]
         macs_ratio = result.report.achieved.ratio
     else:
-        result = compress(loaded, ratio, criterion=criterion, seed=seed,
+        result = compress(loaded, ratio, criterion=criterion, seed=seed, recovery="none",
                           calib_data=data if CRITERIA[criterion].needs_data else None)
         masks = None
         macs_ratio = result.report.achieved.ratio
     model = result.model
     zero_shot = top1(model, loaded.data_config, data)
+    recovered = None
+    if criterion != "weight":
+        refit = compress(loaded, ratio, criterion=criterion, seed=seed, calib_data=data, recovery="refit")
+        if refit.report.architecture != result.report.architecture:
+            raise RuntimeError(f"{criterion} at R={ratio}: the plan changed when calibration data was given")
+        recovered = top1(refit.model, loaded.data_config, data)
     finetune(model, loaded.model, data, loaded.data_config, cfg, seed=0, keep_masks=masks)
     if masks:
         assert all(bool((p[m == 0] == 0).all()) for p, m in masks), "fine-tuning revived pruned weights"
     tuned = top1(model, loaded.data_config, data)
     return {"ratio": ratio, "criterion": criterion, "seed": seed, "macs_ratio": macs_ratio,
             "params_ratio": result.report.achieved.params_ratio, "zero_shot": zero_shot,
-            "finetuned": tuned, "seconds": round(time.perf_counter() - start, 1)}
+            "recovered": recovered, "finetuned": tuned, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def resumed_rows(partial: Path, setup: dict) -> list[dict]:
+    """The rows an interrupted run saved, if it ran with the same settings (else none)."""
+    if not partial.exists():
+        return []
+    saved = json.loads(partial.read_text())
+    if saved.get("setup") != setup:
+        print(f"{partial}: different settings, starting afresh", flush=True)
+        return []
+    print(f"{partial}: resuming after {len(saved['runs'])} runs", flush=True)
+    return saved["runs"]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -79,15 +101,17 @@ def summarise(rows: list[dict]) -> list[dict]:
     for (criterion, ratio), rs in groups.items():
         entry = {"criterion": criterion, "ratio": ratio, "runs": len(rs),
                  "macs_ratio": statistics.mean(r["macs_ratio"] for r in rs)}
-        for key in ("zero_shot", "finetuned"):
-            values = [r[key] for r in rs]
-            entry[key] = statistics.mean(values)
+        for key in ("zero_shot", "recovered", "finetuned"):
+            values = [r[key] for r in rs if r.get(key) is not None]
+            entry[key] = statistics.mean(values) if values else None
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
         out.append(entry)
     return out
 
 
 def fmt(entry: dict, key: str) -> str:
+    if entry[key] is None:
+        return "-"
     std = entry[f"{key}_std"]
     return f"{entry[key]:.2f}" + (f" +- {std:.2f}" if std is not None else "")
 
@@ -101,8 +125,11 @@ def write_markdown(path: Path, meta: dict, summary: list[dict], ratios: list[flo
              f"{meta['finetune']['epochs']} epoch(s) of KD (at most {meta['finetune']['max_steps']} steps), batch "
              f"{meta['finetune']['batch_size']}, lr {meta['finetune']['lr']}. `weight` is the paper-faithful "
              "unstructured mode at the same fraction of prunable weights (its MACs column is effective MACs; "
-             "the model is not faster). `random`: mean +- std over seeds 0, 1, 2.", ""]
-    for key, title in (("zero_shot", "Top-1 (%) straight after pruning"), ("finetuned", "Top-1 (%) after fine-tuning")):
+             "the model is not faster). `random`: mean +- std over seeds 0, 1, 2. "
+             f"The default `dimap` is `{meta.get('default_rule', DEFAULT_RULE)}` in this run.", ""]
+    for key, title in (("zero_shot", "Top-1 (%) straight after pruning"),
+                       ("recovered", "Top-1 (%) after one-shot recovery (refit, 256 train images)"),
+                       ("finetuned", "Top-1 (%) after fine-tuning")):
         lines += [f"### {title}", "", "| criterion | " + " | ".join(f"R = {r}" for r in ratios) + " |",
                   "|---|" + "---|" * len(ratios)]
         for c in criteria:
@@ -145,13 +172,15 @@ def plot(path: Path, summary: list[dict], reference_top1: float) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35])
-    p.add_argument("--criteria", nargs="+", default=list(CRITERIA) + ["weight"])
+    p.add_argument("--criteria", nargs="+", default=[c for c in CRITERIA if c != "dimap"] + ["weight"])
     p.add_argument("--model", default="reference-mnist", choices=list(DEFAULT_DATA))
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, help="at most this many fine-tuning steps (batch 64)")
     p.add_argument("--data", help="data directory (default: the shared MNIST or CIFAR-10 for --model)")
     p.add_argument("--out", help="output stem (.md, .json, .png; default benchmarks/results/accuracy[_cifar10])")
     p.add_argument("--threads", type=int, default=2, help="torch threads (results do not depend on it)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the rows of OUT.partial.json written by an interrupted run with the same settings")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.data = args.data or DEFAULT_DATA[args.model] or default_data(None)
@@ -161,25 +190,33 @@ def main() -> None:
     loaded = load_model(args.model)
     reference_top1 = top1(loaded.model, loaded.data_config, args.data)
     cfg = TrainingOptions(epochs=args.epochs, max_steps=args.max_steps)
-    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
+    setup = {"model": args.model, "data": args.data, "finetune": cfg.as_dict(), "default_rule": DEFAULT_RULE}
+    rows = resumed_rows(partial, setup) if args.resume else []
+    earlier_s = sum(r["seconds"] for r in rows)
+    done = {(r["ratio"], r["criterion"], r["seed"]) for r in rows}
     for ratio in args.ratios:
         for criterion in args.criteria:
             for seed in (RANDOM_SEEDS if criterion == "random" else (0,)):
+                if (ratio, criterion, seed) in done:
+                    continue
                 row = run_one(loaded, args.data, ratio, criterion, seed, cfg)
                 rows.append(row)
+                partial.write_text(json.dumps({"setup": setup, "runs": rows}, indent=1) + "\n")
                 print(f"R={ratio} {criterion:16s} seed {seed}: MACs {row['macs_ratio']:.3f} "
                       f"zero-shot {row['zero_shot']:6.2f}  fine-tuned {row['finetuned']:6.2f}  "
                       f"({row['seconds']} s)", flush=True)
     summary = summarise(rows)
     meta = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
-            "model": args.model,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "wall_s": time.perf_counter() - start,
+            "model": args.model, "default_rule": DEFAULT_RULE,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "wall_s": time.perf_counter() - start + earlier_s,
             "reference_top1": reference_top1, "finetune": cfg.as_dict(), "data": args.data}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), meta, summary, args.ratios)
     plot(out.with_suffix(".png"), summary, reference_top1)
+    partial.unlink(missing_ok=True)
     print(out.with_suffix(".md").read_text())
 
 

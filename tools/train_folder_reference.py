@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (about 1.2x faster on this CPU after a ~90 s compile)")
     p.add_argument("--steps-per-epoch", type=int, help="cut epochs short (a smoke test of the script)")
     return p.parse_args(argv)
 
@@ -144,6 +146,9 @@ def main(argv=None) -> int:
     warm = min(round(args.warmup_epochs * per_epoch), steps // 2)
     floor = args.min_lr / args.lr
 
+    # The compiled wrapper shares the module's parameters; state and weights are saved from `model`,
+    # so their keys carry no `_orig_mod.` prefix, and evaluation runs eagerly (no recompile per batch size).
+    forward = torch.compile(model) if args.compile else model
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
     gen = torch.Generator().manual_seed(args.seed)
     history, first_epoch, spent = [], 0, 0.0
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
         for step in bar:
             pick = order[step * args.batch_size:(step + 1) * args.batch_size]
             x = augment(normalise(images[pick], mean, std), gen)
-            loss = F.cross_entropy(model(x), labels[pick], label_smoothing=args.label_smoothing)
+            loss = F.cross_entropy(forward(x), labels[pick], label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -1,10 +1,12 @@
 """DIMAP criteria: per-layer relative-energy scores of groups (docs/method.md sections 1-3)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..scoring import energy_fractions, group_scores
-from .registry import Criterion, GroupScores, ScoreContext, per_group, register, residual_by_views
+from .registry import CRITERIA, Criterion, GroupScores, ScoreContext, per_group, register, residual_by_views
 
 
 def dimap_scores(blocks, context: ScoreContext) -> GroupScores:
@@ -26,9 +28,6 @@ def cost_aware_scores(blocks, context: ScoreContext) -> GroupScores:
                        mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, context.costs.blocks)])
 
 
-register(Criterion("dimap", dimap_scores, "module-aware",
-                   "DIMAP group scores (per-layer relative energy), heads vs heads, channels vs channels",
-                   uses_score_mode=True, residual_score=residual_by_views(_option_a)))
 register(Criterion("lamp-global", dimap_scores, "one-module",
                    "DIMAP scores with the whole model as one module (heads compete with channels)",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
@@ -69,3 +68,10 @@ register(Criterion("dimap-bound", bound_scores, "distortion",
 register(Criterion("dimap-bound-sq", bound_squared_scores, "one-module",
                    "DIMAP's bound squared: groups ranked by energy fraction per MAC, the whole model one module",
                    residual_score=_residual_squared))
+
+
+DEFAULT_RULE = "dimap-paper"
+"""The rule the default criterion `dimap` stands for: the winner of the measurement whose decision
+rule docs/method.md section 4 states."""
+register(dataclasses.replace(CRITERIA[DEFAULT_RULE], name="dimap",
+                             summary=f"the default: {DEFAULT_RULE} ({CRITERIA[DEFAULT_RULE].summary})"))

@@ -1,0 +1,41 @@
+"""The decision rule of docs/method.md section 4, as benchmarks/decide.py applies it."""
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import decide  # noqa: E402
+
+
+def test_ranks_match_the_counting_definition():
+    rng = random.Random(0)
+    for _ in range(200):
+        values = {f"r{i}": rng.choice([90.0, 91.5, 92.0, 95.25]) for i in range(rng.randint(1, 8))}
+        got = decide.ranks(values)
+        for k, v in values.items():
+            higher = sum(w > v for w in values.values())
+            equal = sum(w == v for w in values.values())
+            assert got[k] == pytest.approx(1 + higher + (equal - 1) / 2)
+
+
+def _result(model, table):
+    return {"meta": {"model": model},
+            "summary": [{"criterion": c, "ratio": r, "zero_shot": z, "finetuned": f} for (c, r), (z, f) in table.items()]}
+
+
+def test_mean_rank_decides_and_ties_go_to_the_higher_mean_top1():
+    a = _result("m1", {("x", 0.5): (90, 95), ("y", 0.5): (91, 94), ("z", 0.5): (50, 60)})
+    b = _result("m2", {("x", 0.5): (80, 70), ("y", 0.5): (70, 79), ("z", 0.5): (10, 10)})
+    out = decide.decide([a, b], candidates=("x", "y", "z"))
+    assert out["mean_rank"] == {"x": 1.5, "y": 1.5, "z": 3.0}
+    assert out["mean_top1"]["x"] == 83.75 and out["mean_top1"]["y"] == 83.5
+    assert out["order"] == ["x", "y", "z"]
+    assert len(out["cells"]) == 4
+
+
+def test_a_missing_rule_is_refused():
+    a = _result("m1", {("x", 0.5): (90, 95)})
+    with pytest.raises(SystemExit, match="no result for y"):
+        decide.decide([a], candidates=("x", "y"))
