@@ -315,8 +315,9 @@ class SourceOptions(Options):
 
     model: str | None = option(None, "timm model name, optionally with a pretrained tag "
                                "(swin_base_patch4_window7_224.ms_in22k_ft_in1k), an alias (swin_t, swin_s, "
-                               "swin_b, swin_l), 'torchvision:swin_t', 'reference', or a pruned checkpoint "
-                               "written by --save-pt", positional=True)
+                               "swin_b, swin_l), 'torchvision:swin_t', the built-in 'reference-cifar10' or "
+                               "'reference-mnist' (alias 'reference'), or a pruned checkpoint written by --save-pt",
+                               positional=True)
     checkpoint: str | None = option(None, "local .pth / .pt / .safetensors state dict: bare, or under "
                                     "'model' / 'state_dict' (else 'model_ema' / 'state_dict_ema' / 'ema'); "
                                     "DDP 'module.' prefixes are stripped", metavar="PATH", group="weights")
@@ -423,6 +424,8 @@ class CompressOptions(PruneOptions):
                                  "pickle); dimap_struct.load_pruned(OUT.pt) rebuilds it", metavar="OUT.pt",
                                  group="output", recipe=False)
     opset: int = option(17, "ONNX opset of the export", kind=int, minimum=14, maximum=20, group="output")
+    plain_export: bool = option(False, "export the model's own forward (timm's or torchvision's graph) instead "
+                                "of the lean graph of the same function", kind=bool, group="output")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -458,6 +461,8 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
     force: bool = option(False, "overwrite existing output files", kind=bool, group="output", recipe=False)
     resume: bool = option(False, "continue from OUT.resume.pt (saved after each epoch)", kind=bool,
                           group="output", recipe=False)
+    plain_export: bool = option(False, "export the model's own forward (timm's or torchvision's graph) instead "
+                                "of the lean graph of the same function", kind=bool, group="output")
     prune_steps: int = option(1, "reach the target in K rounds of prune + KD (MACs on a geometric schedule, the "
                               "KD budget split evenly) instead of one cut", kind=int, minimum=1, maximum=50,
                               flag="--steps", metavar="K", group="training")

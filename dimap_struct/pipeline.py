@@ -118,7 +118,8 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
         from .deploy.export import write_model_and_report
 
         with steps("export ONNX and check parity"):
-            write_model_and_report(net, report, paths, options.opset, force=options.force)
+            write_model_and_report(net, report, paths, options.opset, force=options.force,
+                                   plain=options.plain_export)
         result.onnx_path, result.json_path = paths
     return result
 

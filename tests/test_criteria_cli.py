@@ -20,7 +20,8 @@ def _listed_criteria(text: str) -> list[str]:
 
 
 def test_cli_names_every_criterion(capsys, monkeypatch):
-    assert _listed_criteria(_help(capsys, monkeypatch)) == criterion_names() == list(CRITERIA)
+    assert _listed_criteria(_help(capsys, monkeypatch)) == criterion_names()
+    assert criterion_names()[0] == "dimap" and set(criterion_names()) == set(CRITERIA)
 
 
 def test_cli_choices_follow_the_registry(capsys, monkeypatch):

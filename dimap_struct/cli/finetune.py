@@ -108,7 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         after = evaluate(student)
         report.finetune = {**summary, **before, "finetuned_top1": after, "data": str(data),
                            "weights_sha256": digest, "resumed": state is not None}
-        write_model_and_report(student, report, paths, prune_options.opset, force=options.force)
+        write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
+                               plain=options.plain_export)
         resume.unlink(missing_ok=True)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
@@ -156,7 +157,8 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
         report.finetune = {"steps": sum(r["training"]["steps"] for r in rounds), "teacher_top1": teacher_top1,
                            "finetuned_top1": after, "data": str(data), "weights_sha256": digest, "resumed": False,
                            "config": per_round.as_dict(), "per_round": True}
-        write_model_and_report(student, report, paths, prune_options.opset, force=options.force)
+        write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
+                               plain=options.plain_export)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
         else:

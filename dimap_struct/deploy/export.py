@@ -19,26 +19,56 @@ from torch import nn
 from .onnx_file import METADATA_KEY
 
 PARITY_TOLERANCE = 1e-3
+LEAN_TOLERANCE = 1e-4
+"""The lean form (deploy/lean.py) against the model's own forward, in PyTorch."""
 
 
 class ParityError(RuntimeError):
     """onnxruntime disagrees with PyTorch beyond PARITY_TOLERANCE."""
 
 
-def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, opset: int = 17,
-                probe: torch.Tensor | None = None, slim: bool = True) -> float:
-    """Export `model` to `path` (a temporary file of `files.staged`) and return the max abs
-    difference between onnxruntime (CPU) and PyTorch on `probe` (default: a seeded batch of 2).
-    Raises ParityError above 1e-3. `metadata` is stored as JSON under the ONNX metadata key
-    'dimap_struct'. `slim=False` skips onnxslim (to measure what it brings)."""
+def export_form(model: nn.Module, input_size, plain: bool = False) -> tuple[nn.Module, str, str | None]:
+    """The module whose trace becomes the ONNX graph: the lean form of `model` (`deploy.lean`)
+    unless `plain`, or when its family or input size has none. Returns (module, 'lean' or
+    'plain', why plain when lean was asked for). The lean form must match the model within
+    LEAN_TOLERANCE on a seeded batch of 3, else RuntimeError (a bug, never the user's)."""
+    from ..models.adapters import adapter_for_model
+    from .lean import LeanUnsupported, lean_model
+
+    if plain:
+        return model, "plain", None
     model.eval()
+    adapter = adapter_for_model(model)
+    if adapter is None:
+        return model, "plain", "no family adapter knows this model"
+    try:
+        lean = lean_model(model, adapter, input_size)
+    except LeanUnsupported as err:
+        return model, "plain", str(err)
+    probe = torch.randn(3, *input_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = float((lean(probe) - model(probe)).abs().max())
+    if not diff <= LEAN_TOLERANCE:
+        raise RuntimeError(f"the lean form differs from the model by {diff:.3g} (> {LEAN_TOLERANCE}): export bug")
+    return lean, "lean", None
+
+
+def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, opset: int = 17,
+                probe: torch.Tensor | None = None, slim: bool = True, traced: nn.Module | None = None) -> float:
+    """Export `traced` (default: `model`, e.g. its lean form from `export_form`) to `path` (a
+    temporary file of `files.staged`) and return the max abs difference between onnxruntime
+    (CPU) and `model` in PyTorch on `probe` (default: a seeded batch of 2). Raises ParityError
+    above 1e-3. `metadata` is stored as JSON under the ONNX metadata key 'dimap_struct'.
+    `slim=False` skips onnxslim (to measure what it brings)."""
+    model.eval()
+    traced = traced if traced is not None else model
     example = torch.zeros(1, *input_size)
     probe = probe if probe is not None else torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         # the TorchScript exporter: 5-7x faster than dynamo here and writes one self-contained file
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=opset,
+            traced, (example,), str(path), dynamo=False, opset_version=opset,
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
@@ -76,17 +106,20 @@ def onnx_parity(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
 
 
 def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], opset: int, *,
-                           force: bool = False) -> None:
-    """Export `net` to ONNX (checked, parity-tested, the report's metadata inside) and the
-    `report.schema.Report` as JSON, published together (`files.staged`): neither file appears
-    unless both are complete, and an existing file is replaced only with `force`. Sets
-    `report.onnx`."""
+                           force: bool = False, plain: bool = False) -> None:
+    """Export `net` to ONNX (its lean form unless `plain`; checked, parity-tested against `net`,
+    the report's metadata inside) and the `report.schema.Report` as JSON, published together
+    (`files.staged`): neither file appears unless both are complete, and an existing file is
+    replaced only with `force`. Sets `report.onnx`, and a note when the lean form was not possible."""
     from ..files import staged
     from ..report.schema import OnnxInfo
 
     onnx_path, json_path = paths
+    traced, graph, why = export_form(net, report.input_size, plain)
+    if why is not None:
+        report.notes.append(f"exported the plain graph: {why}")
     with staged([onnx_path, json_path], force) as (tmp_onnx, tmp_json):
-        parity = export_onnx(net, tmp_onnx, report.input_size, report.metadata(), opset=opset)
+        parity = export_onnx(net, tmp_onnx, report.input_size, report.metadata(), opset=opset, traced=traced)
         report.onnx = OnnxInfo(path=str(onnx_path), opset=opset, dynamic_batch=True, parity_max_abs_diff=parity,
-                               bytes=tmp_onnx.stat().st_size)
+                               bytes=tmp_onnx.stat().st_size, graph=graph)
         tmp_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -98,6 +98,8 @@ class OnnxInfo:
     dynamic_batch: bool
     parity_max_abs_diff: float
     bytes: int
+    graph: str = "plain"
+    """'lean' (deploy/lean.py) or 'plain' (the model's own forward traced)."""
 
 
 @dataclass

@@ -224,6 +224,14 @@ class FamilyAdapter(ABC):
         """Extra keyword arguments to recreate a model like this one (e.g. num_classes)."""
         return {}
 
+    def lean_spec(self, input_size: tuple[int, int, int]):
+        """The model as a `deploy.lean.LeanSpec` for images of `input_size` (C, H, W), the
+        modules shared with the model. Raises `deploy.lean.LeanUnsupported` when the family or
+        this size has no lean form."""
+        from ...deploy.lean import LeanUnsupported
+
+        raise LeanUnsupported(f"{self.family} has no lean export")
+
 
 _REGISTRY: list[type[FamilyAdapter]] = []
 

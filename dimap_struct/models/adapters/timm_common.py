@@ -122,6 +122,46 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
     def build_kwargs(self) -> dict:
         return {"num_classes": self.model.num_classes}
 
+    # -- lean export (deploy/lean.py) -------------------------------------------------------
+    post_norm: ClassVar[bool] = False
+    """Blocks compute x + norm(f(x)) (Swin v2) instead of x + f(norm(x))."""
+    merge_norm_first: ClassVar[bool] = True
+    """Patch merging normalises the 4C channels before its reduction (v1, v2-CR), not after (v2)."""
+
+    def lean_attention(self, attn: nn.Module):
+        """One attention module as a `deploy.lean.LeanAttention`."""
+        from ...deploy.lean import LeanUnsupported
+
+        raise LeanUnsupported(f"{self.family} has no lean export")
+
+    def lean_spec(self, input_size: tuple[int, int, int]):
+        from ...deploy.lean import ChannelsLast, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
+
+        m = self.model
+        patch = m.patch_embed.patch_size
+        grid = (input_size[1] // patch[0], input_size[2] // patch[1])
+        if getattr(m.head.global_pool, "pool_type", None) != "avg":
+            raise LeanUnsupported("the lean export averages the tokens; this head pools otherwise")
+        stages = []
+        for stage in self.stages():
+            merge = None
+            if not isinstance(stage.downsample, nn.Identity):
+                merge = LeanMergeSpec(stage.downsample.norm, stage.downsample.reduction, self.merge_norm_first)
+                grid = (grid[0] // 2, grid[1] // 2)
+            blocks = []
+            for block in stage.blocks:
+                built = tuple(getattr(block, "input_resolution", None) or block.feat_size)
+                if built != grid:
+                    raise LeanUnsupported(f"blocks built for a {built} token map; the input gives {grid}")
+                blocks.append(LeanBlockSpec(self.lean_attention(block.attn), block.norm1, block.norm2, block.mlp,
+                                            tuple(block.window_size), tuple(block.shift_size), self.post_norm,
+                                            getattr(block, "norm3", None)))
+            stages.append(LeanStageSpec(merge, blocks))
+        channels_last = str(getattr(m.patch_embed, "output_fmt", "NCHW")).endswith("NHWC")
+        stem = m.patch_embed if channels_last else nn.Sequential(m.patch_embed, ChannelsLast())
+        return LeanSpec(stem, (input_size[1] // patch[0], input_size[2] // patch[1]), stages,
+                        getattr(m, "norm", None) or nn.Identity(), m.head.fc)
+
 
 @contextmanager
 def _hub_session() -> Iterator[None]:

@@ -32,6 +32,12 @@ class TimmSwinV1Adapter(TimmSwinFamilyAdapter):
             per_head=[PerHeadTensor(attn, "relative_position_bias_table", axis=1)],
         )
 
+    def lean_attention(self, attn: nn.Module):
+        from ...deploy.lean import LeanAttention
+
+        return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, attn._get_rel_pos_bias()[0], attn.proj,
+                             scale=attn.scale)
+
     def residual_sites(self) -> list[ResidualSite]:
         # Stage s's stream is written by the patch embedding (s = 0) or its own merging's
         # reduction, and read by the next stage's merging, which concatenates the 2x2

@@ -61,6 +61,8 @@ class TimmSwinV2Adapter(TimmSwinFamilyAdapter):
     timm_module = timm_v2
     model_class = timm_v2.SwinTransformerV2
     prunable_attention = {timm_v2.WindowAttention: PrunableWindowAttention}
+    post_norm = True
+    merge_norm_first = False
 
     def attention_site(self, attn: nn.Module) -> AttentionSite:
         d = attn.qkv.out_features // (3 * attn.num_heads)
@@ -72,3 +74,16 @@ class TimmSwinV2Adapter(TimmSwinFamilyAdapter):
             window_area=attn.window_size[0] * attn.window_size[1],
             per_head=per_head, per_head_layers=[attn.cpb_mlp[-1]],
         )
+
+    def lean_attention(self, attn: nn.Module):
+        from ...deploy.lean import LeanAttention
+
+        n = attn.window_size[0] * attn.window_size[1]
+        bias = attn.qkv.bias
+        if attn.q_bias is not None:
+            separate = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+            bias = separate if bias is None else bias + separate
+        table = attn.cpb_mlp(attn.relative_coords_table).view(-1, attn.num_heads)
+        position = table[attn.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        return LeanAttention(attn.qkv.weight, bias, attn.num_heads, 16 * torch.sigmoid(position), attn.proj,
+                             temperature=torch.clamp(attn.logit_scale, max=MAX_LOGIT_SCALE).exp().flatten())

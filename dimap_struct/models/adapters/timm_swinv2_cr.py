@@ -56,6 +56,7 @@ class TimmSwinV2CrAdapter(TimmSwinFamilyAdapter):
     model_class = timm_cr.SwinTransformerV2Cr
     stages_attr = "stages"
     prunable_attention = {timm_cr.WindowMultiHeadAttention: PrunableWindowMultiHeadAttention}
+    post_norm = True
 
     def attention_site(self, attn: nn.Module) -> AttentionSite:
         return AttentionSite(
@@ -64,3 +65,11 @@ class TimmSwinV2CrAdapter(TimmSwinFamilyAdapter):
             window_area=attn.window_size[0] * attn.window_size[1],
             per_head=[PerHeadTensor(attn, "logit_scale", axis=0)], per_head_layers=[attn.meta_mlp.fc2],
         )
+
+    def lean_attention(self, attn: nn.Module):
+        from ...deploy.lean import LeanAttention
+
+        n = attn.window_size[0] * attn.window_size[1]
+        position = attn._relative_positional_encodings().reshape(attn.num_heads, n, n)
+        return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, position, attn.proj,
+                             temperature=torch.clamp(attn.logit_scale.reshape(-1), max=MAX_LOGIT_SCALE).exp())

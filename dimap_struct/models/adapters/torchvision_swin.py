@@ -222,3 +222,46 @@ class TorchvisionSwinAdapter(FamilyAdapter):
 
     def build_kwargs(self) -> dict:
         return {"num_classes": self.model.head.out_features}
+
+    def lean_spec(self, input_size: tuple[int, int, int]):
+        from ...deploy.lean import LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
+
+        m = self.model
+        stride = m.features[0][0].stride
+        grid = first = (input_size[1] // stride[0], input_size[2] // stride[1])
+        stages = []
+        for s, stage in enumerate(self._stages()):
+            merge = None
+            if s > 0:
+                merging = m.features[2 * s]
+                merge = LeanMergeSpec(merging.norm, merging.reduction,
+                                      norm_first=not isinstance(merging, tv_swin.PatchMergingV2))
+                grid = (grid[0] // 2, grid[1] // 2)
+            blocks = []
+            for block in stage:
+                attn = block.attn
+                (wh, ww), (sh, sw) = attn.window_size, attn.shift_size
+                if grid[0] % wh or grid[1] % ww:
+                    raise LeanUnsupported(f"token map {grid[0]}x{grid[1]} is not a multiple of the window "
+                                          f"{wh}x{ww}: the model pads")
+                # torchvision drops the shift along an axis that one window covers
+                shift = (0 if wh >= grid[0] else sh, 0 if ww >= grid[1] else sw)
+                blocks.append(LeanBlockSpec(self._lean_attention(attn), block.norm1, block.norm2, block.mlp,
+                                            (wh, ww), shift, isinstance(block, tv_swin.SwinTransformerBlockV2)))
+            stages.append(LeanStageSpec(merge, blocks))
+        return LeanSpec(m.features[0], first, stages, m.norm, m.head)
+
+    @staticmethod
+    def _lean_attention(attn: nn.Module):
+        from ...deploy.lean import LeanAttention
+
+        position = attn.get_relative_position_bias()[0]
+        if not hasattr(attn, "logit_scale"):
+            return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, position, attn.proj,
+                                 scale=attn.head_dim ** -0.5)
+        bias = attn.qkv.bias
+        if bias is not None:  # v2 ignores the key third (see _HeadCountForward)
+            third = bias.numel() // 3
+            bias = torch.cat((bias[:third], torch.zeros_like(bias[third:2 * third]), bias[2 * third:]))
+        return LeanAttention(attn.qkv.weight, bias, attn.num_heads, position, attn.proj,
+                             temperature=torch.clamp(attn.logit_scale, max=MAX_LOGIT_SCALE).exp().flatten())

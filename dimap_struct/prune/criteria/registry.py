@@ -92,12 +92,13 @@ def unregister(name: str) -> None:
 
 
 def criterion_names() -> list[str]:
-    return list(CRITERIA)
+    """Registered names, the default `dimap` first."""
+    return sorted(CRITERIA, key=lambda name: name != "dimap")
 
 
 def get_criterion(name: str) -> Criterion:
     if name not in CRITERIA:
-        raise UserError(f"unknown criterion '{name}'; choose from: {', '.join(CRITERIA)}")
+        raise UserError(f"unknown criterion '{name}'; choose from: {', '.join(criterion_names())}")
     return CRITERIA[name]
 
 
