@@ -13,7 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dynamo]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dynamo,openvino]'
 	touch $(STAMP)
 
 DATA ?= ../shared/data/mnist

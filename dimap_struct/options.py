@@ -220,7 +220,12 @@ def _coerce(f: dataclasses.Field, value):
     if kind is list:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if spec.item is str:
-            return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in items]
+            items = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in items]
+            choices = spec.choice_list()
+            for v in items if choices is not None else []:
+                if v not in choices:
+                    raise UserError(f"{name} must be among {', '.join(choices)}; got {v!r}")
+            return items
         if not items or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
             raise UserError(f"{name} must be one or more integers{_range(spec)}, got {value!r}")
         for v in items:
@@ -411,6 +416,20 @@ def _default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+"""CPU runtimes that dimap-bench and dimap-eval run ONNX files in (`deploy.runtimes`)."""
+QUANTIZE_SCHEMES = ("int8", "int8-dynamic", "int8-static")
+QUANTIZE_HELP = ("write an INT8 model (onnxruntime.quantization): int8-dynamic quantizes activations at run time "
+                 "(no data); int8-static calibrates them on --calib-data (QDQ); int8 = static with --calib-data, "
+                 "else dynamic")
+
+
+def _check_quantize(scheme: str | None, data) -> None:
+    from .deploy.quantize import resolve_scheme
+
+    resolve_scheme(scheme, data)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompressOptions(PruneOptions):
     """Every option of `compress` / dimap-compress."""
@@ -426,6 +445,11 @@ class CompressOptions(PruneOptions):
     opset: int = option(17, "ONNX opset of the export", kind=int, minimum=14, maximum=20, group="output")
     plain_export: bool = option(False, "export the model's own forward (timm's or torchvision's graph) instead "
                                 "of the lean graph of the same function", kind=bool, group="output")
+    quantize: str | None = option(None, QUANTIZE_HELP, choices=QUANTIZE_SCHEMES, metavar="SCHEME", group="output")
+
+    def check(self) -> None:
+        super().check()
+        _check_quantize(self.quantize, self.calib_data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -463,6 +487,8 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
                           group="output", recipe=False)
     plain_export: bool = option(False, "export the model's own forward (timm's or torchvision's graph) instead "
                                 "of the lean graph of the same function", kind=bool, group="output")
+    quantize: str | None = option(None, QUANTIZE_HELP + "; static calibrates on --calib-data, else on --data",
+                                  choices=QUANTIZE_SCHEMES, metavar="SCHEME", group="output")
     prune_steps: int = option(1, "reach the target in K rounds of prune + KD (MACs on a geometric schedule, the "
                               "KD budget split evenly) instead of one cut", kind=int, minimum=1, maximum=50,
                               flag="--steps", metavar="K", group="training")
@@ -471,6 +497,7 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
         super().check()
         if self.granularity != "structured":
             raise UserError("dimap-finetune prunes structurally; --granularity weight is for dimap-compress")
+        _check_quantize(self.quantize, self.calib_data or self.data or "training data")
         if self.prune_steps > 1 and self.resume:
             raise UserError("--resume continues a one-cut run; it does not work with --steps > 1")
         if self.prune_steps > 1 and self.max_steps is not None and self.max_steps < self.prune_steps:
@@ -502,7 +529,9 @@ class EvalOptions(SourceOptions):
                         choices=("eval", "train", "all"))
     batch_size: int = option(128, "images per batch", kind=int, minimum=1)
     limit: int | None = option(None, "evaluate only the first N images", kind=int, minimum=1)
-    threads: int | None = option(None, "onnxruntime / torch threads", kind=int, minimum=1, recipe=False)
+    threads: int | None = option(None, "onnxruntime / OpenVINO / torch threads", kind=int, minimum=1, recipe=False)
+    runtime: str = option("onnxruntime", "runtime for .onnx files (openvino: pip install openvino)",
+                          choices=RUNTIMES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -514,7 +543,9 @@ class BenchOptions(Options):
     models: list = option([], "ONNX files; the first is the baseline", kind=list, item=str, positional=True,
                           recipe=False, metavar="MODEL.onnx")
     batch: list = option([1, 8], "batch sizes", kind=list, minimum=1)
-    threads: int = option(2, "onnxruntime intra-op threads", kind=int, minimum=1)
+    threads: int = option(2, "intra-op threads (onnxruntime; OpenVINO's inference threads)", kind=int, minimum=1)
+    runtime: list = option(["onnxruntime"], "time every file in each of these runtimes, interleaved in one table "
+                           "(openvino: pip install openvino)", kind=list, item=str, choices=RUNTIMES, metavar="NAME")
     warmup: float = option(1.0, "warm-up seconds per model and batch", kind=float, minimum=0, metavar="S")
     min_time: float = option(3.0, "measure at least S seconds per model and batch", kind=float, minimum=0,
                              metavar="S")

@@ -116,10 +116,14 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
     report.timings_s = steps.seconds
     if paths is not None:
         from .deploy.export import write_model_and_report
+        from .deploy.quantize import make_request
 
-        with steps("export ONNX and check parity"):
+        quantize = make_request(options.quantize, options.calib_data, report.data_config, options.calib_images,
+                                options.seed)
+        label = "export ONNX and check parity" + (f", quantize ({quantize.scheme})" if quantize else "")
+        with steps(label):
             write_model_and_report(net, report, paths, options.opset, force=options.force,
-                                   plain=options.plain_export)
+                                   plain=options.plain_export, quantize=quantize)
         result.onnx_path, result.json_path = paths
     return result
 

@@ -56,6 +56,11 @@ def place(tmp_path_factory):
     compress_api("swin_tiny_patch4_window7_224", 0.5, pretrained=False, output=str(root / "gray.onnx"),
                  model_kwargs={"in_chans": 1, "img_size": 56, "window_size": 7, "embed_dim": 24, "num_classes": 3,
                                "depths": (1, 1, 1, 1), "num_heads": (2, 2, 2, 2)})
+    import onnx
+
+    foreign = onnx.load(str(root / "gray.onnx"))
+    del foreign.metadata_props[:]  # what another tool's export (or a hand-quantized copy) looks like
+    onnx.save(foreign, str(root / "foreign.onnx"))
     rng = np.random.default_rng(0)
     for mode, name in (("RGB", "rgb"), ("L", "grey"), ("CMYK", "cmyk")):  # a folder may mix them
         for label in ("a", "b"):
@@ -142,6 +147,10 @@ COMPRESS = {
     "calib-data-of-more-classes": (["reference", "--calib-data", "{p}/twelve"], 2,
                                    ["has 12 classes, the model predicts only 10"], [], []),
     "unknown-model": (["swin_tt"], 2, ["unknown model 'swin_tt'"], [], []),
+    "quantize-unknown-scheme": (["reference", "--quantize", "int4", "-o", "{p}/q.onnx"], 2,
+                                ["--quantize must be one of int8, int8-dynamic, int8-static"], ["{p}/q.onnx"], []),
+    "quantize-static-without-data": (["reference", "--quantize", "int8-static", "-o", "{p}/q.onnx"], 2,
+                                     ["give --calib-data PATH"], ["{p}/q.onnx"], []),
 }
 
 EVAL = {
@@ -157,6 +166,9 @@ EVAL = {
     "21-missing-data": (["{p}/gray.onnx", "--data", "{p}/nowhere"], 2, ["data directory not found"], [], []),
     "22-model-is-a-directory": (["{p}/d/dir.onnx"], 2, ["is a directory"], [], []),
     "bad-split": (["{p}/gray.onnx", "--split", "test"], 2, ["--split"], [], []),
+    "foreign-onnx": (["{p}/foreign.onnx", "--data", "{p}/photos"], 2, ["has no dimap_struct metadata"], [], []),
+    "unknown-runtime": (["{p}/gray.onnx", "--runtime", "tensorrt"], 2, ["--runtime must be one of"], [], []),
+    "openvino-on-a-model-name": (["reference", "--runtime", "openvino"], 2, ["runs .onnx files"], [], []),
 }
 
 FINETUNE = {
@@ -182,6 +194,10 @@ BENCH = {
     "same-file-twice": (["{p}/gray.onnx", "--md", "{p}/t.out", "--json-out", "{p}/t.out"], 2,
                         ["must name different files"], ["{p}/t.out"], []),
     "existing-json": (["{p}/gray.onnx", "--json-out", "{p}/taken.onnx"], 2, ["already exists"], [], []),
+    "unknown-runtime": (["{p}/gray.onnx", "--runtime", "tvm"], 2, ["--runtime must be among"], [], []),
+    "foreign-onnx-with-torch": (["{p}/foreign.onnx", "--torch"], 2, ["records no architecture"], [], []),
+    "foreign-onnx-with-plot": (["{p}/foreign.onnx", "--plot", "{p}/p.png"], 2, ["has none in its metadata"],
+                               ["{p}/p.png"], []),
 }
 
 

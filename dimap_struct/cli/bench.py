@@ -59,10 +59,11 @@ def _run(args: argparse.Namespace) -> int:
         _check_plottable(options.models)
     timing = dict(batches=options.batch, threads=options.threads, warmup=options.warmup,
                   min_iters=options.min_iters, min_time=options.min_time)
+    runtimes = dict(runtimes=options.runtime)
     if options.torch:  # rebuild before timing anything, so a file without the metadata fails at once
         modules, macs, input_size = torch_models_for(options.models)
-    with _progress(Console(stderr=True), options.models, args.quiet) as on_run:
-        result = benchmark(options.models, on_run=on_run, **timing)
+    with _progress(Console(stderr=True), options.models, args.quiet, options.runtime) as on_run:
+        result = benchmark(options.models, on_run=on_run, **timing, **runtimes)
     if options.torch:
         with _progress(Console(stderr=True), options.models, args.quiet) as on_run:
             result["torch"] = benchmark_torch(modules, input_size, macs=macs, on_run=on_run, **timing)
@@ -112,10 +113,11 @@ def _check_plottable(paths: list[str]) -> None:
 class _progress:
     """Context manager yielding an `on_run` callback that drives a rich progress bar on stderr."""
 
-    def __init__(self, console, paths, quiet: bool):
+    def __init__(self, console, paths, quiet: bool, runtimes=("onnxruntime",)):
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
 
-        self.names = [Path(p).name for p in paths]
+        self.names = [Path(p).name if list(runtimes) == ["onnxruntime"] else f"{Path(p).name} ({rt})"
+                      for p in paths for rt in runtimes]
         self.bar = Progress("[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
                             TimeElapsedColumn(), console=console, disable=quiet, transient=True)
         self.tasks: dict[int, int] = {}
@@ -145,7 +147,15 @@ def _cells(row: dict) -> list[str]:
 
 def _headline(result: dict) -> str:
     m = result["machine"]
-    if result["framework"] == "onnxruntime":
+    if "runtimes" in result:
+        parts = []
+        for runtime, version in result["runtimes"].items():
+            parts.append(f"onnxruntime {version}, {result['provider']}, {result['threads']} intra-op threads (inter-op 1, "
+                         "sequential, ORT_ENABLE_ALL)" if runtime == "onnxruntime" else
+                         f"OpenVINO {version}, CPU, {result['threads']} inference threads (latency hint, 1 stream, f32 "
+                         "precision)")
+        engine = " and ".join(parts)
+    elif result["framework"] == "onnxruntime":  # results written before OpenVINO was added
         engine = (f"onnxruntime {result['onnxruntime']}, {result['provider']}, {result['threads']} intra-op threads "
                   "(inter-op 1, sequential, ORT_ENABLE_ALL)")
     else:

@@ -52,8 +52,10 @@ def _run(args: argparse.Namespace) -> int:
     data = default_data(options.data)
     if not Path(data).is_dir():  # fail before the (possibly slow) model load
         raise UserError(f"data directory not found: {data}")
+    if options.runtime != "onnxruntime" and not str(options.model).lower().endswith(".onnx"):
+        raise UserError(f"--runtime {options.runtime} runs .onnx files; {options.model} runs in PyTorch")
     classifier = load_classifier(options.model, checkpoint=options.checkpoint, pretrained=options.pretrained,
-                                 seed=options.seed, threads=options.threads)
+                                 seed=options.seed, threads=options.threads, runtime=options.runtime)
     console = Console(stderr=True)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=args.quiet, transient=True) as bar:

@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         report.finetune = {**summary, **before, "finetuned_top1": after, "data": str(data),
                            "weights_sha256": digest, "resumed": state is not None}
         write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
-                               plain=options.plain_export)
+                               plain=options.plain_export, quantize=_quantize_request(options, loaded.data_config, data))
         resume.unlink(missing_ok=True)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
@@ -158,7 +158,7 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
                            "finetuned_top1": after, "data": str(data), "weights_sha256": digest, "resumed": False,
                            "config": per_round.as_dict(), "per_round": True}
         write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
-                               plain=options.plain_export)
+                               plain=options.plain_export, quantize=_quantize_request(options, loaded.data_config, data))
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
         else:
@@ -203,3 +203,11 @@ def _train_progress(console):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _quantize_request(options, data_config, data):
+    """`--quantize` of dimap-finetune: static INT8 calibrates on --calib-data, else on the training data."""
+    from ..deploy.quantize import make_request
+
+    return make_request(options.quantize, options.calib_data or data, data_config, options.calib_images,
+                        options.seed)

@@ -74,21 +74,27 @@ def default_providers() -> list[str]:
 
 def benchmark(paths: Sequence[str | os.PathLike], batches: Sequence[int] = (1, 8), threads: int = 2,
               warmup: float = 1.0, min_iters: int = 20, min_time: float = 3.0, max_iters: int = 10_000,
-              providers: Sequence[str] | None = None,
+              providers: Sequence[str] | None = None, runtimes: Sequence[str] = ("onnxruntime",),
               on_run: Callable[[Run], None] | None = None) -> dict:
-    """Time the ONNX files `paths` in onnxruntime at each batch size; see the module docstring.
-    `warmup` and `min_time` are seconds per model and batch; `threads` is onnxruntime's
-    intra-op thread count (inter-op 1, sequential execution, all graph optimisations).
-    Returns the result dict (`rows`: one per batch and model, batch-major)."""
+    """Time the ONNX files `paths` at each batch size in each of `runtimes` (onnxruntime,
+    openvino: `deploy.runtimes`); every (file, runtime) pair is one model of the interleaved
+    schedule, labelled "file (runtime)" when more than onnxruntime is timed; see the module
+    docstring. `warmup` and `min_time` are seconds per model and batch; `threads` is the
+    intra-op thread count (onnxruntime: inter-op 1, sequential execution, all graph
+    optimisations). Returns the result dict (`rows`: one per batch and model, batch-major)."""
     import onnxruntime as ort
+
+    from .runtimes import runtime_version
 
     _check_settings(batches, threads, warmup, min_iters, min_time)
     if not paths:
         raise UserError("no model given")
+    runtimes = list(dict.fromkeys(runtimes)) or ["onnxruntime"]
+    versions = {rt: runtime_version(rt) for rt in runtimes}  # a missing runtime fails before any timing
     providers = list(providers or default_providers())
-    models, shape = _open_onnx(paths, batches, threads, providers)
+    models, shape = _open_onnx(paths, batches, threads, providers, runtimes)
     result = _run_all(models, shape, batches, warmup, min_iters, min_time, max_iters, on_run)
-    result.update(framework="onnxruntime", onnxruntime=ort.__version__,
+    result.update(framework=" + ".join(runtimes), onnxruntime=ort.__version__, runtimes=versions,
                   provider=models[0].info["provider"], providers=providers,
                   threads=threads, inter_op_threads=1, graph_optimization="ORT_ENABLE_ALL", execution="sequential")
     return result
@@ -164,10 +170,11 @@ def _check_settings(batches, threads, warmup, min_iters, min_time) -> None:
         raise UserError("warm-up and minimum time must be >= 0 and minimum iterations >= 1")
 
 
-def _open_onnx(paths, batches, threads, providers) -> tuple[list[_Model], tuple[int, ...]]:
-    """Open every file (UserError for missing, unreadable or mismatched ones) and return the
-    models with their common input shape without the batch axis."""
+def _open_onnx(paths, batches, threads, providers, runtimes=("onnxruntime",)) -> tuple[list[_Model], tuple[int, ...]]:
+    """Open every file in every runtime (UserError for missing, unreadable or mismatched ones)
+    and return the models, file-major, with their common input shape without the batch axis."""
     from .onnx_file import open_session, read_report
+    from .runtimes import open_runner
 
     names = [Path(p).name for p in paths]
     models, shape, first = [], None, None
@@ -180,14 +187,24 @@ def _open_onnx(paths, batches, threads, providers) -> tuple[list[_Model], tuple[
             shape, first = dims, path.name
         elif dims != shape:
             raise UserError(f"conflicting input shapes: {first} expects {_fmt(shape)}, {path.name} {_fmt(dims)}")
-        input_name = session.get_inputs()[0].name
         label = name if names.count(name) == 1 else str(path)
-        m = _Model(label, str(path), lambda x, s=session, n=input_name: s.run(None, {n: x}))
-        m.macs, note = model_macs(report)
-        m.notes += [note] if note else []
-        m.info = {"provider": session.get_providers()[0], "source_model": report.source.model if report else None,
-                  "granularity": report.granularity if report else None}
-        models.append(m)
+        for runtime in runtimes:
+            if runtime == "onnxruntime":
+                input_name = session.get_inputs()[0].name
+                runner = lambda x, s=session, n=input_name: s.run(None, {n: x})  # noqa: E731
+                info = {"runtime": runtime, "provider": session.get_providers()[0]}
+            else:
+                runner, info = open_runner(path, runtime, threads)
+            shown = label if list(runtimes) == ["onnxruntime"] else f"{label} ({runtime})"
+            m = _Model(shown, str(path), runner)
+            m.macs, note = model_macs(report)
+            m.notes += [note] if note else []
+            if report is not None and report.quantization:
+                m.notes.append(f"{report.quantization['scheme']}: MACs counted as in the float model")
+            m.info = {**info, "source_model": report.source.model if report else None,
+                      "granularity": report.granularity if report else None,
+                      "quantization": report.quantization["scheme"] if report and report.quantization else None}
+            models.append(m)
     return models, shape
 
 

@@ -27,26 +27,27 @@ class Classifier:
     description: str
 
 
-def onnx_classifier(path: str | os.PathLike, threads: int | None = None) -> Classifier:
-    """An ONNX file in onnxruntime, preprocessed as its stored report says."""
+def onnx_classifier(path: str | os.PathLike, threads: int | None = None, runtime: str = "onnxruntime") -> Classifier:
+    """An ONNX file in `runtime` (onnxruntime or openvino, `deploy.runtimes`), preprocessed as
+    its stored report says."""
     import numpy as np
 
-    from .onnx_file import open_session, read_report
+    from .onnx_file import output_width, read_report
+    from .runtimes import open_runner
 
     path = Path(path)
     report = read_report(path)
     if report is None:
         raise UserError(f"{path} has no dimap_struct metadata, so its preprocessing (input size, mean, std) "
                         "is unknown; export it with dimap-compress")
-    session = open_session(path, threads)
-    name = session.get_inputs()[0].name
-    classes = session.get_outputs()[0].shape[-1]
+    run, _ = open_runner(path, runtime, threads)
+    classes = output_width(path)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32, copy=False)})[0])
+        return torch.from_numpy(np.asarray(run(x.numpy().astype(np.float32, copy=False))))
 
     return Classifier(predict, report.data_config, classes if isinstance(classes, int) else None,
-                      f"{path.name} (onnxruntime, from {report.source.model})")
+                      f"{path.name} ({runtime}, from {report.source.model})")
 
 
 def torch_classifier(model: nn.Module, data_config: dict, description: str,
@@ -62,10 +63,10 @@ def torch_classifier(model: nn.Module, data_config: dict, description: str,
 
 
 def load_classifier(spec: str, *, checkpoint=None, pretrained: bool = True, seed: int = 0,
-                    threads: int | None = None) -> Classifier:
+                    threads: int | None = None, runtime: str = "onnxruntime") -> Classifier:
     """`spec`: a path ending in .onnx, a pruned checkpoint, or a model name (`models.load_any`)."""
     if str(spec).lower().endswith(".onnx"):
-        return onnx_classifier(spec, threads)
+        return onnx_classifier(spec, threads, runtime)
     from ..models import load_any
 
     loaded = load_any(spec, checkpoint=checkpoint, pretrained=pretrained, seed=seed)

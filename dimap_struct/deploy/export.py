@@ -106,11 +106,13 @@ def onnx_parity(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
 
 
 def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], opset: int, *,
-                           force: bool = False, plain: bool = False) -> None:
+                           force: bool = False, plain: bool = False, quantize=None) -> None:
     """Export `net` to ONNX (its lean form unless `plain`; checked, parity-tested against `net`,
     the report's metadata inside) and the `report.schema.Report` as JSON, published together
     (`files.staged`): neither file appears unless both are complete, and an existing file is
-    replaced only with `force`. Sets `report.onnx`, and a note when the lean form was not possible."""
+    replaced only with `force`. Sets `report.onnx`, and a note when the lean form was not possible.
+    `quantize` (a `deploy.quantize.QuantizeRequest`): the file written is the INT8 form of the
+    parity-checked float export, and `report.quantization` says how it was made and measured."""
     from ..files import staged
     from ..report.schema import OnnxInfo
 
@@ -120,6 +122,42 @@ def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], ops
         report.notes.append(f"exported the plain graph: {why}")
     with staged([onnx_path, json_path], force) as (tmp_onnx, tmp_json):
         parity = export_onnx(net, tmp_onnx, report.input_size, report.metadata(), opset=opset, traced=traced)
+        if quantize is not None:
+            _quantize_in_place(tmp_onnx, report, quantize)
         report.onnx = OnnxInfo(path=str(onnx_path), opset=opset, dynamic_batch=True, parity_max_abs_diff=parity,
                                bytes=tmp_onnx.stat().st_size, graph=graph)
         tmp_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def _quantize_in_place(path: Path, report, request) -> None:
+    """Replace the float ONNX file at `path` by its INT8 form (same folder, a temporary name for
+    the float file, removed whatever happens), measured against the float file when the request
+    has images; stores `report.quantization` and rewrites the metadata."""
+    import os
+    import tempfile
+
+    from ..files import TEMP_PREFIX
+    from .quantize import compare, quantize_file
+
+    handle, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".float.onnx", dir=path.parent)
+    os.close(handle)
+    float_path = Path(name)
+    try:
+        os.replace(path, float_path)
+        result = quantize_file(float_path, path, request.scheme, calibration=request.calibration)
+        if request.check_images is not None:
+            result.evaluation = {**compare(float_path, path, request.check_images, request.check_labels),
+                                 "source": f"train split of {request.data}, images not used to calibrate"}
+        if request.calibration is not None:
+            from ..recover.oneshot import data_fingerprint
+
+            result.calibration.update(data=request.data, data_sha256=data_fingerprint(request.data))
+        report.quantization = result.to_dict()
+        proto = onnx.load(str(path))
+        kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(report.metadata())))
+        onnx.save(proto, str(path))
+    finally:
+        float_path.unlink(missing_ok=True)

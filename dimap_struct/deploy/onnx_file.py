@@ -67,3 +67,15 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types for unreadable files
         raise _unreadable(path, err) from err
+
+
+def output_width(path: str | os.PathLike) -> int | None:
+    """The static last dimension of the file's first output (the classes), None if dynamic."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise _unreadable(Path(path), err) from err
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None

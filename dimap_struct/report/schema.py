@@ -139,6 +139,8 @@ class Report:
     """`dimap-finetune --steps K`: each round's MACs target and result (`recover.iterative`)."""
     recovery: dict | None = None
     """One-shot recovery from calibration images (`recover.oneshot.RecoveryReport.to_dict`)."""
+    quantization: dict | None = None
+    """`--quantize`: scheme, settings, calibration and the float-vs-INT8 check (`deploy.quantize`)."""
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
