@@ -350,6 +350,14 @@ class PruneOptions(SourceOptions):
                                "budget such as 7.3G (default: 0.5)", metavar="R", group="selection")
     params: str | None = option(None, "with --granularity weight: keep the fraction R of the prunable weights "
                                 "(instead of --flops)", metavar="R", group="selection")
+    latency: float | None = option(None, "instead of --flops: keep this fraction 0 < R <= 1 of the dense model's "
+                                   "onnxruntime latency on this machine, predicted by a per-block latency model "
+                                   "(timed once, then cached)", kind=float, minimum=0, exclusive_minimum=True,
+                                   maximum=1, metavar="R", group="selection")
+    latency_batch: int = option(1, "batch size the --latency budget is for", kind=int, minimum=1, metavar="B",
+                                group="selection")
+    latency_threads: int = option(2, "onnxruntime threads the --latency budget is for", kind=int, minimum=1,
+                                  group="selection")
     criterion: str = option("dimap", "group importance", metavar="NAME", choices=_criteria, group="selection")
     score_mode: str = option("group", "DIMAP group score: group = per-group energies (option A); weight = mean "
                              "of the paper's per-weight scores over the group (option B)",
@@ -376,7 +384,7 @@ class PruneOptions(SourceOptions):
 
     STRUCTURED_ONLY: ClassVar[tuple[str, ...]] = (
         "criterion", "score_mode", "min_heads", "min_mlp", "round_to", "prune_embed", "min_embed", "calib_data",
-        "calib_batches", "calib_images", "recovery")
+        "calib_batches", "calib_images", "recovery", "latency", "latency_batch", "latency_threads")
 
     def check(self) -> None:
         super().check()
@@ -397,6 +405,8 @@ class PruneOptions(SourceOptions):
             return
         if self.params is not None:
             raise UserError("--params is a target of --granularity weight; structured pruning takes --flops")
+        if self.latency is not None and self.flops is not None:
+            raise UserError("give either --flops or --latency, not both")
         criterion = get_criterion(self.criterion)
         if self.score_mode != "group" and not criterion.uses_score_mode:
             raise UserError(f"--score applies to criteria that use DIMAP scores, not to '{self.criterion}'")

@@ -163,14 +163,23 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
         embed = residual_options(adapter, criterion, context) if options.prune_embed else {}
         if criterion.cleanup is not None:
             criterion.cleanup(net)
-    with steps("select to the MACs budget"):
+    budget, latency = {}, None
+    if options.latency is not None:
+        with steps("per-block latency model (timed once per machine, then cached)"):
+            latency, latency_source = _latency_model(loaded, options)
+        budget = {"cost": latency.predict, "target_cost": options.latency * latency.dense_ms}
+    with steps("select to the MACs budget" if latency is None else "select to the latency budget"):
         selection = select_to_budget(
             scores, costs,
             head_weights=[4 * b.attn.head_dim * b.attn.qkv.in_features for b in blocks],
             channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
             target_macs=target, policy=criterion.policy, head_dims=[b.attn.head_dim for b in blocks],
             min_heads=options.min_heads, min_mlp=options.min_mlp, round_to=options.round_to,
-            min_embed=options.min_embed, **embed)
+            min_embed=options.min_embed, **embed, **budget)
+    if latency is not None and selection.achieved_cost > selection.target_cost + 0.01 * latency.dense_ms:
+        raise UserError(f"--latency {options.latency:g}: the minimums (--min-heads, --min-mlp"
+                        f"{', --min-embed' if options.prune_embed else ''}) allow no less than "
+                        f"{selection.achieved_cost / latency.dense_ms:.3f} of the dense latency")
     plan = selection.plan
 
     stats = None
@@ -194,10 +203,29 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
         if measured_params != after.params:
             raise RuntimeError(f"parameter count {measured_params} != analytic {after.params}: surgery bug")
     report = _structured_report(loaded, options, costs, before, after, selection, mask_diff)
+    if latency is not None:
+        report.latency = {"target": options.latency, "batch": options.latency_batch, "threads": options.latency_threads,
+                          "dense_ms": latency.dense_ms, "predicted_ms": selection.achieved_cost,
+                          "predicted_ratio": selection.achieved_cost / latency.dense_ms,
+                          "model_source": latency_source, "model": latency.to_dict()}
     if stats is not None:
         with steps(f"recover ({options.recovery})"):
             report.recovery = _recover(net, adapter, plan, stats, options)
     return net, selection, report
+
+
+def _latency_model(loaded: LoadedModel, options: CompressOptions):
+    """(`prune.latency.LatencyModel`, 'cache' or 'measured') for `loaded` (`deploy.latency_probe`);
+    UserError when its family or input size has no lean form to time."""
+    from .deploy.lean import LeanUnsupported
+    from .deploy.latency_probe import load_or_measure
+
+    try:
+        model, source = load_or_measure(loaded.model.eval(), loaded.adapter, tuple(loaded.data_config["input_size"]),
+                                        options.latency_batch, options.latency_threads, family=loaded.adapter.family)
+    except LeanUnsupported as err:
+        raise UserError(f"--latency times the lean export, and this model has none: {err}") from None
+    return model, source
 
 
 def _calibration_images(loaded: LoadedModel, options: CompressOptions):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -59,8 +60,12 @@ class Selection:
     achieved_macs: int
     original_macs: int
     on_target: bool
-    """Achieved MACs within `tolerance` (a fraction of the original MACs) of the target."""
+    """Achieved MACs (or cost) within `tolerance` (a fraction of the original) of the target."""
     note: str | None = None
+    target_cost: float | None = None
+    """With a cost other than MACs (`--latency`): its target, the plan's and the unpruned model's."""
+    achieved_cost: float | None = None
+    original_cost: float | None = None
 
 
 class _Module:
@@ -273,6 +278,8 @@ def select_to_budget(
     residual_weights: list[int] | None = None,
     min_embed: int = 16,
     tolerance: float = 0.01,
+    cost: Callable[..., float] | None = None,
+    target_cost: float | None = None,
 ) -> Selection:
     """Find the policy's knob whose pruned model has MACs closest to `target_macs`.
 
@@ -282,7 +289,11 @@ def select_to_budget(
     With `residual_scores` (one tensor per stage) and `residual_weights` (weights one residual
     channel of each stage owns), residual channels are a third module; every stage keeps at
     least `min_embed` of them. `round_to` rounds kept MLP widths, residual widths and the total
-    width of kept heads (heads x `head_dims[b]`) to multiples of it."""
+    width of kept heads (heads x `head_dims[b]`) to multiples of it.
+
+    With `cost(heads, widths[, residual])` (e.g. `latency.LatencyModel.predict`, non-increasing
+    as groups go) and `target_cost`, the search aims at that cost instead of the MACs;
+    `target_macs` is then ignored and reported as the MACs of the plan found."""
     modules = [_Module(scores.heads, head_weights, min_heads, [b.macs_per_head for b in costs.blocks]),
                _Module(scores.mlp, channel_weights, min_mlp, [b.macs_per_channel for b in costs.blocks])]
     floors = [min_heads, min_mlp]
@@ -305,28 +316,34 @@ def select_to_budget(
                          for b, (k, w) in enumerate(zip(sets, widths))])
         return Plan([bc.name for bc in costs.blocks], kept[0], kept[1], kept[2] if len(kept) > 2 else None)
 
-    def macs_for(q: float) -> int:
-        return costs.macs(*rounded(rule.kept_counts(q)))
+    measure = (lambda counts: costs.macs(*counts)) if cost is None else (lambda counts: cost(*counts))
+    target = target_macs if cost is None else target_cost
 
-    original = costs.macs(*[m.sizes for m in modules])
+    def cost_for(q: float) -> float:
+        return measure(rounded(rule.kept_counts(q)))
+
+    original_cost = measure([m.sizes for m in modules])
     lo, hi = 0.0, 1.0
-    if macs_for(lo) <= target_macs:
+    if cost_for(lo) <= target:
         best = lo
-    elif macs_for(hi) > target_macs:
+    elif cost_for(hi) > target:
         best = hi
     else:
-        for _ in range(60):  # MACs(q) is non-increasing in q: bisect for the first q under target
+        for _ in range(60):  # the cost is non-increasing in q: bisect for the first q under target
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if macs_for(mid) <= target_macs else (mid, hi)
-        best = min((lo, hi), key=lambda q: (abs(macs_for(q) - target_macs), q))
+            lo, hi = (lo, mid) if cost_for(mid) <= target else (mid, hi)
+        best = min((lo, hi), key=lambda q: (abs(cost_for(q) - target), q))
     plan = plan_for(best)
+    original = costs.macs(*[m.sizes for m in modules])
     achieved = costs.macs(plan.head_counts, plan.mlp_widths, plan.residual_widths)
-    on_target = abs(achieved - target_macs) <= tolerance * original
+    achieved_cost = measure([plan.head_counts, plan.mlp_widths] + ([plan.residual_widths] if len(modules) > 2 else []))
+    on_target = abs(achieved_cost - target) <= tolerance * original_cost
     note = None
     if not on_target:
-        note = (f"target {target_macs / original:.3f} of the MACs is not reachable within +-{tolerance} "
+        what = "the MACs" if cost is None else "the predicted latency"
+        note = (f"target {target / original_cost:.3f} of {what} is not reachable within +-{tolerance} "
                 f"with these constraints (policy {policy}, min heads {min_heads}, min MLP {min_mlp}, "
-                f"round-to {round_to}); nearest reachable: {achieved / original:.3f}")
+                f"round-to {round_to}); nearest reachable: {achieved_cost / original_cost:.3f}")
     kept_counts = [plan.head_counts, plan.mlp_widths, plan.residual_widths]
     weights = [head_weights, channel_weights, residual_weights]
     removed = {name: 1 - sum(c * w for c, w in zip(kept_counts[i], weights[i])) / modules[i].total_weight
@@ -339,9 +356,12 @@ def select_to_budget(
         policy=policy,
         removed_weight_fraction=removed,
         thresholds=thresholds,
-        target_macs=target_macs,
+        target_macs=target_macs if cost is None else achieved,
         achieved_macs=achieved,
         original_macs=original,
+        target_cost=None if cost is None else target,
+        achieved_cost=None if cost is None else achieved_cost,
+        original_cost=None if cost is None else original_cost,
         on_target=on_target,
         note=note,
     )

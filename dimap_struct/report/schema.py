@@ -140,6 +140,8 @@ class Report:
     recovery: dict | None = None
     """One-shot recovery from calibration images (`recover.oneshot.RecoveryReport.to_dict`)."""
     quantization: dict | None = None
+    latency: dict | None = None
+    """`--latency R`: target, prediction, and the per-block latency model used (`prune.latency`)."""
     """`--quantize`: scheme, settings, calibration and the float-vs-INT8 check (`deploy.quantize`)."""
     timings_s: dict[str, float] = field(default_factory=dict)
 

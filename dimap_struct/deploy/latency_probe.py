@@ -1,0 +1,164 @@
+"""Measure the per-block latency model of `prune.latency` on this machine and runtime, and cache it.
+
+For each stage, one block of the model's lean form (deploy/lean.py: same window, shift and
+attention kind) is rebuilt with random weights at a few (heads, MLP width, residual width)
+configurations, preceded by the token gather a block pays, exported alone with a static batch
+and timed in onnxruntime (median of at least 15 runs and 0.5 s, after 3 warm-up runs). The
+unpruned lean model is timed whole
+for the fixed part. Timing depends on shapes, not on weights, so the model's own weights are
+never needed.
+
+Cache: one JSON file per key (machine, onnxruntime version, family, architecture, input size,
+batch, threads) in $DIMAP_CACHE/latency or ~/.cache/dimap_struct/latency; the report records
+the model and where it came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
+from .lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
+
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DIMAP_CACHE") or Path.home() / ".cache" / "dimap_struct"
+    return Path(root) / "latency"
+
+
+def machine() -> str:
+    """CPU model, logical CPUs usable and the platform: what the timings depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {usable} CPUs, {platform.system()}"
+
+
+def configurations(heads: int, mlp: int, width: int) -> list[tuple[int, int, int]]:
+    """The (heads, MLP width, residual width) points timed for one stage: full, and shrunk
+    along each axis alone and together, so the five coefficients are determined."""
+    half_h, half_m, half_c = max(1, heads // 2), max(8, mlp // 2), max(16, width // 2)
+    points = [(heads, mlp, width), (half_h, mlp, width), (1, mlp, width), (heads, half_m, width),
+              (heads, max(8, mlp // 8), width), (heads, mlp, half_c), (half_h, half_m, half_c),
+              (1, max(8, mlp // 8), half_c)]
+    return list(dict.fromkeys(points))
+
+
+def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threads: int = 2, *,
+                    family: str = "", refresh: bool = False,
+                    on_progress: Callable[[str], None] | None = None) -> tuple[LatencyModel, str]:
+    """The latency model of `model` (eval mode) at `batch` and `threads`, from the cache or
+    measured now (then cached). Returns (model, 'cache' or 'measured')."""
+    import onnxruntime
+
+    spec = adapter.lean_spec(tuple(input_size))
+    blocks = [b for stage in spec.stages for b in stage.blocks]
+    key = {"version": CACHE_VERSION, "machine": machine(), "runtime": f"onnxruntime {onnxruntime.__version__}",
+           "family": family or adapter.family, "input_size": list(input_size), "batch": batch, "threads": threads,
+           "architecture": [[len(stage.blocks), _heads(stage.blocks[0]), _mlp(stage.blocks[0]),
+                             _width(stage.blocks[0]), list(stage.blocks[0].window)] for stage in spec.stages]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / f"{digest}.json"
+    if path.is_file() and not refresh:
+        try:
+            cached = LatencyModel.from_dict(json.loads(path.read_text()))
+            if cached.key == key:
+                return cached, "cache"
+        except (ValueError, TypeError, KeyError):
+            pass  # a damaged cache entry is measured again
+    notify = on_progress or (lambda text: None)
+    stages, grid = [], spec.grid
+    for s, stage in enumerate(spec.stages):
+        if stage.merge is not None:
+            grid = (grid[0] // 2, grid[1] // 2)
+        template = stage.blocks[1] if len(stage.blocks) > 1 else stage.blocks[0]  # a shifted one if any
+        samples = []
+        for h, m, c in configurations(_heads(template), _mlp(template), _width(template)):
+            notify(f"timing stage {s + 1}/{len(spec.stages)}: {h} heads, MLP {m}, width {c}")
+            unit = _block_unit(template, grid, h, m, c)
+            tokens = grid[0] * grid[1]
+            samples.append({"heads": h, "mlp": m, "width": c,
+                            "ms": _time_module(unit, (batch, tokens, c), threads)})
+        stages.append(fit_stage(samples))
+    notify("timing the unpruned model")
+    dense = _time_module(LeanSwin(spec, tuple(input_size)).eval(), (batch, *input_size), threads)
+    block_stages = [s for s, stage in enumerate(spec.stages) for _ in stage.blocks]
+    widths = [_width(stage.blocks[0]) for stage in spec.stages]
+    result = with_fixed_part(key, stages, block_stages, widths, [_heads(b) for b in blocks],
+                             [_mlp(b) for b in blocks], dense)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".dimap-", suffix=".json", delete=False) as tmp:
+        tmp.write(json.dumps(result.to_dict(), indent=1))
+    os.replace(tmp.name, path)
+    return result, "measured"
+
+
+def _heads(block: LeanBlockSpec) -> int:
+    return block.attention.heads
+
+
+def _width(block: LeanBlockSpec) -> int:
+    return block.attention.qkv_weight.shape[1]
+
+
+def _mlp(block: LeanBlockSpec) -> int:
+    linears = [m for m in block.mlp.modules() if isinstance(m, nn.Linear)]
+    return linears[0].out_features
+
+
+def _block_unit(template: LeanBlockSpec, grid, heads: int, mlp: int, width: int) -> nn.Module:
+    """A random-weight block shaped like `template` with the given widths, after a token gather."""
+    head_dim = template.attention.qkv_weight.shape[0] // (3 * template.attention.heads)
+    tokens = template.window[0] * template.window[1]
+    cosine = template.attention.temperature is not None
+    attention = LeanAttention(torch.randn(3 * heads * head_dim, width) * 0.02, torch.zeros(3 * heads * head_dim),
+                              heads, torch.zeros(heads, tokens, tokens), nn.Linear(heads * head_dim, width),
+                              scale=None if cosine else head_dim ** -0.5,
+                              temperature=torch.ones(heads) if cosine else None)
+    mlp_module = nn.Sequential(nn.Linear(width, mlp), nn.GELU(), nn.Linear(mlp, width))
+    spec = LeanBlockSpec(attention, nn.LayerNorm(width), nn.LayerNorm(width), mlp_module, template.window,
+                         template.shift, template.post_norm)
+    order = torch.randperm(grid[0] * grid[1], generator=torch.Generator().manual_seed(0))
+    return nn.Sequential(Permute(order), LeanBlock(spec, grid)).eval()
+
+
+def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min_time: float = 0.5) -> float:
+    """Median ms of `module` exported alone (static shape) in onnxruntime."""
+    from .onnx_file import open_session
+
+    with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
+        path = Path(tmp) / "unit.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
+                              input_names=["input"])
+        session = open_session(path, threads, tuned=True)
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        for _ in range(3):
+            session.run(None, {"input": x})
+        times, start = [], time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_time:
+            t0 = time.perf_counter()
+            session.run(None, {"input": x})
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
