@@ -5,11 +5,13 @@ A traced timm or torchvision Swin carries, per block, a cyclic shift (Slice + Co
 axes), padding, window partition and reverse (Reshape + Transpose), the shift undone, and
 hundreds of Shape/Gather/Concat nodes of shape arithmetic. None of it depends on the input
 except through the batch size. `LeanSwin` keeps each stage's tokens as (B, L, C) in the
-*window order* of the block that reads them, so that window attention is a plain reshape:
+*window order* of the stage's first block, so that its window attention is a plain reshape:
 
-- between two blocks, one Gather with a constant permutation (none when both use the same
-  windows), and the patch merging's 2x2 gather reads straight from the window order and writes
-  the next stage's first window order;
+- a block with other windows (the shifted ones) gathers its attention branch's input into its
+  own window order and scatters the branch's output back: two Gathers with constant
+  permutations, and the residual stream never moves, so every residual add meets the next
+  LayerNorm (fused by onnxruntime); the patch merging's 2x2 gather reads straight from the
+  stage's order and writes the next stage's;
 - LayerNorm, the MLP and the residual adds are per token, so the order does not matter to them,
   nor to the final mean over tokens;
 - each block's relative-position bias and shift mask are one constant (windows, heads, N, N);
@@ -176,18 +178,29 @@ class LeanWindowAttention(nn.Module):
 
 
 class LeanBlock(nn.Module):
-    def __init__(self, spec: LeanBlockSpec, grid: tuple[int, int]):
+    """A block on tokens (B, L, C) held in its stage's residual order. When its windows differ
+    from that order, the attention branch alone gathers into them (`gather`) and back
+    (`scatter`), so the residual add stays next to the following LayerNorm (onnxruntime fuses
+    the pair into SkipLayerNormalization)."""
+
+    def __init__(self, spec: LeanBlockSpec, grid: tuple[int, int], gather: torch.Tensor | None = None,
+                 scatter: torch.Tensor | None = None):
         super().__init__()
         self.attn = LeanWindowAttention(spec.attention, grid, spec.window, spec.shift)
         self.norm1, self.norm2, self.mlp = spec.norm1, spec.norm2, spec.mlp
         self.norm3 = spec.norm3 if spec.norm3 is not None else nn.Identity()
         self.post_norm = spec.post_norm
+        self.gather = Permute(gather) if gather is not None else nn.Identity()
+        self.scatter = Permute(scatter) if scatter is not None else nn.Identity()
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scatter(self.attn(self.gather(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.post_norm:
-            x = x + self.norm1(self.attn(x))
+            x = x + self.norm1(self._branch(x))
             return self.norm3(x + self.norm2(self.mlp(x)))
-        x = x + self.attn(self.norm1(x))
+        x = x + self._branch(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -245,16 +258,20 @@ class LeanSwin(nn.Module):
                 if grid[0] % 2 or grid[1] % 2:
                     raise LeanUnsupported(f"token map {grid[0]}x{grid[1]} is odd: patch merging would pad")
                 merged = (grid[0] // 2, grid[1] // 2)
-            for b, block in enumerate(stage.blocks):
+            for block in stage.blocks:
                 _check_windows(merged, block.window)
+            # the stage's residual order: its first block's windows
+            residual = window_order(merged, stage.blocks[0].window, stage.blocks[0].shift)
+            if stage.merge is not None:
+                layers.append(LeanMerge(stage.merge, _merge_index(order, grid, merged, residual)))
+            elif not torch.equal(order, residual):
+                layers.append(Permute(_transition(order, residual)))
+            for block in stage.blocks:
                 target = window_order(merged, block.window, block.shift)
-                if b == 0 and stage.merge is not None:
-                    layers.append(LeanMerge(stage.merge, _merge_index(order, grid, merged, target)))
-                elif not torch.equal(order, target):
-                    layers.append(Permute(_transition(order, target)))
-                layers.append(LeanBlock(block, merged))
-                order = target
-            grid = merged
+                same = torch.equal(target, residual)
+                layers.append(LeanBlock(block, merged, None if same else _transition(residual, target),
+                                        None if same else _transition(target, residual)))
+            order, grid = residual, merged
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
