@@ -211,7 +211,8 @@ def main() -> None:
     summary = summarise(rows)
     meta = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
             "model": args.model, "default_rule": DEFAULT_RULE,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "wall_s": time.perf_counter() - start + earlier_s,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "wall_s": time.perf_counter() - start + earlier_s,
             "reference_top1": reference_top1, "finetune": cfg.as_dict(), "data": args.data}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), meta, summary, args.ratios)

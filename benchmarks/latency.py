@@ -1,16 +1,21 @@
-"""Realised speed-up of pruned Swins in onnxruntime (CPU, 2 threads), against their own dense model.
+"""Deployment speed: plain and lean exports, pruned FP32 and INT8, and a latency budget, timed
+side by side in onnxruntime (CPU, 2 threads); the CIFAR-10 reference's top-1 for the same forms.
 
-For each model and kept-MACs fraction R, two pruned exports are timed beside the dense one:
-heads + MLP channels only, and with residual channels too (`--prune-embed`). All files of one
-model run interleaved in one `dimap_struct.deploy.bench.benchmark` call (same onnxruntime settings,
-all graph optimisations for every file, the dense one included), so speed-ups are ratios
-measured in one run. Also: `--round-to` 1 / 8 / 16 / 32 on swin_t at R = 0.5 with residual
-pruning; "large pruned versus small dense": swin_s pruned to swin_t's MACs against dense
-swin_t; and what onnxslim in the export brings: dense and R = 0.5 swin_t with and without it.
-Writes benchmarks/results/latency.{md,json,png}.
+Per model (swin_t, swin_s, swin_b; random weights, which latency does not depend on), one
+interleaved `deploy.bench.benchmark` run (batch 1 and 8) of:
+- `plain_dense`: the traced timm graph (`--plain-export`), what a user had before;
+- `lean_dense`: the lean export of the same model (docs/method.md section 9);
+- `R_fp32`: pruned to R of the MACs, lean export; `R_int8`: the same, dynamic INT8;
+- `latency050`: pruned with `--latency 0.5` (batch 1, 2 threads), lean export.
+Goals are read off those rows (speed-ups are ratios within one run). "Large pruned versus small
+dense": swin_s pruned to swin_t's MACs against dense swin_t, lean both. Then the CIFAR-10
+reference: dense and pruned (R in --ratios), FP32 and static INT8 (calibrated on 256 train
+photos), top-1 on the 10,000 test photos and latency in one interleaved run; a plot of latency
+against top-1. `--runtimes onnxruntime openvino` adds OpenVINO rows.
+Writes benchmarks/results/latency.{md,json} and latency_top1.png.
 
-    .venv/bin/python benchmarks/latency.py                          # everything (about 10-15 min)
-    .venv/bin/python benchmarks/latency.py --models swin_t --ratios 0.5 --min-iters 5   # a quick look
+    .venv/bin/python benchmarks/latency.py                                   # everything (about 30 min)
+    .venv/bin/python benchmarks/latency.py --models swin_t --ratios 0.5 --min-time 1 --skip-cifar   # a quick look
 """
 from __future__ import annotations
 
@@ -26,80 +31,133 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimap_struct import compress, load_model  # noqa: E402
 from dimap_struct.deploy.bench import benchmark  # noqa: E402
-from dimap_struct.deploy.export import export_onnx  # noqa: E402
+from dimap_struct.deploy.evaluate import accuracy, onnx_classifier  # noqa: E402
 from dimap_struct.deploy.onnx_file import read_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
-def export(loaded, path: Path, ratio, **options) -> Path:
-    compress(loaded, ratio, output=path, force=True, **options)
+def export(loaded, path: Path, budget=None, **options) -> Path:
+    compress(loaded, budget, output=path, force=True, **options)
     return path
 
 
-def with_and_without_slim(loaded, tmp: Path, name: str, ratio) -> list[Path]:
-    """The export as dimap-compress writes it (onnxslim applied) and the same model without onnxslim."""
-    slim = tmp / f"{name}_slim.onnx"
-    result = compress(loaded, ratio, output=slim, force=True)
-    plain = tmp / f"{name}_noslim.onnx"
-    export_onnx(result.model, plain, result.report.input_size, result.report.metadata(), slim=False)
-    return [plain, slim]
-
-
 def timed(paths: list[Path], args) -> dict:
-    return benchmark([str(p) for p in paths], batches=args.batches, threads=args.threads,
-                     warmup=args.warmup, min_iters=args.min_iters, min_time=args.min_time)
+    return benchmark([str(p) for p in paths], batches=args.batches, threads=args.threads, warmup=args.warmup,
+                     min_iters=args.min_iters, min_time=args.min_time, runtimes=args.runtimes)
 
 
-def table(rows: list[dict], title: str) -> list[str]:
+def _row(result: dict, name: str, batch: int, runtime: str = "onnxruntime") -> dict | None:
+    for r in result["rows"]:
+        label = r["model"]
+        if r["batch"] == batch and (label == name or label == f"{name} ({runtime})"):
+            return r
+    return None
+
+
+def goals(results: dict, args) -> list[str]:
+    """The deployment-speed goals, each read off one interleaved run."""
+    lines = ["### Goals", "", "| goal | model | batch | measured | target | met |", "|---|---|---|---|---|---|"]
+
+    def add(goal, model, batch, value, target, higher=True, fmt="{:.2f}"):
+        if value is None:
+            return
+        met = value >= target if higher else value <= target
+        shortfall = "" if met else f" (short by {abs(target - value):.2f})"
+        lines.append(f"| {goal} | {model} | {batch} | {fmt.format(value)} | {'>=' if higher else '<='} {target} | "
+                     f"{'yes' if met else 'no' + shortfall} |")
+
+    for model, res in results["models"].items():
+        for batch in args.batches:
+            plain, lean = _row(res, f"{model}_plain_dense.onnx", batch), _row(res, f"{model}_lean_dense.onnx", batch)
+            fp32, int8 = _row(res, f"{model}_050_fp32.onnx", batch), _row(res, f"{model}_050_int8.onnx", batch)
+            if plain and lean:
+                add("lean export: speed-up over the plain export (dense)", model, batch,
+                    plain["median_ms"] / lean["median_ms"], 1.15)
+            if lean and fp32:
+                ideal = lean["macs"] / fp32["macs"]
+                add("efficiency at R = 0.5 (lean pruned / lean dense, over the MACs ratio)", model, batch,
+                    lean["median_ms"] / fp32["median_ms"] / ideal, 0.95 if batch >= 8 else 0.90)
+            if plain and fp32:
+                add("deploy speed-up at R = 0.5, FP32 (plain dense -> lean pruned)", model, batch,
+                    plain["median_ms"] / fp32["median_ms"], 2.0)
+            if plain and int8:
+                add("deploy speed-up at R = 0.5, INT8 (plain dense -> lean pruned INT8)", model, batch,
+                    plain["median_ms"] / int8["median_ms"], 2.6)
+            target = _row(res, f"{model}_latency050.onnx", batch)
+            if lean and target and batch == 1:
+                ratio = target["median_ms"] / lean["median_ms"]
+                miss = abs(ratio / 0.5 - 1)
+                lines.append(f"| --latency 0.5 (latency / lean dense) | {model} | {batch} | {ratio:.3f} | 0.5 +- 10% | "
+                             f"{'yes' if miss <= 0.10 else f'no (off by {100 * miss:.0f}%)'} |")
+    extra = results["extras"].get("large_vs_small")
+    for batch in args.batches if extra else []:
+        small, large = _row(extra, "swin_t_lean_dense.onnx", batch), _row(extra, "swin_s_to_t.onnx", batch)
+        if small and large:
+            add("large pruned beats small dense (swin_s at swin_t's MACs / dense swin_t)", "swin_s", batch,
+                large["median_ms"] / small["median_ms"], 1.0, higher=False)
+    cifar = results.get("cifar")
+    if cifar:
+        for r in cifar["top1"]:
+            if r["form"].endswith("int8"):
+                fp = next(x for x in cifar["top1"] if x["form"] == r["form"].replace("int8", "fp32"))
+                add("INT8 top-1 loss (points), CIFAR-10 reference", r["form"].replace("_int8", ""), "-",
+                    fp["top1"] - r["top1"], 0.5, higher=False)
+    return lines + [""]
+
+
+def table(result: dict, title: str) -> list[str]:
     lines = [f"### {title}", "", "| model | batch | median ms | p10 | p90 | img/s | speed-up | ideal | efficiency |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in result["rows"]:
         eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-"
         ideal = f"{r['ideal_speedup']:.2f}x" if r["ideal_speedup"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['batch']} | {r['median_ms']:.1f} | {r['p10_ms']:.1f} | {r['p90_ms']:.1f} | "
+        lines.append(f"| {r['model']} | {r['batch']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r['images_per_s']:.1f} | {r['speedup']:.2f}x | {ideal} | {eff} |")
     return lines + [""]
 
 
-def goals(results: dict) -> list[str]:
-    """The issue's goals at R = 0.5: efficiency >= 0.95 at batch 8, >= 0.90 at batch 1."""
-    lines = ["### Goals at R = 0.5 (efficiency = speed-up / ideal)", "",
-             "| model | variant | batch | efficiency | goal | met |", "|---|---|---|---|---|---|"]
-    for model, res in results["models"].items():
-        for r in res["rows"]:
-            if "_050" not in r["model"]:
-                continue
-            goal = 0.95 if r["batch"] >= 8 else 0.90
-            variant = "heads+MLP+residual" if "embed" in r["model"] else "heads+MLP"
-            met = "yes" if r["efficiency"] >= goal else f"no (short by {goal - r['efficiency']:.2f})"
-            lines.append(f"| {model} | {variant} | {r['batch']} | {r['efficiency']:.2f} | {goal} | {met} |")
-    return lines + [""]
+def cifar_section(tmp: Path, args) -> dict:
+    """The CIFAR-10 reference, dense and pruned, FP32 and static INT8: top-1 on test/ and latency."""
+    loaded = load_model("reference-cifar10")
+    files = []
+    for ratio in [1.0] + list(args.ratios):
+        tag = "dense" if ratio == 1.0 else f"{int(round(ratio * 100)):03d}"
+        files.append(export(loaded, tmp / f"cifar_{tag}_fp32.onnx", ratio))
+        files.append(export(loaded, tmp / f"cifar_{tag}_int8.onnx", ratio, quantize="int8-static",
+                            calib_data=str(args.cifar), recovery="none"))
+    top1 = []
+    for path in files:
+        acc = accuracy(onnx_classifier(path, threads=args.threads), str(args.cifar), split="eval", batch_size=250)
+        report = read_report(path)
+        top1.append({"form": path.stem.removeprefix("cifar_"), "top1": acc["top1"], "images": acc["images"],
+                     "macs_ratio": report.achieved.ratio if report.achieved else 1.0})
+        print(f"cifar {path.stem}: top-1 {acc['top1']:.2f}%", flush=True)
+    return {"top1": top1, "latency": timed(files, args)}
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(cifar: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batches = sorted({r["batch"] for res in results["models"].values() for r in res["rows"]})
+    batches = sorted({r["batch"] for r in cifar["latency"]["rows"]})
     fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2))
     axes = [axes] if len(batches) == 1 else axes
+    by_form = {t["form"]: t["top1"] for t in cifar["top1"]}
     for ax, batch in zip(axes, batches):
-        for model, res in results["models"].items():
-            for variant, marker in (("dense", "s"), ("heads", "o"), ("embed", "^")):
-                pts = sorted((r["macs"] / 1e9, r["median_ms"]) for r in res["rows"] if r["batch"] == batch
-                             and (variant == "dense" and "dense" in r["model"] or variant != "dense"
-                                  and r["model"].endswith(f"{variant}.onnx")))
-                if pts:
-                    ax.plot(*zip(*pts), marker=marker, ls="-" if variant != "dense" else "",
-                            label=f"{model} {variant}")
-        ax.set_title(f"batch {batch}, {results['threads']} threads")
-        ax.set_xlabel("GMACs")
-        ax.set_ylabel("median latency (ms)")
+        for kind, marker in (("fp32", "o"), ("int8", "s")):
+            pts = sorted((r["median_ms"], by_form[Path(r["model"].split(" ")[0]).stem.removeprefix("cifar_")])
+                         for r in cifar["latency"]["rows"] if r["batch"] == batch and f"_{kind}" in r["model"])
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=kind.upper())
+        ax.set_title(f"CIFAR-10 reference, batch {batch}")
+        ax.set_xlabel("median latency (ms), onnxruntime")
+        ax.set_ylabel("top-1 (%), 10,000 test photos")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -114,8 +172,10 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--min-iters", type=int, default=10)
     p.add_argument("--min-time", type=float, default=2.0)
-    p.add_argument("--round-to", type=int, nargs="+", default=[1, 8, 16, 32], dest="round_to")
-    p.add_argument("--skip-extras", action="store_true", help="no round-to and large-vs-small runs")
+    p.add_argument("--runtimes", nargs="+", default=["onnxruntime"], help="onnxruntime and/or openvino")
+    p.add_argument("--cifar", type=Path, default=CIFAR, help="CIFAR-10 folder for the reference's top-1")
+    p.add_argument("--skip-cifar", action="store_true")
+    p.add_argument("--skip-extras", action="store_true", help="no large-versus-small run")
     p.add_argument("--out", default=str(RESULTS / "latency"))
     args = p.parse_args()
     start = time.perf_counter()
@@ -126,50 +186,48 @@ def main() -> None:
         loaded = {}
         for name in args.models:
             loaded[name] = load_model(name, pretrained=False)
-            files = [export(loaded[name], tmp / f"{name}_dense.onnx", 1.0)]
+            files = [export(loaded[name], tmp / f"{name}_plain_dense.onnx", 1.0, plain_export=True),
+                     export(loaded[name], tmp / f"{name}_lean_dense.onnx", 1.0)]
             for r in args.ratios:
                 tag = f"{name}_{int(round(r * 100)):03d}"
-                files.append(export(loaded[name], tmp / f"{tag}_heads.onnx", r))
-                files.append(export(loaded[name], tmp / f"{tag}_embed.onnx", r, prune_embed=True))
+                files.append(export(loaded[name], tmp / f"{tag}_fp32.onnx", r))
+                files.append(export(loaded[name], tmp / f"{tag}_int8.onnx", r, quantize="int8-dynamic"))
+            files.append(export(loaded[name], tmp / f"{name}_latency050.onnx", latency=0.5,
+                                latency_threads=args.threads))
             results["models"][name] = timed(files, args)
             print(f"{name}: timed {len(files)} files ({time.perf_counter() - start:.0f} s)", flush=True)
         if not args.skip_extras:
             t = loaded.get("swin_t") or load_model("swin_t", pretrained=False)
-            files = [export(t, tmp / "swin_t_050_embed_round1.onnx", 0.5, prune_embed=True)]
-            files += [export(t, tmp / f"swin_t_050_embed_round{k}.onnx", 0.5, prune_embed=True, round_to=k)
-                      for k in args.round_to if k > 1]
-            results["extras"]["round_to"] = timed(files, args)
             s = loaded.get("swin_s") or load_model("swin_s", pretrained=False)
-            files = [export(t, tmp / "swin_t_dense.onnx", 1.0)]
+            files = [export(t, tmp / "swin_t_lean_dense.onnx", 1.0)]
             budget = f"{read_report(files[0]).original.macs / 1e9:.4f}G"
-            files += [export(s, tmp / "swin_s_to_t_heads.onnx", budget),
-                      export(s, tmp / "swin_s_to_t_embed.onnx", budget, prune_embed=True)]
+            files.append(export(s, tmp / "swin_s_to_t.onnx", budget))
             results["extras"]["large_vs_small"] = timed(files, args)
-            files = with_and_without_slim(t, tmp, "swin_t_dense", 1.0) + with_and_without_slim(t, tmp, "swin_t_050", 0.5)
-            results["extras"]["onnxslim"] = timed(files, args)
-            print(f"extras done ({time.perf_counter() - start:.0f} s)", flush=True)
+        if not args.skip_cifar and args.cifar.is_dir():
+            results["cifar"] = cifar_section(tmp, args)
     results["wall_s"] = time.perf_counter() - start
     first = next(iter(results["models"].values()))
-    results["runtime"] = {k: first[k] for k in ("onnxruntime", "provider", "threads", "graph_optimization") if k in first}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    lines = [f"`{results['command']}` ({results['date']}, onnxruntime {results['runtime'].get('onnxruntime')}, "
-             f"CPU provider, {args.threads} threads, all graph optimisations; wall {results['wall_s'] / 60:.1f} min). "
-             "Random weights (latency does not depend on them). `_heads`: heads + MLP channels pruned; `_embed`: "
-             "residual channels too. Speed-up and ideal are against the first row of each table, measured "
-             "interleaved in one run.", ""]
-    lines += goals(results)
+    lines = [f"`{results['command']}` ({results['date']}, {first['framework']}, onnxruntime {first['onnxruntime']}, "
+             f"CPU, {args.threads} threads, all graph optimisations; wall {results['wall_s'] / 60:.1f} min). "
+             "Random weights for swin_t/s/b (latency does not depend on them). Every table is one interleaved "
+             "run; speed-up and ideal are against its first row.", ""]
+    lines += goals(results, args)
     for name, res in results["models"].items():
-        lines += table(res["rows"], name)
-    if "round_to" in results["extras"]:
-        lines += table(results["extras"]["round_to"]["rows"], "swin_t, R = 0.5, --prune-embed: --round-to 1 / 8 / 16 / 32")
-        lines += table(results["extras"]["large_vs_small"]["rows"],
-                       "Large pruned versus small dense: swin_s pruned to swin_t's MACs (goal: latency <= 1.05x dense swin_t)")
-        lines += table(results["extras"]["onnxslim"]["rows"],
-                       "onnxslim in the export: swin_t dense and R = 0.5, without (`_noslim`) and with (`_slim`) it")
+        lines += table(res, name)
+    if "large_vs_small" in results["extras"]:
+        lines += table(results["extras"]["large_vs_small"], "Large pruned versus small dense: swin_s pruned to "
+                       "swin_t's MACs against dense swin_t (lean exports)")
+    if "cifar" in results:
+        c = results["cifar"]
+        lines += ["### CIFAR-10 reference: top-1 on the 10,000 test photos", "", "| form | MACs kept | top-1 (%) |",
+                  "|---|---|---|"]
+        lines += [f"| {t['form']} | {t['macs_ratio']:.3f} | {t['top1']:.2f} |" for t in c["top1"]] + [""]
+        lines += table(c["latency"], "CIFAR-10 reference: latency")
+        plot(c, out.parent / "latency_top1.png")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot(results, out.with_suffix(".png"))
     print(out.with_suffix(".md").read_text())
 
 

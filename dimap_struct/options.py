@@ -321,7 +321,8 @@ class SourceOptions(Options):
     model: str | None = option(None, "timm model name, optionally with a pretrained tag "
                                "(swin_base_patch4_window7_224.ms_in22k_ft_in1k), an alias (swin_t, swin_s, "
                                "swin_b, swin_l), 'torchvision:swin_t', the built-in 'reference-cifar10' or "
-                               "'reference-mnist' (alias 'reference'), or a pruned checkpoint written by --save-pt",
+                               "'reference-mnist' (alias 'reference'), hf:<hub id or save_pretrained directory> "
+                               "(transformers), or a pruned checkpoint written by --save-pt",
                                positional=True)
     checkpoint: str | None = option(None, "local .pth / .pt / .safetensors state dict: bare, or under "
                                     "'model' / 'state_dict' (else 'model_ema' / 'state_dict_ema' / 'ema'); "

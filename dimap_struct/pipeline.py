@@ -171,7 +171,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
     with steps("select to the MACs budget" if latency is None else "select to the latency budget"):
         selection = select_to_budget(
             scores, costs,
-            head_weights=[4 * b.attn.head_dim * b.attn.qkv.in_features for b in blocks],
+            head_weights=[4 * b.attn.head_dim * b.attn.in_features for b in blocks],
             channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
             target_macs=target, policy=criterion.policy, head_dims=[b.attn.head_dim for b in blocks],
             min_heads=options.min_heads, min_mlp=options.min_mlp, round_to=options.round_to,

@@ -27,3 +27,13 @@ def random_model():
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests (use with pytest.mark.usefixtures): with another
+    job on this 2-core machine, two threads made a small model's forward pass far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,7 +22,8 @@ def test_ranks_match_the_counting_definition():
 
 def _result(model, table):
     return {"meta": {"model": model},
-            "summary": [{"criterion": c, "ratio": r, "zero_shot": z, "finetuned": f} for (c, r), (z, f) in table.items()]}
+            "summary": [{"criterion": c, "ratio": r, "zero_shot": z, "finetuned": f}
+                        for (c, r), (z, f) in table.items()]}
 
 
 def test_mean_rank_decides_and_ties_go_to_the_higher_mean_top1():

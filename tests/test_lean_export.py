@@ -14,6 +14,7 @@ from dimap_struct.deploy.export import export_form
 from dimap_struct.deploy.lean import LeanUnsupported, lean_model, shift_mask, window_order
 from dimap_struct.models.adapters import adapter_for_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
 FAMILIES = {
     "timm v1": lambda: timm.create_model("swin_tiny_patch4_window7_224", **SMALL),
@@ -42,13 +43,6 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
                 p.add_(0.2 * torch.randn(p.shape, generator=gen))
     return model.eval()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _input_size(model):

@@ -150,8 +150,8 @@ def _headline(result: dict) -> str:
     if "runtimes" in result:
         parts = []
         for runtime, version in result["runtimes"].items():
-            parts.append(f"onnxruntime {version}, {result['provider']}, {result['threads']} intra-op threads (inter-op 1, "
-                         "sequential, ORT_ENABLE_ALL)" if runtime == "onnxruntime" else
+            parts.append(f"onnxruntime {version}, {result['provider']}, {result['threads']} intra-op threads "
+                         "(inter-op 1, sequential, ORT_ENABLE_ALL)" if runtime == "onnxruntime" else
                          f"OpenVINO {version}, CPU, {result['threads']} inference threads (latency hint, 1 stream, f32 "
                          "precision)")
         engine = " and ".join(parts)

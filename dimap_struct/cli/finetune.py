@@ -108,8 +108,9 @@ def _run(args: argparse.Namespace) -> int:
         after = evaluate(student)
         report.finetune = {**summary, **before, "finetuned_top1": after, "data": str(data),
                            "weights_sha256": digest, "resumed": state is not None}
+        quantize = _quantize_request(options, loaded.data_config, data)
         write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
-                               plain=options.plain_export, quantize=_quantize_request(options, loaded.data_config, data))
+                               plain=options.plain_export, quantize=quantize)
         resume.unlink(missing_ok=True)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
@@ -157,8 +158,9 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
         report.finetune = {"steps": sum(r["training"]["steps"] for r in rounds), "teacher_top1": teacher_top1,
                            "finetuned_top1": after, "data": str(data), "weights_sha256": digest, "resumed": False,
                            "config": per_round.as_dict(), "per_round": True}
+        quantize = _quantize_request(options, loaded.data_config, data)
         write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
-                               plain=options.plain_export, quantize=_quantize_request(options, loaded.data_config, data))
+                               plain=options.plain_export, quantize=quantize)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
         else:

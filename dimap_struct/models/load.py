@@ -88,11 +88,11 @@ def load_model(name: str, *, checkpoint: str | os.PathLike | None = None, pretra
 def wrap_model(model: nn.Module, name: str | None = None) -> LoadedModel:
     """Wrap an already-built model (Python API) with its adapter. Its name defaults to timm's
     architecture name when the model carries one (so pruned checkpoints can rebuild it)."""
-    name = name or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     adapter = adapter_for_model(model)
     if adapter is None:
-        raise unsupported(name)
-    model.eval()
+        raise unsupported(name or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__)
+    name = name or adapter.default_name(model)
+    model = adapter.model.eval()
     return LoadedModel(model, adapter, name, "given in memory", False, adapter.data_config(),
                        adapter.build_kwargs())
 

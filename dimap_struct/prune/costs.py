@@ -174,8 +174,9 @@ def build_cost_model(model: nn.Module, adapter: FamilyAdapter, blocks: list[Bloc
     for b in blocks:
         a, mlp = b.attn, b.mlp
         d, heads = a.head_dim, a.num_heads
-        n_attn, n_mlp = tokens[id(a.qkv)], tokens[id(mlp.fc1)]
-        c_in, c_out = a.qkv.in_features, a.proj.out_features
+        projections = [layer for layer, _ in a.projections]
+        n_attn, n_mlp = tokens[id(projections[0])], tokens[id(mlp.fc1)]
+        c_in, c_out = a.in_features, a.proj.out_features
         param_heads = [t for t in a.per_head if isinstance(t.tensor, nn.Parameter)]
         per_head_params = [t.tensor for t in param_heads]
         per_head_tensors = sum(t.tensor.numel() // t.tensor.shape[t.axis] * t.per_head_size for t in param_heads)
@@ -186,7 +187,8 @@ def build_cost_model(model: nn.Module, adapter: FamilyAdapter, blocks: list[Bloc
             macs_per_head=qkv_per_c * c_in + 2 * n_attn * a.window_area * d + proj_per_c * c_out
             + sum(tokens[id(m)] * m.in_features for m in head_layers),
             macs_per_channel=n_mlp * mlp.fc1.in_features + tokens[id(mlp.fc2)] * mlp.fc2.out_features,
-            params_per_head=3 * d * (c_in + (a.qkv.bias is not None)) + d * c_out + per_head_tensors
+            params_per_head=sum(parts * d * (c_in + (layer.bias is not None)) for layer, parts in a.projections)
+            + d * c_out + per_head_tensors
             + sum(m.in_features + (m.bias is not None) for m in head_layers),
             params_per_channel=mlp.fc1.in_features + (mlp.fc1.bias is not None) + mlp.fc2.out_features,
             width=c_in,
@@ -195,9 +197,10 @@ def build_cost_model(model: nn.Module, adapter: FamilyAdapter, blocks: list[Bloc
             macs_per_channel_per_c=n_mlp + tokens[id(mlp.fc2)],
             params_per_channel_per_c=2,
         ))
-        block_layers.update(id(m) for m in (a.qkv, a.proj, mlp.fc1, mlp.fc2, *head_layers))
-        owned.update(id(p) for p in (a.qkv.weight, a.qkv.bias, a.proj.weight, mlp.fc1.weight, mlp.fc1.bias,
-                                     mlp.fc2.weight, *per_head_params) if p is not None)
+        block_layers.update(id(m) for m in (*projections, a.proj, mlp.fc1, mlp.fc2, *head_layers))
+        owned.update(id(p) for p in (*[t for layer in projections for t in (layer.weight, layer.bias)],
+                                     a.proj.weight, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, *per_head_params)
+                     if p is not None)
         owned.update(id(p) for m in head_layers for p in m.parameters())
 
     fixed_macs = []

@@ -24,12 +24,6 @@ from ..models.adapters import AttentionSite, BlockSite, FamilyAdapter, ResidualS
 from .select import Plan
 
 
-def head_rows(site: AttentionSite, heads: list[int]) -> list[int]:
-    """qkv output rows (layout (3, H, d)) belonging to `heads`."""
-    h, d = site.num_heads, site.head_dim
-    return [t * h * d + head * d + i for t in range(3) for head in heads for i in range(d)]
-
-
 def head_columns(site: AttentionSite, heads: list[int]) -> list[int]:
     """proj input columns (layout (H, d)) belonging to `heads`."""
     d = site.head_dim
@@ -62,7 +56,8 @@ def cut_heads(adapter: FamilyAdapter, site: AttentionSite, keep: list[int]) -> N
     drop = [h for h in range(site.num_heads) if h not in kept]
     if not drop:
         return
-    tp.prune_linear_out_channels(site.qkv, head_rows(site, drop))
+    for layer, rows in site.projection_rows(drop):
+        tp.prune_linear_out_channels(layer, rows)
     tp.prune_linear_in_channels(site.proj, head_columns(site, drop))
     for layer in site.per_head_layers:
         tp.prune_linear_out_channels(layer, drop)

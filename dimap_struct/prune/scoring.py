@@ -55,7 +55,7 @@ def _tensor(layer: torch.nn.Linear, grad: bool) -> torch.Tensor:
 def head_weight_views(site: AttentionSite, grad: bool = False) -> list[torch.Tensor]:
     """Per-layer (heads, n) views of the weights a head owns: [qkv rows, proj columns]
     (with `grad`, the same views of the weights' gradients)."""
-    return [_qkv_by_head(site, _tensor(site.qkv, grad)), _proj_by_head(site, _tensor(site.proj, grad))]
+    return [_qkv_by_head(site, site.qkv_tensor(grad)), _proj_by_head(site, _tensor(site.proj, grad))]
 
 
 def channel_weight_views(site: MlpSite, grad: bool = False) -> list[torch.Tensor]:

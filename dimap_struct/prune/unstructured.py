@@ -69,7 +69,7 @@ class WeightModule:
 
 def weight_modules(blocks) -> dict[str, WeightModule]:
     return {
-        "qkv": WeightModule.build("qkv", [b.attn.qkv for b in blocks]),
+        "qkv": WeightModule.build("qkv", [layer for b in blocks for layer, _ in b.attn.projections]),
         "proj": WeightModule.build("proj", [b.attn.proj for b in blocks]),
         "mlp": WeightModule.build("mlp", [layer for b in blocks for layer in (b.mlp.fc1, b.mlp.fc2)]),
     }
@@ -120,8 +120,10 @@ def _weight_report(loaded, options, blocks, modules, removed, before: Counts, ef
     kept_prunable = sum(m.size - removed[n] for n, m in modules.items())
     rows = []
     for b in blocks:
-        layers = dict(zip(("qkv", "proj", "fc1", "fc2"), (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)))
-        kept = {n: int(torch.count_nonzero(layer.weight)) / layer.weight.numel() for n, layer in layers.items()}
+        qkv = b.attn.qkv_tensor()
+        layers = dict(zip(("proj", "fc1", "fc2"), (b.attn.proj, b.mlp.fc1, b.mlp.fc2)))
+        kept = {"qkv": int(torch.count_nonzero(qkv)) / qkv.numel(),
+                **{n: int(torch.count_nonzero(layer.weight)) / layer.weight.numel() for n, layer in layers.items()}}
         rows.append(BlockRow(name=b.name, stage=b.stage, heads_before=b.attn.num_heads, heads=b.attn.num_heads,
                              mlp_width_before=b.mlp.width, mlp_width=b.mlp.width,
                              attention_kept=(kept["qkv"] + kept["proj"]) / 2, mlp_kept=(kept["fc1"] + kept["fc2"]) / 2,

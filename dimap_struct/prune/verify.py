@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.adapters import BlockSite, FamilyAdapter, ResidualSite
-from .cut import head_columns, head_rows, interleaved_index
+from .cut import head_columns, interleaved_index
 from .select import Plan
 
 
@@ -37,10 +37,11 @@ def zero_removed(blocks: list[BlockSite], plan: Plan) -> None:
         kept_heads, kept_channels = set(heads), set(channels)
         drop = [h for h in range(a.num_heads) if h not in kept_heads]
         if drop:
-            rows = torch.tensor(head_rows(a, drop))
-            a.qkv.weight[rows] = 0
-            if a.qkv.bias is not None:
-                a.qkv.bias[rows] = 0
+            for layer, rows in a.projection_rows(drop):
+                rows = torch.tensor(rows)
+                layer.weight[rows] = 0
+                if layer.bias is not None:
+                    layer.bias[rows] = 0
             a.proj.weight[:, torch.tensor(head_columns(a, drop))] = 0
             for t in a.per_head:
                 t.tensor.index_fill_(t.axis, torch.tensor(t.indices(drop)), 0)

@@ -13,7 +13,7 @@ from .base import (
     suggestions,
     supported_families,
 )
-from . import timm_swin, timm_swinv2, timm_swinv2_cr, torchvision_swin, reference  # noqa: F401,E402
+from . import timm_swin, timm_swinv2, timm_swinv2_cr, torchvision_swin, reference, hf_swin  # noqa: F401,E402
 
 __all__ = [
     "AttentionSite", "BlockSite", "FamilyAdapter", "MlpSite", "PerHeadTensor", "ResidualSite",

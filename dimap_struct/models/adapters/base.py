@@ -47,12 +47,15 @@ class AttentionSite:
     """One windowed multi-head attention.
 
     `qkv` is a fused projection whose output rows are laid out as (3, num_heads, head_dim):
-    row t*H*d + h*d + i is element i of head h of q (t=0), k (t=1) or v (t=2). `proj` reads
-    the concatenated heads, so its input columns are laid out as (num_heads, head_dim).
+    row t*H*d + h*d + i is element i of head h of q (t=0), k (t=1) or v (t=2). Families with
+    three projections (Hugging Face) give `qkv=None` and `separate=(q, k, v)`, each with rows
+    laid out (num_heads, head_dim); together they are the same layer as a fused qkv (DIMAP
+    scores them as one). `proj` reads the concatenated heads, so its input columns are laid
+    out as (num_heads, head_dim).
     """
 
     module: nn.Module
-    qkv: nn.Linear
+    qkv: nn.Linear | None
     proj: nn.Linear
     num_heads: int
     head_dim: int
@@ -61,6 +64,36 @@ class AttentionSite:
     per_head_layers: list[nn.Linear] = field(default_factory=list)
     """Linear layers with one output row (and bias entry) per head, e.g. the last layer of
     Swin v2's position-bias MLP: cut, zeroed and counted (MACs and params) with their head."""
+    separate: tuple[nn.Linear, nn.Linear, nn.Linear] | None = None
+
+    @property
+    def projections(self) -> list[tuple[nn.Linear, int]]:
+        """(layer, parts) for the input projections: each layer's output rows are laid out
+        (parts, num_heads, head_dim)."""
+        return [(self.qkv, 3)] if self.qkv is not None else [(layer, 1) for layer in self.separate]
+
+    def projection_rows(self, heads: list[int]) -> list[tuple[nn.Linear, list[int]]]:
+        """For each input projection, its output rows that belong to `heads`."""
+        h, d = self.num_heads, self.head_dim
+        return [(layer, [t * h * d + head * d + i for t in range(parts) for head in heads for i in range(d)])
+                for layer, parts in self.projections]
+
+    @property
+    def in_features(self) -> int:
+        return self.projections[0][0].in_features
+
+    def qkv_tensor(self, grad: bool = False) -> torch.Tensor:
+        """The fused (3*H*d, C) weight, or its gradient: `qkv`'s, or q, k, v stacked."""
+        tensors = [layer.weight.grad if grad else layer.weight.detach() for layer, _ in self.projections]
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+    def qkv_bias(self) -> torch.Tensor | None:
+        """The fused (3*H*d,) bias as the forward applies it (a missing part is zero), or None."""
+        layers = [layer for layer, _ in self.projections]
+        if all(layer.bias is None for layer in layers):
+            return None
+        return torch.cat([layer.bias.detach() if layer.bias is not None else
+                          torch.zeros(layer.out_features, dtype=layer.weight.dtype) for layer in layers])
 
 
 @dataclass
@@ -157,6 +190,19 @@ class FamilyAdapter(ABC):
     @abstractmethod
     def matches(cls, model: nn.Module) -> bool:
         """True if an instantiated model belongs to this family."""
+
+    @classmethod
+    def prepare(cls, model: nn.Module) -> nn.Module:
+        """The module the pipeline works on for a model of this family (an images -> tensor
+        module; e.g. a wrapper around a model whose forward returns a richer object). The
+        default is the model itself; must be idempotent."""
+        return model
+
+    @classmethod
+    def default_name(cls, model: nn.Module) -> str:
+        """The name of a model given in memory (Python API), used to rebuild it from a pruned
+        checkpoint: timm's architecture name when the model carries one, else its class."""
+        return getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
 
     # -- the instantiated model ------------------------------------------------------------
     @property
@@ -282,5 +328,7 @@ def is_foreign_name(name: str) -> bool:
 
 
 def adapter_for_model(model: nn.Module) -> FamilyAdapter | None:
+    """The adapter of `model`'s family, wrapping `cls.prepare(model)` (its `.model` is the
+    module to work on), or None for an unsupported model."""
     cls = next((cls for cls in _REGISTRY if cls.matches(model)), None)
-    return cls(model) if cls else None
+    return cls(cls.prepare(model)) if cls else None

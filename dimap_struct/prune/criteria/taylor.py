@@ -42,7 +42,7 @@ def accumulate_gradients(model: nn.Module, calib: Calibration, batch_size: int =
 def taylor_scores(blocks, context: ScoreContext) -> GroupScores:
     """Needs gradients of the calibration loss in `.grad` of qkv / proj / fc1 / fc2 weights."""
     for b in blocks:
-        for layer in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2):
+        for layer in (*[p for p, _ in b.attn.projections], b.attn.proj, b.mlp.fc1, b.mlp.fc2):
             if layer.weight.grad is None:
                 raise ValueError("taylor needs gradients: run taylor.accumulate_gradients first")
 
