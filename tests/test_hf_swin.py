@@ -67,8 +67,11 @@ def zeroed(hf, report) -> torch.nn.Module:
     return ref
 
 
-@pytest.mark.parametrize("name", list(CLASSES))
-@pytest.mark.parametrize("ratio", [0.8, 0.5, 0.3])
+CASES = [(name, r) for name in ("SwinForImageClassification", "Swinv2ForImageClassification") for r in (0.8, 0.5, 0.3)]
+CASES += [("SwinModel", 0.3), ("Swinv2Model", 0.5)]  # the base models share the classifiers' blocks
+
+
+@pytest.mark.parametrize("name,ratio", CASES)
 def test_pruned_model_runs_in_transformers_and_equals_the_masked_original(name, ratio):
     original = build(name)
     result = dimap_struct.compress(original, ratio)
@@ -97,7 +100,7 @@ def test_removed_heads_are_the_zeroed_ones(name):
     assert (own_forward(heads_only.model.hf, x) - own_forward(reference, x)).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("name", list(CLASSES))
+@pytest.mark.parametrize("name", ["SwinForImageClassification", "Swinv2ForImageClassification"])
 @pytest.mark.parametrize("ratio", [0.8, 0.3])
 def test_residual_channels_too(name, ratio):
     original = build(name)
@@ -109,9 +112,10 @@ def test_residual_channels_too(name, ratio):
     assert torch.allclose(own_forward(result.model.hf, x), result.model(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", list(CLASSES))
+@pytest.mark.parametrize("name", ["SwinModel", "Swinv2ForImageClassification"])
 def test_onnx_equals_transformers_forward_at_batch_1_and_3(name, tmp_path):
-    result = dimap_struct.compress(build(name), 0.5, prune_embed=name.startswith("Swinv2"), output=tmp_path / "m.onnx")
+    embed = name == "Swinv2ForImageClassification"
+    result = dimap_struct.compress(build(name), 0.5, prune_embed=embed, output=tmp_path / "m.onnx")
     assert result.report.onnx.graph == "lean"
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].name == "logits"
@@ -144,6 +148,13 @@ def test_pretrained_weights_come_from_the_directory(tmp_path):
     assert loaded.data_config["input_size"] == (3, SIZE, SIZE)
 
 
+def test_a_backbones_features_keep_their_width():
+    from dimap_struct.errors import UserError
+
+    with pytest.raises(UserError, match="returns its last stage's features"):
+        dimap_struct.compress(build("SwinModel"), 0.5, prune_embed=True)
+
+
 @pytest.mark.parametrize("case", ["no-config", "not-cached-offline", "unsupported-architecture", "no-transformers"])
 def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capsys):
     if case == "no-config":
@@ -165,6 +176,7 @@ def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capsys):
     else:
         monkeypatch.setitem(sys.modules, "transformers", None)
         args, words = ["hf:microsoft/swin-tiny-patch4-window7-224"], ["pip install"]
+    capsys.readouterr()  # save_pretrained's own progress output
     assert cli.main(args + ["--no-pretrained"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(w in err[0] for w in words), err

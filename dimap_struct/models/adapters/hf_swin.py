@@ -185,6 +185,10 @@ class HfSwinAdapter(FamilyAdapter):
         # Stage s's stream is written by the patch projection (s = 0) or by stage s-1's merging,
         # which sits at the end of stage s-1 here; stage s's own merging reads it as 2x2
         # neighbours concatenated channel-last (input k*C + c is channel c).
+        if not hasattr(self.hf, "classifier"):
+            raise NotImplementedError(f"{type(self.hf).__name__} returns its last stage's features, whose width "
+                                      "residual pruning would change; prune the *ForImageClassification model, or "
+                                      "heads and MLP channels only")
         bb, sites = self.backbone, []
         stages = list(self._stages())
         for s, stage in enumerate(stages):
