@@ -15,6 +15,15 @@ if that first try already fails, no search is possible and the failure is what g
                   timm's PatchMerging and root_module_types=(Linear, LayerNorm, PatchMerging),
                   as examples/transformers/prune_hf_swin.py does for the HF Swin.
 
+With `--hf`, the model is transformers' `SwinForImageClassification` with swin-tiny's config
+(random weights) and the configuration is
+
+  tp-hf-swin-recipe  torch-pruning's examples/transformers/prune_hf_swin.py brought to
+                  transformers 5 (q_proj / k_proj / v_proj instead of query / key / value, the
+                  merging's width read from its reduction): num_heads for q, k and v, a pruner
+                  for SwinPatchMerging, root_module_types=(Linear, LayerNorm, SwinPatchMerging),
+                  then each attention's head_dim set from q_proj's width, as the example does.
+
 Recorded per run: whether pruning and a batch-1 forward work, MACs and params before/after,
 the achieved MACs ratio, the wall time of the final pruning step (pruner construction + step),
 whether `torch.onnx.export(dynamo=False, opset_version=17)` works and how far onnxruntime (CPU)
@@ -79,7 +88,60 @@ def attentions(model):
     return [m for m in model.modules() if isinstance(m, WindowAttention)]
 
 
+class HfLogits(torch.nn.Module):
+    """transformers' SwinForImageClassification as images -> logits (what export and ORT need)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x):
+        return self.hf(pixel_values=x).logits
+
+
+class HfPatchMergingPruner(tp.BasePruningFunc):
+    """transformers' SwinPatchMerging: LayerNorm then reduction over 4 copies (2x2) of each channel."""
+
+    def prune_out_channels(self, layer, idxs):
+        tp.prune_linear_out_channels(layer.reduction, idxs)
+        return layer
+
+    def prune_in_channels(self, layer, idxs):
+        dim = layer.reduction.in_features // 4
+        copies = [i + k * dim for k in range(4) for i in idxs]
+        tp.prune_layernorm_out_channels(layer.norm, copies)
+        tp.prune_linear_in_channels(layer.reduction, copies)
+        return layer
+
+    def get_out_channels(self, layer):
+        return layer.reduction.out_features
+
+    def get_in_channels(self, layer):
+        return layer.reduction.in_features // 4
+
+
+def hf_attentions(model):
+    from transformers.models.swin.modeling_swin import SwinAttention
+
+    return [m for m in model.modules() if isinstance(m, SwinAttention)]
+
+
+def make_hf_pruner(model, x, ratio):
+    from transformers.models.swin.modeling_swin import SwinPatchMerging
+
+    heads = {}
+    for a in hf_attentions(model):
+        heads.update({a.q_proj: a.num_attention_heads, a.k_proj: a.num_attention_heads,
+                      a.v_proj: a.num_attention_heads})
+    return tp.pruner.BasePruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                pruning_ratio=ratio, ignored_layers=[model.hf.classifier], num_heads=heads,
+                                customized_pruners={SwinPatchMerging: HfPatchMergingPruner()},
+                                root_module_types=(torch.nn.Linear, torch.nn.LayerNorm, SwinPatchMerging))
+
+
 def make_pruner(model, x, config, ratio):
+    if config == "tp-hf-swin-recipe":
+        return make_hf_pruner(model, x, ratio)
     kw = {}
     if config in ("tp-heads", "tp-swin-recipe"):
         kw["num_heads"] = {a.qkv: a.num_heads for a in attentions(model)}
@@ -94,6 +156,10 @@ def make_pruner(model, x, config, ratio):
 
 def widths(model):
     """'C/qkv_out/mlp_hidden/heads' of the first block of each stage."""
+    if isinstance(model, HfLogits):
+        return [f"{s.blocks[0].layernorm_before.normalized_shape[0]}/{3 * s.blocks[0].attention.q_proj.out_features}/"
+                f"{s.blocks[0].mlp.fc1.out_features}/{s.blocks[0].attention.num_attention_heads}"
+                for s in model.hf.swin.encoder.layers]
     out = []
     for stage in model.layers:
         b = stage.blocks[0]
@@ -115,7 +181,10 @@ def trial(base, x, config, ratio, rec):
         t = time.perf_counter()
         pruner = make_pruner(model, x, config, ratio)
         pruner.step()
-        if pruner.num_heads:  # as prune_timm_vit.py does after step()
+        if config == "tp-hf-swin-recipe":  # as prune_hf_swin.py does after step()
+            for a in hf_attentions(model):
+                a.head_dim = a.q_proj.out_features // a.num_attention_heads
+        elif pruner.num_heads:  # as prune_timm_vit.py does after step()
             for a in attentions(model):
                 a.num_heads = pruner.num_heads[a.qkv]
         rec["prune_s"] = round(time.perf_counter() - t, 2)
@@ -191,32 +260,74 @@ def fmt(rec, base):
             f"{fail.replace('|', '/')} | {ACCURACY} |")
 
 
+def hf_swin_tiny():
+    import transformers
+
+    config = transformers.SwinConfig(image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2],
+                                     num_heads=[3, 6, 12, 24], window_size=7, num_labels=1000)
+    return HfLogits(transformers.SwinForImageClassification(config).eval()).eval()
+
+
+def dimap_row(base, x, target) -> dict:
+    """dimap-struct on the same model (default criterion), for the comparison."""
+    import dimap_struct
+
+    t = time.perf_counter()
+    result = dimap_struct.compress(base.hf, target)
+    rec = {"config": "dimap-struct (default)", "pruned": True, "pruning_ratio": "n/a",
+           "prune_s": round(time.perf_counter() - t, 2)}
+    model = result.model
+    with torch.no_grad():
+        ref = model(x).numpy()
+        rec.update(forward=True, params_after=numel(model), widths_after=widths(HfLogits(model.hf)),
+                   macs_after=int(tp.utils.count_ops_and_params(model, x)[0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "pruned.onnx")
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"])
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"input": x.numpy()})[0]
+        rec.update(onnx_export=True, ort_max_abs_diff=float(np.abs(got - ref).max()))
+    return rec
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["swin_tiny_patch4_window7_224"])
     p.add_argument("--flops", type=float, default=0.5, help="fraction of the MACs to keep")
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hf", action="store_true", help="transformers' SwinForImageClassification (swin-tiny config) "
+                   "with the tp-hf-swin-recipe configuration, beside dimap-struct on the same model")
+    p.add_argument("--out", help="output stem (default benchmarks/results/peers, peers_hf with --hf)")
     args = p.parse_args()
+    if args.hf:
+        args.models, args.configs = ["hf:swin-tiny-config"], ["tp-hf-swin-recipe"]
     torch.set_num_threads(2)
     command = " ".join([".venv/bin/python", "benchmarks/peers.py", *sys.argv[1:]])
 
     runs = []
     for name in args.models:
         torch.manual_seed(args.seed)
-        base = timm.create_model(name, pretrained=False).eval()
+        base = hf_swin_tiny() if args.hf else timm.create_model(name, pretrained=False).eval()
         x = torch.randn(1, 3, 224, 224)
         macs = int(tp.utils.count_ops_and_params(base, x)[0])
         info = {"model": name, "macs": macs, "params": numel(base), "widths": widths(base), "results": []}
         for config in args.configs:
             print(f"{name} / {config} ...", flush=True)
             info["results"].append(run_config(base, x, config, args.flops, macs))
+        if args.hf:
+            print(f"{name} / dimap-struct ...", flush=True)
+            row = dimap_row(base, x, args.flops)
+            row["macs_ratio"] = round(row["macs_after"] / macs, 4)
+            info["results"].append(row)
         runs.append(info)
 
     report = {
         "command": command, "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 2",
-        "versions": {k: md.version(k) for k in ("torch", "timm", "torch-pruning", "onnx", "onnxruntime")},
+        "versions": {k: md.version(k) for k in ("torch", "timm", "torch-pruning", "onnx", "onnxruntime")
+                     + (("transformers",) if args.hf else ())},
         "target_macs_ratio": args.flops, "seed": args.seed, "accuracy": ACCURACY, "runs": runs,
     }
     head = ("| model | config | pruned | forward (1x3x224x224) | pruning_ratio | MACs G (before -> after) | "
@@ -235,8 +346,9 @@ def main() -> None:
             f"seed {args.seed})\n\n" + head + "\n".join(rows) + "\n" + "\n".join(shapes) + "\n")
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "peers.md").write_text(text)
+    out = Path(args.out) if args.out else RESULTS / ("peers_hf" if args.hf else "peers")
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
 
 
 if __name__ == "__main__":
