@@ -27,6 +27,14 @@ def test_the_fit_recovers_a_linear_latency_exactly():
     assert np.allclose(stage.coefficients, TRUE, rtol=1e-6, atol=1e-9)
 
 
+def test_a_noisy_fit_never_predicts_a_slower_smaller_block():
+    samples = _samples()
+    samples[1]["ms"] *= 3  # fewer heads timed slower: plain least squares would give k2 < 0
+    stage = fit_stage(samples)
+    assert min(stage.coefficients) >= 0
+    assert stage.block_ms(4, 128, 64) <= stage.block_ms(8, 256, 64)
+
+
 def test_the_timed_widths_determine_every_coefficient():
     with pytest.raises(ValueError, match="independently"):
         fit_stage([{"heads": 2, "mlp": 8 * k, "width": 32, "ms": float(k)} for k in range(1, 7)])

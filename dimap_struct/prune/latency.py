@@ -37,15 +37,26 @@ class StageLatency:
 
 
 def fit_stage(samples: list[dict]) -> StageLatency:
-    """Least-squares fit of t = k . features(h, m, c) to `samples` (at least len(FEATURES),
-    spanning h, m and c, else the fit is underdetermined: ValueError)."""
+    """Non-negative least-squares fit of t = k . features(h, m, c) to `samples` (at least
+    len(FEATURES), spanning h, m and c, else the fit is underdetermined: ValueError).
+
+    Non-negative so that a block never gets slower as it loses heads or channels (the budget
+    search needs a monotone cost); no library here does NNLS (numpy has none, scipy is not a
+    dependency), so an active-set loop: drop the most negative coefficient, refit the rest."""
     if len(samples) < len(FEATURES):
         raise ValueError(f"{len(samples)} timings cannot fit {len(FEATURES)} coefficients")
     a = np.array([features(s["heads"], s["mlp"], s["width"]) for s in samples])
     b = np.array([s["ms"] for s in samples])
     if np.linalg.matrix_rank(a) < len(FEATURES):
         raise ValueError("the timed widths do not vary heads, MLP width and residual width independently")
-    coefficients, *_ = np.linalg.lstsq(a, b, rcond=None)
+    active = list(range(len(FEATURES)))
+    coefficients = np.zeros(len(FEATURES))
+    while active:
+        fitted, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
+        if (fitted >= 0).all():
+            coefficients[active] = fitted
+            break
+        active.pop(int(np.argmin(fitted)))
     return StageLatency([float(k) for k in coefficients], list(samples))
 
 
