@@ -509,6 +509,8 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
         if self.granularity != "structured":
             raise UserError("dimap-finetune prunes structurally; --granularity weight is for dimap-compress")
         _check_quantize(self.quantize, self.calib_data or self.data or "training data")
+        if self.prune_steps > 1 and self.latency is not None:
+            raise UserError("--steps reaches a MACs target in rounds; it does not work with --latency (use --flops)")
         if self.prune_steps > 1 and self.resume:
             raise UserError("--resume continues a one-cut run; it does not work with --steps > 1")
         if self.prune_steps > 1 and self.max_steps is not None and self.max_steps < self.prune_steps:

@@ -96,6 +96,13 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
     with steps("load model"):
         loaded = load_any(model, checkpoint=options.checkpoint, pretrained=options.pretrained, seed=options.seed,
                           model_kwargs=options.model_kwargs)
+    quantize = None
+    if paths is not None and options.quantize is not None:
+        from .deploy.quantize import make_request
+
+        with steps("read quantization images"):  # before the work, so bad data fails at once
+            quantize = make_request(options.quantize, options.calib_data, loaded.data_config, options.calib_images,
+                                    options.seed)
     if options.granularity == "weight":
         from .prune.unstructured import prune_weights
 
@@ -116,10 +123,7 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
     report.timings_s = steps.seconds
     if paths is not None:
         from .deploy.export import write_model_and_report
-        from .deploy.quantize import make_request
 
-        quantize = make_request(options.quantize, options.calib_data, report.data_config, options.calib_images,
-                                options.seed)
         label = "export ONNX and check parity" + (f", quantize ({quantize.scheme})" if quantize else "")
         with steps(label):
             write_model_and_report(net, report, paths, options.opset, force=options.force,
@@ -225,6 +229,8 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
                                         options.latency_batch, options.latency_threads, family=loaded.adapter.family)
     except LeanUnsupported as err:
         raise UserError(f"--latency times the lean export, and this model has none: {err}") from None
+    except ValueError as err:  # too few distinct widths in a stage to fit its latency model
+        raise UserError(f"--latency: cannot fit a latency model for this model ({err}); use --flops") from None
     return model, source
 
 

@@ -73,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     prune_options = options.pruning()
     teacher, config = loaded.model, loaded.data_config
     classes = loaded.adapter.num_classes
+    quantize = _quantize_request(options, config, data) if ctx.is_main else None  # bad data fails before training
 
     def evaluate(model):
         return accuracy(torch_classifier(model, config, "", classes), data, split="eval")["top1"]
@@ -81,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     if ctx.is_main and not args.quiet:
         on_step = _train_progress(console)
     if options.prune_steps > 1:
-        return _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step)
+        return _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step,
+                              quantize)
     result = compress(loaded, prune_options, on_step=step)
     student = result.model
     report = result.report
@@ -108,7 +110,6 @@ def _run(args: argparse.Namespace) -> int:
         after = evaluate(student)
         report.finetune = {**summary, **before, "finetuned_top1": after, "data": str(data),
                            "weights_sha256": digest, "resumed": state is not None}
-        quantize = _quantize_request(options, loaded.data_config, data)
         write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
                                plain=options.plain_export, quantize=quantize)
         resume.unlink(missing_ok=True)
@@ -129,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step) -> int:
+def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step,
+                   quantize) -> int:
     """--steps K: K rounds of prune + KD (`recover.iterative`), each with 1/K of the budget."""
     from ..deploy.export import write_model_and_report
     from ..recover.finetune import finetune, weights_digest
@@ -158,7 +160,6 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
         report.finetune = {"steps": sum(r["training"]["steps"] for r in rounds), "teacher_top1": teacher_top1,
                            "finetuned_top1": after, "data": str(data), "weights_sha256": digest, "resumed": False,
                            "config": per_round.as_dict(), "per_round": True}
-        quantize = _quantize_request(options, loaded.data_config, data)
         write_model_and_report(student, report, paths, prune_options.opset, force=options.force,
                                plain=options.plain_export, quantize=quantize)
         if args.json:

@@ -30,8 +30,9 @@ class ParityError(RuntimeError):
 def export_form(model: nn.Module, input_size, plain: bool = False) -> tuple[nn.Module, str, str | None]:
     """The module whose trace becomes the ONNX graph: the lean form of `model` (`deploy.lean`)
     unless `plain`, or when its family or input size has none. Returns (module, 'lean' or
-    'plain', why plain when lean was asked for). The lean form must match the model within
-    LEAN_TOLERANCE on a seeded batch of 3, else RuntimeError (a bug, never the user's)."""
+    'plain', why plain when lean was asked for). The lean form must match the model on a seeded
+    batch of 3 within LEAN_TOLERANCE x max(1, max |output|), else the plain graph is exported
+    (and the reason noted: tests require the lean form for every family)."""
     from ..models.adapters import adapter_for_model
     from .lean import LeanUnsupported, lean_model
 
@@ -47,9 +48,11 @@ def export_form(model: nn.Module, input_size, plain: bool = False) -> tuple[nn.M
         return model, "plain", str(err)
     probe = torch.randn(3, *input_size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        diff = float((lean(probe) - model(probe)).abs().max())
-    if not diff <= LEAN_TOLERANCE:
-        raise RuntimeError(f"the lean form differs from the model by {diff:.3g} (> {LEAN_TOLERANCE}): export bug")
+        ref = model(probe)
+        diff = float((lean(probe) - ref).abs().max())
+    allowed = LEAN_TOLERANCE * max(1.0, float(ref.abs().max()))
+    if not diff <= allowed:  # a family or size we describe wrongly: keep the user's export, say so
+        return model, "plain", f"the lean form differed from the model by {diff:.3g} (> {allowed:.3g})"
     return lean, "lean", None
 
 
@@ -137,7 +140,7 @@ def _quantize_in_place(path: Path, report, request) -> None:
     import tempfile
 
     from ..files import TEMP_PREFIX
-    from .quantize import compare, quantize_file
+    from .quantize import compare, compare_outputs, quantize_file
 
     handle, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".float.onnx", dir=path.parent)
     os.close(handle)
@@ -145,9 +148,11 @@ def _quantize_in_place(path: Path, report, request) -> None:
     try:
         os.replace(path, float_path)
         result = quantize_file(float_path, path, request.scheme, calibration=request.calibration)
+        probe = torch.randn(2, *report.input_size, generator=torch.Generator().manual_seed(1))
+        result.probe_max_abs_diff = compare_outputs(float_path, path, probe)  # also: the INT8 file runs
         if request.check_images is not None:
             result.evaluation = {**compare(float_path, path, request.check_images, request.check_labels),
-                                 "source": f"train split of {request.data}, images not used to calibrate"}
+                                 "source": request.source}
         if request.calibration is not None:
             from ..recover.oneshot import data_fingerprint
 

@@ -75,8 +75,8 @@ def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threa
     blocks = [b for stage in spec.stages for b in stage.blocks]
     key = {"version": CACHE_VERSION, "machine": machine(), "runtime": f"onnxruntime {onnxruntime.__version__}",
            "family": family or adapter.family, "input_size": list(input_size), "batch": batch, "threads": threads,
-           "architecture": [[len(stage.blocks), _heads(stage.blocks[0]), _mlp(stage.blocks[0]),
-                             _width(stage.blocks[0]), list(stage.blocks[0].window)] for stage in spec.stages]}
+           "architecture": [[[_heads(b), _mlp(b), _width(b), list(b.window), list(b.shift)] for b in stage.blocks]
+                            for stage in spec.stages]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / f"{digest}.json"
     if path.is_file() and not refresh:

@@ -59,6 +59,8 @@ class LeanAttention:
     proj: nn.Module
     scale: float | None = None
     temperature: torch.Tensor | None = None
+    mask_scale: float = 1.0
+    """How many times the family adds the shift mask (transformers' Swin v2 adds it twice)."""
 
 
 @dataclass
@@ -156,7 +158,7 @@ class LeanWindowAttention(nn.Module):
             self.register_buffer("temperature", spec.temperature.detach().reshape(1, heads, 1, 1).clone())
         logits_bias = spec.bias.detach().reshape(1, heads, self.tokens, self.tokens)
         if any(shift):
-            logits_bias = logits_bias + shift_mask(grid, window, shift)[:, None]
+            logits_bias = logits_bias + spec.mask_scale * shift_mask(grid, window, shift)[:, None]
         self.shifted = any(shift)
         self.register_buffer("logits_bias", logits_bias.contiguous())
         self.proj = spec.proj

@@ -44,6 +44,8 @@ class QuantizationReport:
     """images, agreement_top1 (%), float_top1 / int8_top1 (%) when labelled, source."""
     library: str
     seconds: float = 0.0
+    probe_max_abs_diff: float | None = None
+    """Max |INT8 - float| of the logits on a seeded random batch of 2 (the INT8 file's own run)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,19 +61,25 @@ class QuantizeRequest:
     check_images: torch.Tensor | None = None
     check_labels: torch.Tensor | None = None
     data: str | None = None
+    source: str | None = None
+    """Where the check images come from, in words (for the report)."""
 
 
 def make_request(scheme: str | None, data, data_config: dict, count: int, seed: int = 0) -> QuantizeRequest | None:
-    """Resolve `--quantize` with its data (`--calib-data`, None for none): `count` images to
-    calibrate on (static only) and the next `count` of the same permutation to check on."""
+    """Resolve `--quantize` with its data (`--calib-data`, None for none), reading the images
+    now (so bad data fails before any pruning): static takes `count` images to calibrate on and
+    the next `count` of the same seeded permutation to check on; dynamic checks on the first
+    `count`."""
     scheme = resolve_scheme(scheme, data)
     if scheme is None:
         return None
     if data is None:
         return QuantizeRequest(scheme)
-    check_images, check_labels = labelled_sample(data, data_config, count, seed, skip=count)
-    calibration = labelled_sample(data, data_config, count, seed)[0] if scheme == "int8-static" else None
-    return QuantizeRequest(scheme, calibration, check_images, check_labels, str(data))
+    static = scheme == "int8-static"
+    check_images, check_labels = labelled_sample(data, data_config, count, seed, skip=count if static else 0)
+    calibration = labelled_sample(data, data_config, count, seed)[0] if static else None
+    source = f"train split of {data}" + (", images not used to calibrate" if static else "")
+    return QuantizeRequest(scheme, calibration, check_images, check_labels, str(data), source)
 
 
 def resolve_scheme(scheme: str | None, calib_data) -> str | None:
@@ -115,7 +123,9 @@ def quantize_file(float_path: Path, out_path: Path, scheme: str, *, calibration:
             q.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimisation; quantize the export itself if it fails
             prepared = float_path
-        extra = {"DefaultTensorType": 1}  # FLOAT: onnxruntime needs it for tensors without inferred types
+        # FLOAT: onnxruntime needs it for tensors without inferred types; MatMulConstBOnly: only the
+        # linear layers (weights are constants), not q.k^T and attn.v, in both schemes alike
+        extra = {"DefaultTensorType": 1, "MatMulConstBOnly": True}
         if scheme == "int8-dynamic":
             q.quantize_dynamic(str(prepared), str(out_path), weight_type=q.QuantType.QInt8, per_channel=per_channel,
                                reduce_range=reduce_range, op_types_to_quantize=OP_TYPES, extra_options=extra)
@@ -151,6 +161,17 @@ def compare(float_path: Path, int8_path: Path, images: torch.Tensor, labels: tor
         result["float_top1"] = float(100 * np.mean(predictions[0] == truth))
         result["int8_top1"] = float(100 * np.mean(predictions[1] == truth))
     return result
+
+
+def compare_outputs(float_path: Path, int8_path: Path, probe: torch.Tensor) -> float:
+    """Max abs difference of the two files' outputs on `probe` in onnxruntime."""
+    from .onnx_file import open_session
+
+    outs = []
+    for path in (float_path, int8_path):
+        session = open_session(path)
+        outs.append(session.run(None, {session.get_inputs()[0].name: probe.numpy()})[0])
+    return float(np.abs(outs[0] - outs[1]).max())
 
 
 def labelled_sample(data: str | os.PathLike, data_config: dict, count: int, seed: int,

@@ -37,12 +37,13 @@ class StageLatency:
 
 
 def fit_stage(samples: list[dict]) -> StageLatency:
-    """Non-negative least-squares fit of t = k . features(h, m, c) to `samples` (at least
-    len(FEATURES), spanning h, m and c, else the fit is underdetermined: ValueError).
+    """Least-squares fit of t = k . features(h, m, c) to `samples` with every k >= 0 (at least
+    len(FEATURES) samples spanning h, m and c, else the fit is underdetermined: ValueError).
 
     Non-negative so that a block never gets slower as it loses heads or channels (the budget
-    search needs a monotone cost); no library here does NNLS (numpy has none, scipy is not a
-    dependency), so an active-set loop: drop the most negative coefficient, refit the rest."""
+    search needs a monotone cost). numpy has no NNLS and scipy is not a dependency, so this is
+    a greedy active-set heuristic, not exact NNLS: while a coefficient is negative, the most
+    negative one is fixed at zero and the others refitted."""
     if len(samples) < len(FEATURES):
         raise ValueError(f"{len(samples)} timings cannot fit {len(FEATURES)} coefficients")
     a = np.array([features(s["heads"], s["mlp"], s["width"]) for s in samples])

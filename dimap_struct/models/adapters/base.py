@@ -93,7 +93,8 @@ class AttentionSite:
         if all(layer.bias is None for layer in layers):
             return None
         return torch.cat([layer.bias.detach() if layer.bias is not None else
-                          torch.zeros(layer.out_features, dtype=layer.weight.dtype) for layer in layers])
+                          torch.zeros(layer.out_features, dtype=layer.weight.dtype, device=layer.weight.device)
+                          for layer in layers])
 
 
 @dataclass

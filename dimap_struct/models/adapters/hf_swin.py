@@ -185,7 +185,7 @@ class HfSwinAdapter(FamilyAdapter):
         # Stage s's stream is written by the patch projection (s = 0) or by stage s-1's merging,
         # which sits at the end of stage s-1 here; stage s's own merging reads it as 2x2
         # neighbours concatenated channel-last (input k*C + c is channel c).
-        if not hasattr(self.hf, "classifier"):
+        if not isinstance(getattr(self.hf, "classifier", None), nn.Linear):
             raise NotImplementedError(f"{type(self.hf).__name__} returns its last stage's features, whose width "
                                       "residual pruning would change; prune the *ForImageClassification model, or "
                                       "heads and MLP channels only")
@@ -240,7 +240,7 @@ class HfSwinAdapter(FamilyAdapter):
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         return {"input_size": (config.num_channels, *size), "mean": tuple(pre.get("mean", IMAGENET[0])),
                 "std": tuple(pre.get("std", IMAGENET[1])), "interpolation": pre.get("interpolation", "bicubic"),
-                "crop_pct": pre.get("crop_pct", 1.0), "crop_mode": "center"}
+                "crop_pct": pre.get("crop_pct", 1.0), "crop_mode": pre.get("crop_mode", "center")}
 
     def build_kwargs(self) -> dict:
         return {"hf_config": json.loads(self.hf.config.to_json_string()), "hf_class": type(self.hf).__name__}
@@ -301,8 +301,10 @@ class HfSwinAdapter(FamilyAdapter):
         n = window * window
         table = module.continuous_position_bias_mlp(module.relative_coords_table).view(-1, heads)
         position = table[module.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        # transformers' Swinv2SelfAttention adds the shift mask twice (-200 between regions): so do we
         return lean_attention(weight, bias, heads, 16 * torch.sigmoid(position), out,
-                              temperature=torch.clamp(module.logit_scale, max=MAX_LOGIT_SCALE).exp().flatten())
+                              temperature=torch.clamp(module.logit_scale, max=MAX_LOGIT_SCALE).exp().flatten(),
+                              mask_scale=2.0)
 
 
 class _HfStem(nn.Module):
@@ -391,8 +393,8 @@ def _preprocessing(transformers, target: str) -> dict:
     if getattr(processor, "image_mean", None) is not None:
         out["mean"], out["std"] = tuple(processor.image_mean), tuple(processor.image_std)
     size = getattr(processor, "size", None) or {}
-    if "height" in size and "width" in size:
-        out["size"] = (size["height"], size["width"])
+    if "height" in size and "width" in size:  # resized straight to height x width, no crop
+        out["size"], out["crop_mode"] = (size["height"], size["width"]), "squash"
     elif "shortest_edge" in size:
         out["size"] = (size["shortest_edge"], size["shortest_edge"])
     resample = getattr(processor, "resample", None)
