@@ -204,13 +204,14 @@ def _train_progress(console):
     return update
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _quantize_request(options, data_config, data):
     """`--quantize` of dimap-finetune: static INT8 calibrates on --calib-data, else on the training data."""
     from ..deploy.quantize import make_request
 
     return make_request(options.quantize, options.calib_data or data, data_config, options.calib_images,
                         options.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
