@@ -131,8 +131,8 @@ def main() -> None:
     if args.resume and partial.exists() and json.loads(partial.read_text())["setup"] == setup:
         rows = json.loads(partial.read_text())["runs"]
     done = {(r["kind"], r["ratio"], r["epochs"]) for r in rows}
-    plan = [("cut", args.ratio, 0.0, 1)] * (0 in args.epochs) + [("one-shot recovery", args.ratio, 0.0, 1)] * (
-        0 in args.epochs) + [("KD", args.ratio, e, 1) for e in args.epochs if e > 0]
+    plan = [("cut", args.ratio, 0.0, 1), ("one-shot recovery", args.ratio, 0.0, 1)] if 0 in args.epochs else []
+    plan += [("KD", args.ratio, e, 1) for e in args.epochs if e > 0]
     plan += [("KD" if k == 1 else f"KD, {k} rounds", args.steps_ratio, args.steps_epochs, k) for k in args.steps]
     start = time.perf_counter()
     earlier_s = sum(r["seconds"] for r in rows)

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -29,29 +26,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_output
 from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
+from .bench import _machine, _time_batch
 from .lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
 
 CACHE_VERSION = 1
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DIMAP_CACHE") or Path.home() / ".cache" / "dimap_struct"
-    return Path(root) / "latency"
+    from ..data.decoded import cache_dir as user_cache
+
+    return user_cache() / "latency"
 
 
 def machine() -> str:
-    """CPU model, logical CPUs usable and the platform: what the timings depend on."""
-    cpu = platform.processor() or platform.machine()
+    """CPU model, logical CPUs usable and the platform (`bench`'s machine record): what the
+    timings depend on."""
+    info = _machine()
+    cpu = info["processor"]
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {usable} CPUs, {platform.system()}"
+    return f"{cpu}, {info['usable_cpus']} CPUs, {info['platform']}"
 
 
 def configurations(heads: int, mlp: int, width: int) -> list[tuple[int, int, int]]:
@@ -107,9 +106,8 @@ def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threa
     result = with_fixed_part(key, stages, block_stages, widths, [_heads(b) for b in blocks],
                              [_mlp(b) for b in blocks], dense)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".dimap-", suffix=".json", delete=False) as tmp:
-        tmp.write(json.dumps(result.to_dict(), indent=1))
-    os.replace(tmp.name, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
     return result, "measured"
 
 
@@ -143,7 +141,7 @@ def _block_unit(template: LeanBlockSpec, grid, heads: int, mlp: int, width: int)
 
 
 def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min_time: float = 0.5) -> float:
-    """Median ms of `module` exported alone (static shape) in onnxruntime."""
+    """Median ms of `module` exported alone (static shape) in onnxruntime, timed like dimap-bench."""
     from .onnx_file import open_session
 
     with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
@@ -154,11 +152,6 @@ def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min
                               input_names=["input"])
         session = open_session(path, threads, tuned=True)
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        for _ in range(3):
-            session.run(None, {"input": x})
-        times, start = [], time.perf_counter()
-        while len(times) < min_runs or time.perf_counter() - start < min_time:
-            t0 = time.perf_counter()
-            session.run(None, {"input": x})
-            times.append(time.perf_counter() - t0)
+        times = _time_batch([lambda: session.run(None, {"input": x})], shape[0], warmup=0.0, min_iters=min_runs,
+                            min_time=min_time, max_iters=10_000, on_run=None)[0]
     return 1e3 * statistics.median(times)

@@ -313,10 +313,10 @@ class _HfStem(nn.Module):
     def __init__(self, embeddings: nn.Module, grid: tuple[int, int]):
         super().__init__()
         self.embeddings, self.grid = embeddings, grid
+        self.width = embeddings.patch_embeddings.projection.out_channels  # static: no Shape node in the graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embeddings(x)[0]
-        return tokens.reshape(-1, self.grid[0], self.grid[1], tokens.shape[-1])
+        return self.embeddings(x)[0].reshape(-1, self.grid[0], self.grid[1], self.width)
 
 
 def _attention_parts(layer: nn.Module) -> tuple[nn.Module, tuple[nn.Linear, nn.Linear, nn.Linear], nn.Linear]:
