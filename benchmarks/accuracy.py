@@ -193,7 +193,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.json")
-    setup = {"model": args.model, "data": args.data, "finetune": cfg.as_dict(), "default_rule": DEFAULT_RULE}
+    # the unpruned top-1 stands in for the weights: a resumed run must prune the same model
+    setup = {"model": args.model, "data": args.data, "finetune": cfg.as_dict(), "default_rule": DEFAULT_RULE,
+             "reference_top1": reference_top1}
     rows = resumed_rows(partial, setup) if args.resume else []
     earlier_s = sum(r["seconds"] for r in rows)
     done = {(r["ratio"], r["criterion"], r["seed"]) for r in rows}
@@ -206,7 +208,8 @@ def main() -> None:
                 rows.append(row)
                 partial.write_text(json.dumps({"setup": setup, "runs": rows}, indent=1) + "\n")
                 print(f"R={ratio} {criterion:16s} seed {seed}: MACs {row['macs_ratio']:.3f} "
-                      f"zero-shot {row['zero_shot']:6.2f}  fine-tuned {row['finetuned']:6.2f}  "
+                      f"zero-shot {row['zero_shot']:6.2f}  recovered {row['recovered'] or float('nan'):6.2f}  "
+                      f"fine-tuned {row['finetuned']:6.2f}  "
                       f"({row['seconds']} s)", flush=True)
     summary = summarise(rows)
     meta = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),

@@ -6,7 +6,11 @@ the mean of their ranks), and orders the rules by mean rank, ties to the higher 
 Writes benchmarks/results/decision.{md,json} and prints the table.
 
     .venv/bin/python benchmarks/decide.py
-    .venv/bin/python benchmarks/decide.py --results benchmarks/results/accuracy.json other.json
+    .venv/bin/python benchmarks/decide.py --results benchmarks/results/accuracy_rules.json other.json
+
+The digits results come from `benchmarks/accuracy.py --criteria <the candidates> --out
+benchmarks/results/accuracy_rules` (the candidates only, with today's code); the CIFAR-10 ones
+from `benchmarks/accuracy.py --model reference-cifar10`.
 """
 from __future__ import annotations
 
@@ -75,7 +79,9 @@ def markdown(decision: dict, sources: list[str]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", nargs="+", type=Path,
-                   default=[RESULTS / "accuracy.json", RESULTS / "accuracy_cifar10.json"])
+                   default=[RESULTS / "accuracy_rules.json", RESULTS / "accuracy_cifar10.json"],
+                   help="accuracy.py results, one per reference model (default: the digits run of the "
+                        "candidate rules and the CIFAR-10 run)")
     p.add_argument("--out", type=Path, default=RESULTS / "decision", help="output stem (.md, .json)")
     args = p.parse_args()
     for path in args.results:

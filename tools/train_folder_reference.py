@@ -14,7 +14,8 @@ reflect-padded by 4, and a horizontal flip. The optimiser is AdamW with a linear
 a per-step cosine decay, with label smoothing and stochastic depth.
 
 After every epoch the full state goes to `--state` (atomically), and `--resume` continues from
-it. The weights (safetensors) and the recipe (.json beside them, with the SHA-256, the training
+it. `--restart` continues from it with a new learning-rate cycle up to `--epochs` (a warm restart
+of a run whose schedule ended while it was still under-fitted). The weights (safetensors) and the recipe (.json beside them, with the SHA-256, the training
 curve, the wall time and the peak RSS) are written at the end.
 """
 from __future__ import annotations
@@ -52,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, required=True, help="weights .safetensors (recipe .json beside)")
     p.add_argument("--state", type=Path, help="per-epoch training state for --resume (default: OUT.state.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --state")
+    p.add_argument("--restart", action="store_true",
+                   help="continue from --state with a new warm-up + cosine cycle (peak --lr) up to --epochs: "
+                        "a warm restart of a run whose schedule has ended")
     p.add_argument("--embed-dim", type=int, default=32)
     p.add_argument("--depths", type=int, nargs="+", default=[2, 2, 6, 2])
     p.add_argument("--heads", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -142,26 +146,33 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": decays, "weight_decay": args.weight_decay},
                              {"params": others, "weight_decay": 0.0}], lr=args.lr)
     per_epoch = min(len(labels) // args.batch_size, args.steps_per_epoch or len(labels))
-    steps = args.epochs * per_epoch
-    warm = min(round(args.warmup_epochs * per_epoch), steps // 2)
     floor = args.min_lr / args.lr
 
     # The compiled wrapper shares the module's parameters; state and weights are saved from `model`,
     # so their keys carry no `_orig_mod.` prefix, and evaluation runs eagerly (no recompile per batch size).
     forward = torch.compile(model) if args.compile else model
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
     gen = torch.Generator().manual_seed(args.seed)
-    history, first_epoch, spent = [], 0, 0.0
+    history, first_epoch, spent, cycle_start = [], 0, 0.0, 0
     earlier_runs: list[dict] = []
-    if args.resume:
+    saved = None
+    if args.resume or args.restart:
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
         gen.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         history, first_epoch, spent = saved["history"], saved["epoch"], saved["elapsed_s"]
         earlier_runs = [_plain(r) for r in saved.get("runs", [saved["args"]])]
+        cycle_start = first_epoch if args.restart else saved.get("cycle_start", 0)
+    if args.restart:
+        # AdamW's moments are kept; only the learning-rate cycle starts again from its warm-up.
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] = args.lr
+    steps = (args.epochs - cycle_start) * per_epoch
+    warm = min(round(args.warmup_epochs * per_epoch), steps // 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
+    if args.resume:
+        sched.load_state_dict(saved["scheduler"])
     print(f"Swin {args.embed_dim}-{args.depths}-{args.heads}: {n_params:,} parameters, {len(labels)} train images "
           f"({int(held.sum())} held out), epochs {first_epoch + 1}..{args.epochs}", flush=True)
 
@@ -192,6 +203,7 @@ def main(argv=None) -> int:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                         "epoch": epoch + 1, "elapsed_s": elapsed, "args": _plain(vars(args)),
+                        "cycle_start": cycle_start,
                         "runs": earlier_runs + [_plain(vars(args))]}, tmp)
 
     wall = spent + time.perf_counter() - start
@@ -215,7 +227,7 @@ def main(argv=None) -> int:
         "data": {"source": str(args.data), "train": f"train/ except every {HOLDOUT_EVERY}th image (held out)",
                  "train_size": len(labels), "holdout_size": int(held.sum()),
                  "test": "test/, read once after training, for this figure only", "test_size": len(test.labels)},
-        "hyper": {k: v for k, v in _plain(vars(args)).items() if k not in ("data", "out", "state", "resume")},
+        "hyper": {k: v for k, v in _plain(vars(args)).items() if k not in ("data", "out", "state", "resume", "restart")},
         "augment": "reflect-pad 4 + random 32x32 crop, horizontal flip",
         "schedule": "AdamW, linear warm-up then cosine per step, grad clip 5",
         "test_top1": round(test_top1, 4),
@@ -228,7 +240,9 @@ def main(argv=None) -> int:
         "earlier_runs": earlier_runs,
         "note": ("resumed from a per-epoch state: `earlier_runs` are the options each earlier invocation ran "
                  "with; the learning-rate schedule follows the last invocation's --epochs from the step "
-                 "reached") if earlier_runs else None,
+                 "reached" + (f"; a warm restart (a new warm-up + cosine cycle, peak lr {args.lr:g}) began after "
+                              f"epoch {cycle_start}" if cycle_start else "")) if earlier_runs else None,
+        "cycle_start": cycle_start,
         "weights": args.out.name,
         "sha256": sha256_file(args.out),
     }
