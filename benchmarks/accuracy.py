@@ -10,6 +10,7 @@ runs at the same fractions of prunable weights (its zeros are kept during fine-t
 figure (c) is the data-free cut followed by one-shot recovery (`--recovery refit`) from 256 images
 of the train split. `dimap` is not run: it is an alias of the rule named in
 `prune.criteria.dimap.DEFAULT_RULE`. Rows are saved as they finish (OUT.partial.json); `--resume`
+reuses them, or the rows of a finished OUT.json with the same settings (a run of fewer criteria), and
 skips the cells already there. Writes benchmarks/results/accuracy[_<model>].{md,json,png}.
 
     .venv/bin/python benchmarks/accuracy.py                      # digits: the full grid (about 20-30 min)
@@ -80,15 +81,17 @@ def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: Training
             "recovered": recovered, "finetuned": tuned, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def resumed_rows(partial: Path, setup: dict) -> list[dict]:
-    """The rows an interrupted run saved, if it ran with the same settings (else none)."""
-    if not partial.exists():
+def resumed_rows(partial: Path, final: Path, setup: dict) -> list[dict]:
+    """The rows an interrupted run saved (OUT.partial.json), else those of a finished run
+    (OUT.json, e.g. one that ran fewer criteria), if it ran with the same settings (else none)."""
+    source = partial if partial.exists() else final
+    if not source.exists():
         return []
-    saved = json.loads(partial.read_text())
+    saved = json.loads(source.read_text())
     if saved.get("setup") != setup:
-        print(f"{partial}: different settings, starting afresh", flush=True)
+        print(f"{source}: different settings, starting afresh", flush=True)
         return []
-    print(f"{partial}: resuming after {len(saved['runs'])} runs", flush=True)
+    print(f"{source}: resuming after {len(saved['runs'])} runs", flush=True)
     return saved["runs"]
 
 
@@ -196,7 +199,7 @@ def main() -> None:
     # the unpruned top-1 stands in for the weights: a resumed run must prune the same model
     setup = {"model": args.model, "data": args.data, "finetune": cfg.as_dict(), "default_rule": DEFAULT_RULE,
              "reference_top1": reference_top1}
-    rows = resumed_rows(partial, setup) if args.resume else []
+    rows = resumed_rows(partial, out.with_suffix(".json"), setup) if args.resume else []
     earlier_s = sum(r["seconds"] for r in rows)
     done = {(r["ratio"], r["criterion"], r["seed"]) for r in rows}
     for ratio in args.ratios:
@@ -217,7 +220,8 @@ def main() -> None:
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             "wall_s": time.perf_counter() - start + earlier_s,
             "reference_top1": reference_top1, "finetune": cfg.as_dict(), "data": args.data}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "setup": setup, "summary": summary, "runs": rows},
+                                                          indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), meta, summary, args.ratios)
     plot(out.with_suffix(".png"), summary, reference_top1)
     partial.unlink(missing_ok=True)

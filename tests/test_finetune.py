@@ -118,3 +118,19 @@ def test_iterative_rounds_reach_the_target_and_trace_heads_back(tmp_path, small_
         assert len(row["kept_heads"]) == row["heads"] and all(0 <= h < row["heads_before"] for h in row["kept_heads"])
     assert report["architecture"]["source_model"] == "reference-mnist"
     assert report["finetune"]["steps"] == 4
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swinv2_cr_tiny_ns_224", "torchvision:swin_v2_t"])
+def test_position_terms_are_not_decayed_in_any_family(name):
+    """Fine-tuning's AdamW groups: bias tables, logit scales and position-bias MLPs undecayed in
+    every family (torchvision's Swin names none of them itself), the projections decayed."""
+    from dimap_struct import load_model
+    from dimap_struct.recover.finetune import decay_groups
+
+    model = load_model(name, pretrained=False).model
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in decay_groups(model, 0.05) if g["weight_decay"] > 0 for p in g["params"]}
+    position = [n for n in names.values() if any(k in n for k in ("relative_position_bias_table", "logit_scale",
+                                                                    "cpb_mlp"))]
+    assert position and not decayed & set(position)
+    assert any(n.endswith("qkv.weight") for n in decayed)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -97,6 +97,16 @@ def train_loader(data, data_config: dict, cfg: TrainingOptions, ctx: DistContext
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True), sampler
 
 
+def decay_groups(student: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: 1-D parameters and the family's position terms
+    (`FamilyAdapter.no_weight_decay`) undecayed, the rest decayed."""
+    from ..models.adapters import adapter_for_model
+
+    adapter = adapter_for_model(student)
+    skip = adapter.no_weight_decay() if adapter is not None else set()
+    return param_groups_weight_decay(student, weight_decay, no_weight_decay_list=skip)
+
+
 def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cfg: TrainingOptions,
              ctx: DistContext | None = None, *, seed: int = 0, state: dict | None = None,
              on_epoch_end: Callable[[int, dict], None] | None = None,
@@ -126,9 +136,8 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
     teacher.eval()
     student.train()
     model = nn.parallel.DistributedDataParallel(student) if ctx.distributed else student
-    # timm's factory leaves 1-D parameters and the model's own `no_weight_decay()` names (position
-    # bias tables, Swin v2's logit_scale and cpb_mlp) undecayed, whatever the family
-    optimizer = create_optimizer_v2(student, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = create_optimizer_v2(decay_groups(student, cfg.weight_decay), opt="adamw", lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay)
     step, epoch = 0, 0
     if state is not None:
         student.load_state_dict(state["student"])

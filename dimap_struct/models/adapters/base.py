@@ -271,6 +271,13 @@ class FamilyAdapter(ABC):
         """Extra keyword arguments to recreate a model like this one (e.g. num_classes)."""
         return {}
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters fine-tuning leaves undecayed besides 1-D ones: the position
+        terms (bias tables, Swin v2's logit_scale and position-bias MLP). The default is the
+        model's own `no_weight_decay()` (timm's convention), else none."""
+        own = getattr(self.model, "no_weight_decay", None)
+        return set(own()) if callable(own) else set()
+
     def lean_spec(self, input_size: tuple[int, int, int]):
         """The model as a `deploy.lean.LeanSpec` for images of `input_size` (C, H, W), the
         modules shared with the model. Raises `deploy.lean.LeanUnsupported` when the family or

@@ -67,6 +67,12 @@ class HfImageModel(nn.Module):
             return out.pooler_output.flatten(1)
         return out.last_hidden_state.mean(dim=1)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters fine-tuning leaves undecayed (read by timm's optimizer factory), as timm's
+        Swin / Swin v2 name theirs: position bias tables, v2's logit_scale and position bias MLP."""
+        keys = ("relative_position_bias_table", "logit_scale", "continuous_position_bias_mlp")
+        return {name for name, _ in self.named_parameters() if any(key in name for key in keys)}
+
 
 def _is_hf_swin(model: nn.Module) -> bool:
     return type(model).__module__.startswith("transformers.") and type(model).__name__ in CLASSES

@@ -133,6 +133,11 @@ class TorchvisionSwinAdapter(FamilyAdapter):
     block_key = r"^features\.(\d+)\.(\d+)\.norm1\.weight$"
     width_key = "features.0.0.weight"
 
+    def no_weight_decay(self) -> set[str]:
+        # torchvision's Swin has no no_weight_decay(); these are the tensors timm's Swins name
+        keys = ("relative_position_bias_table", "logit_scale", "cpb_mlp")
+        return {name for name, _ in self.model.named_parameters() if any(key in name for key in keys)}
+
     @classmethod
     def resolve_name(cls, name: str) -> str | None:
         return name if name.startswith(PREFIX) and name[len(PREFIX):] in NAMES else None
