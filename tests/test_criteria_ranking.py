@@ -80,7 +80,7 @@ def test_dimap_cost_divides_by_group_macs(random_model):
     loaded = wrap_model(copy.deepcopy(random_model("swin_t")))
     blocks = loaded.adapter.blocks()
     costs = build_cost_model(loaded.model, loaded.adapter, blocks, (3, 224, 224))
-    base, cost = score("dimap", blocks), score("dimap-cost", blocks, costs=costs)
+    base, cost = score("dimap-paper", blocks), score("dimap-cost", blocks, costs=costs)
     for b, bc in enumerate(costs.blocks):
         assert torch.allclose(cost.heads[b] * bc.macs_per_head, base.heads[b])
         assert torch.allclose(cost.mlp[b] * bc.macs_per_channel, base.mlp[b])

@@ -16,8 +16,8 @@ def _blocks(model):
 @pytest.mark.parametrize("mode", ["group", "weight"])
 def test_one_threshold_per_module(random_model, mode):
     original = random_model("swin_t")
-    result = dimap_struct.compress(original, 0.5, score_mode=mode, min_heads=1, min_mlp=8)
-    scores = score("dimap", _blocks(copy.deepcopy(original)), score_mode=mode)
+    result = dimap_struct.compress(original, 0.5, criterion="dimap-paper", score_mode=mode, min_heads=1, min_mlp=8)
+    scores = score("dimap-paper", _blocks(copy.deepcopy(original)), score_mode=mode)
     plan, thresholds = result.selection.plan, result.selection.thresholds
     for kind, per_block, kept_per_block, protect in (
         ("attention", scores.heads, plan.heads, 1), ("mlp", scores.mlp, plan.mlp, 8)):
@@ -31,7 +31,7 @@ def test_one_threshold_per_module(random_model, mode):
 
 
 def test_equal_weight_fraction_per_module(random_model):
-    result = dimap_struct.compress(random_model("swin_t"), 0.5)
+    result = dimap_struct.compress(random_model("swin_t"), 0.5, criterion="dimap-paper")
     removed = result.selection.removed_weight_fraction
     assert abs(removed["attention"] - removed["mlp"]) < 0.01
     before, after = result.report.original.params_by_module, result.report.pruned.params_by_module

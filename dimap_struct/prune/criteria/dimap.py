@@ -70,7 +70,7 @@ register(Criterion("dimap-bound-sq", bound_squared_scores, "one-module",
                    residual_score=_residual_squared))
 
 
-DEFAULT_RULE = "dimap-paper"
+DEFAULT_RULE = "dimap-bound-sq"
 """The rule the default criterion `dimap` stands for: the winner of the measurement whose decision
 rule docs/method.md section 4 states."""
 register(dataclasses.replace(CRITERIA[DEFAULT_RULE], name="dimap",
