@@ -42,7 +42,8 @@ def test_mask_equivalence(random_model, key, request):
     # the larger models add nothing per ratio that swin_t does not test: one ratio each (the
     # 384 x 384, window 12 case runs with -m slow or DIMAP_SLOW=1)
     for ratio in RATIOS if key == "swin_t" else [0.5]:
-        result = dimap_struct.compress(original, ratio)
+        # the paper's rule cuts heads and channels alike (the default may keep every head of a random model)
+        result = dimap_struct.compress(original, ratio, criterion="dimap-paper")
         plan = result.selection.plan
         assert sum(plan.head_counts) < sum(b.attn.num_heads for s in original.layers for b in s.blocks)
         reference = copy.deepcopy(original)
