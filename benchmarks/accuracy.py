@@ -88,11 +88,14 @@ def resumed_rows(partial: Path, final: Path, setup: dict) -> list[dict]:
     if not source.exists():
         return []
     saved = json.loads(source.read_text())
-    if saved.get("setup") != setup:
+    old = saved.get("setup") or {}
+    # the default rule only matters to rows of `dimap` itself, which are dropped if it changed
+    if {k: v for k, v in old.items() if k != "default_rule"} != {k: v for k, v in setup.items() if k != "default_rule"}:
         print(f"{source}: different settings, starting afresh", flush=True)
         return []
-    print(f"{source}: resuming after {len(saved['runs'])} runs", flush=True)
-    return saved["runs"]
+    rows = [r for r in saved["runs"] if r["criterion"] != "dimap" or old.get("default_rule") == setup["default_rule"]]
+    print(f"{source}: resuming after {len(rows)} runs", flush=True)
+    return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
