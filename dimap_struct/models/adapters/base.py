@@ -287,6 +287,11 @@ class FamilyAdapter(ABC):
         raise LeanUnsupported(f"{self.family} has no lean export")
 
 
+def parameters_named(model: nn.Module, keys: tuple[str, ...]) -> set[str]:
+    """Names of `model`'s parameters that contain any of `keys` (for `no_weight_decay`)."""
+    return {name for name, _ in model.named_parameters() if any(key in name for key in keys)}
+
+
 _REGISTRY: list[type[FamilyAdapter]] = []
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from ...errors import UserError
 from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, ResidualSite,
+                   parameters_named,
                    register_adapter)
 
 PREFIX = "hf:"
@@ -66,12 +67,6 @@ class HfImageModel(nn.Module):
         if out.pooler_output is not None:
             return out.pooler_output.flatten(1)
         return out.last_hidden_state.mean(dim=1)
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameters fine-tuning leaves undecayed (read by timm's optimizer factory), as timm's
-        Swin / Swin v2 name theirs: position bias tables, v2's logit_scale and position bias MLP."""
-        keys = ("relative_position_bias_table", "logit_scale", "continuous_position_bias_mlp")
-        return {name for name, _ in self.named_parameters() if any(key in name for key in keys)}
 
 
 def _is_hf_swin(model: nn.Module) -> bool:
@@ -114,6 +109,10 @@ class HfSwinAdapter(FamilyAdapter):
     @classmethod
     def weights_description(cls, model: nn.Module, name: str) -> str:
         return f"pretrained ({name[len(PREFIX):]}, via transformers)"
+
+    def no_weight_decay(self) -> set[str]:
+        return parameters_named(self.model, ("relative_position_bias_table", "logit_scale",
+                                             "continuous_position_bias_mlp"))
 
     @classmethod
     def prepare(cls, model: nn.Module) -> nn.Module:

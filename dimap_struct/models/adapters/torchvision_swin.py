@@ -35,6 +35,7 @@ from torchvision.models import get_model_weights
 from torchvision.models import swin_transformer as tv_swin
 
 from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, fetch_error,
+                   parameters_named,
                    register_adapter)
 
 PREFIX = "torchvision:"
@@ -135,8 +136,7 @@ class TorchvisionSwinAdapter(FamilyAdapter):
 
     def no_weight_decay(self) -> set[str]:
         # torchvision's Swin has no no_weight_decay(); these are the tensors timm's Swins name
-        keys = ("relative_position_bias_table", "logit_scale", "cpb_mlp")
-        return {name for name, _ in self.model.named_parameters() if any(key in name for key in keys)}
+        return parameters_named(self.model, ("relative_position_bias_table", "logit_scale", "cpb_mlp"))
 
     @classmethod
     def resolve_name(cls, name: str) -> str | None:
