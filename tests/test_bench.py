@@ -204,3 +204,13 @@ def test_cli_torch_times_the_rebuilt_modules(tmp_path, capsys):
     assert [r["macs"] for r in torch_rows] == [r["macs"] for r in result["rows"]]
     assert torch_rows[1]["ideal_speedup"] == pytest.approx(torch_rows[0]["macs"] / torch_rows[1]["macs"])
     assert result["torch"]["framework"] == "pytorch eager" and result["torch"]["input_shape"] == [1, 32, 32]
+
+
+def test_timed_sessions_stop_spinning_when_a_run_returns(toys):
+    """Interleaved timing keeps one session per file in the process: their idle workers must not
+    spin on through the next file's run (that cost swin_t about 20 ms per run at batch 1)."""
+    from dimap_struct.deploy.onnx_file import open_session
+
+    tuned = open_session(toys["wide"], 2, tuned=True).get_session_options()
+    assert tuned.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert tuned.intra_op_num_threads == 2 and tuned.inter_op_num_threads == 1

@@ -55,3 +55,35 @@ def test_restart_starts_a_new_cycle_and_keeps_the_curve(folder):
 
     resumed = train(folder, "--epochs", "3", "--lr", "4e-4", "--resume")
     assert resumed["cycle_start"] == 1 and len(resumed["history"]) == 3
+
+
+def test_swa_writes_the_mean_of_the_epoch_end_weights(folder, monkeypatch):
+    """`--restart --swa` holds the lr constant and writes the average of its epoch-end weights:
+    checked against the mean of the weights captured at each epoch's end (brute force)."""
+    from safetensors.torch import load_file
+
+    train(folder, "--epochs", "1", "--lr", "1e-3")
+    ends = []
+    real_top1 = trainer.top1
+
+    def capture(model, *args, **kwargs):
+        if not ends or model is not ends[-1][0]:
+            ends.append((model, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return real_top1(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "top1", capture)
+    swa = train(folder, "--epochs", "3", "--lr", "2e-4", "--restart", "--swa")
+    state = torch.load(folder / "w.state.pt", weights_only=False)
+    assert state["scheduler"]["_last_lr"] == [2e-4, 2e-4]  # constant after the warm-up
+    assert [h.get("swa_holdout_top1") is not None for h in swa["history"]] == [False, True, True]
+    assert "average of its 2 epoch-end weights" in swa["schedule"]
+    # The training model's weights at the end of epochs 2 and 3 (the first top1 call of each epoch).
+    training = [weights for model, weights in ends if model is ends[0][0]]
+    written = load_file(folder / "w.safetensors")
+    name = "layers.0.blocks.0.mlp.fc1.weight"
+    expected = (training[-2][name] + training[-1][name]) / 2
+    assert torch.allclose(written[name], expected, atol=1e-6)
+    assert not torch.allclose(written[name], training[-1][name])
+
+    with pytest.raises(SystemExit):
+        trainer.main(["--data", str(folder / "data"), "--out", str(folder / "x.safetensors"), *TINY, "--swa"])

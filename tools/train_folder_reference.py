@@ -15,7 +15,9 @@ a per-step cosine decay, with label smoothing and stochastic depth.
 
 After every epoch the full state goes to `--state` (atomically), and `--resume` continues from
 it. `--restart` continues from it with a new learning-rate cycle up to `--epochs` (a warm restart
-of a run whose schedule ended while it was still under-fitted). The weights (safetensors) and the recipe (.json beside them, with the SHA-256, the training
+of a run whose schedule ended while it was still under-fitted). `--restart --swa` holds the new
+cycle's learning rate constant and writes the average of the weights at the end of each of its
+epochs (SWA; LayerNorm has no running statistics to refresh). The weights (safetensors) and the recipe (.json beside them, with the SHA-256, the training
 curve, the wall time and the peak RSS) are written at the end.
 """
 from __future__ import annotations
@@ -56,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--restart", action="store_true",
                    help="continue from --state with a new warm-up + cosine cycle (peak --lr) up to --epochs: "
                         "a warm restart of a run whose schedule has ended")
+    p.add_argument("--swa", action="store_true",
+                   help="with --restart: hold --lr constant after the warm-up and write the average of the "
+                        "weights at each epoch's end (stochastic weight averaging, torch.optim.swa_utils)")
     p.add_argument("--embed-dim", type=int, default=32)
     p.add_argument("--depths", type=int, nargs="+", default=[2, 2, 6, 2])
     p.add_argument("--heads", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -164,13 +169,25 @@ def main(argv=None) -> int:
         history, first_epoch, spent = saved["history"], saved["epoch"], saved["elapsed_s"]
         earlier_runs = [_plain(r) for r in saved.get("runs", [saved["args"]])]
         cycle_start = first_epoch if args.restart else saved.get("cycle_start", 0)
+    if args.swa and not (args.restart or args.resume):
+        raise SystemExit("--swa averages a restarted cycle: give it with --restart (or --resume of one)")
+    averaged = None
+    if args.swa or (saved or {}).get("swa"):
+        from torch.optim.swa_utils import AveragedModel
+
+        averaged = AveragedModel(model)
+        if saved is not None and saved.get("swa"):
+            averaged.load_state_dict(saved["swa"])
     if args.restart:
         # AdamW's moments are kept; only the learning-rate cycle starts again from its warm-up.
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] = args.lr
     steps = (args.epochs - cycle_start) * per_epoch
     warm = min(round(args.warmup_epochs * per_epoch), steps // 2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
+    if averaged is not None:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, warm)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
     if args.resume:
         sched.load_state_dict(saved["scheduler"])
     print(f"Swin {args.embed_dim}-{args.depths}-{args.heads}: {n_params:,} parameters, {len(labels)} train images "
@@ -194,19 +211,26 @@ def main(argv=None) -> int:
             total, count = total + loss.item() * len(pick), count + len(pick)
             bar.set_postfix(loss=f"{total / count:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         held_top1 = top1(model, held_images, held_labels, mean, std)
+        record = {"epoch": epoch + 1, "train_loss": round(total / count, 4), "holdout_top1": round(held_top1, 4)}
+        if averaged is not None:
+            averaged.update_parameters(model)
+            record["swa_holdout_top1"] = round(top1(averaged.module, held_images, held_labels, mean, std), 4)
         elapsed = spent + time.perf_counter() - start
-        history.append({"epoch": epoch + 1, "train_loss": round(total / count, 4),
-                        "holdout_top1": round(held_top1, 4), "elapsed_s": round(elapsed, 1)})
+        history.append({**record, "elapsed_s": round(elapsed, 1)})
         print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {total / count:.4f}  held-out top-1 "
-              f"{100 * held_top1:.2f}%  {elapsed:6.0f} s", flush=True)
+              f"{100 * held_top1:.2f}%" + (f"  average {100 * record['swa_holdout_top1']:.2f}%" if averaged is not None else "")
+              + f"  {elapsed:6.0f} s", flush=True)
         with atomic_output(state_path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                         "epoch": epoch + 1, "elapsed_s": elapsed, "args": _plain(vars(args)),
                         "cycle_start": cycle_start,
+                        "swa": averaged.state_dict() if averaged is not None else None,
                         "runs": earlier_runs + [_plain(vars(args))]}, tmp)
 
     wall = spent + time.perf_counter() - start
+    if averaged is not None:
+        model = averaged.module
     model.eval()
     test = decoded_folder(args.data / "test", progress=True)
     test_top1 = top1(model, torch.from_numpy(test.images), torch.from_numpy(test.labels), mean, std)
@@ -229,7 +253,9 @@ def main(argv=None) -> int:
                  "test": "test/, read once after training, for this figure only", "test_size": len(test.labels)},
         "hyper": {k: v for k, v in _plain(vars(args)).items() if k not in ("data", "out", "state", "resume", "restart")},
         "augment": "reflect-pad 4 + random 32x32 crop, horizontal flip",
-        "schedule": "AdamW, linear warm-up then cosine per step, grad clip 5",
+        "schedule": "AdamW, linear warm-up then cosine per step, grad clip 5" + (
+            f"; the last cycle (from epoch {cycle_start}) at a constant lr {args.lr:g}, and the weights written "
+            f"are the average of its {int(averaged.n_averaged)} epoch-end weights (SWA)" if averaged is not None else ""),
         "test_top1": round(test_top1, 4),
         "history": history,
         "wall_time_s": round(wall, 1),

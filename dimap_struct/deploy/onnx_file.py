@@ -50,7 +50,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
                  tuned: bool = False):
     """An onnxruntime InferenceSession of `path` (CPU unless `providers` say otherwise).
     `threads`: intra-op threads; `tuned`: the benchmark's settings (inter-op 1, sequential
-    execution, all graph optimisations, warnings off stderr)."""
+    execution, all graph optimisations, warnings off stderr, worker threads that stop spinning
+    when a run returns)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -63,6 +64,11 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Interleaved timing keeps several sessions in one process. onnxruntime's workers spin on
+        # after a run by default, so the idle sessions' threads took the 2 cores from the next
+        # model's run: about +20 ms on every swin_t run at batch 1, which shrank every speed-up.
+        # Stopping the spin when a run returns costs a lone session nothing measurable.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types for unreadable files

@@ -1,0 +1,134 @@
+"""Where the time goes: onnxruntime's own profiler, kernel time summed by op type, for ONNX files
+side by side (CPU, all graph optimisations, the same threads as `dimap-bench`).
+
+Each file gets its own session with profiling on; the first `--warmup` runs are dropped and the
+per-op-type kernel time of each remaining run is summed, then the median over runs is reported.
+The table's last columns are the ratio of the first file's time to each other file's (for a dense
+file first and a pruned one second: how much each op type shrank).
+
+    .venv/bin/python benchmarks/profile_ops.py dense.onnx pruned.onnx --batch 1 --runs 20 \\
+        --out benchmarks/results/profile_swin_t
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dimap_struct.files import atomic_output  # noqa: E402
+
+
+def op_times(path: Path, batch: int, threads: int, runs: int, warmup: int) -> dict:
+    """{'ops': {op type: median ms per run}, 'total_ms': median kernel ms per run, 'run_ms': median
+    wall ms of a run as the profiler saw it, 'kernels': kernels per run}."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        spec = session.get_inputs()[0]
+        shape = [batch if not isinstance(d, int) else d for d in spec.shape]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        for _ in range(warmup + runs):
+            session.run(None, {spec.name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    # onnxruntime's profile is a Chrome trace: one "model_run" Session event per run, and one Node
+    # event per kernel (its op type in args.op_name). Its own report (onnxruntime.transformers.
+    # profile_result_processor) sums over all runs and prints text, so the split per run is done here.
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")[warmup:]
+    per_run = [dict() for _ in spans]
+    kernels = [0 for _ in spans]
+    starts = [s for s, _ in spans]
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") != "Node" or "provider" not in args or "op_name" not in args or "dur" not in e:
+            continue
+        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
+        if i < 0 or e["ts"] > spans[i][1]:
+            continue
+        per_run[i][args["op_name"]] = per_run[i].get(args["op_name"], 0) + e["dur"] / 1000
+        kernels[i] += 1
+    names = sorted({op for run in per_run for op in run})
+    ops = {op: statistics.median(run.get(op, 0.0) for run in per_run) for op in names}
+    return {"ops": ops, "total_ms": statistics.median(sum(run.values()) for run in per_run),
+            "run_ms": statistics.median((end - start) / 1000 for start, end in spans),
+            "kernels": int(statistics.median(kernels))}
+
+
+def table(files: list[Path], results: list[dict], top: int) -> list[str]:
+    first = results[0]["ops"]
+    order = sorted(first, key=first.get, reverse=True)
+    order += sorted({op for r in results[1:] for op in r["ops"]} - set(order))
+    head = " | ".join(f"{f.name} ms" for f in files)
+    ratios = " | ".join(f"ratio {f.name}" for f in files[1:])
+    lines = [f"| op type | {head} | {ratios} |", "|---|" + "---|" * (2 * len(files) - 1)]
+
+    def row(label, values):
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        ratio = " | ".join(f"{values[0] / v:.2f}" if v > 0 else "-" for v in values[1:])
+        return f"| {label} | {cells} | {ratio} |"
+
+    shown = order[:top]
+    for op in shown:
+        lines.append(row(op, [r["ops"].get(op, 0.0) for r in results]))
+    rest = [sum(v for op, v in r["ops"].items() if op not in shown) for r in results]
+    lines.append(row("(other op types)", rest))
+    matmul = {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul"}
+    lines.append(row("**all MatMul/Gemm**", [sum(v for op, v in r["ops"].items() if op in matmul) for r in results]))
+    lines.append(row("**everything else**", [sum(v for op, v in r["ops"].items() if op not in matmul)
+                                             for r in results]))
+    lines.append(row("**total kernel time**", [r["total_ms"] for r in results]))
+    lines.append(row("run (profiled wall time)", [r["run_ms"] for r in results]))
+    lines.append("| kernels per run | " + " | ".join(str(r["kernels"]) for r in results) + " |" + " |" * (len(files) - 1))
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("files", type=Path, nargs="+", help="ONNX files; ratios are against the first")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--top", type=int, default=14, help="op types shown by name (the rest are summed)")
+    p.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
+    args = p.parse_args(argv)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        print(f"error: no such ONNX file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    results = []
+    for f in args.files:
+        results.append(op_times(f, args.batch, args.threads, args.runs, args.warmup))
+        print(f"{f.name}: {results[-1]['total_ms']:.1f} ms kernel time per run", file=sys.stderr, flush=True)
+    lines = table(args.files, results, args.top)
+    command = "python benchmarks/profile_ops.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print("\n".join(lines))
+    if args.out:
+        with atomic_output(args.out.with_suffix(".md")) as tmp:
+            tmp.write_text(f"`{command}` (batch {args.batch}, {args.threads} threads, median of {args.runs} runs "
+                           f"after {args.warmup} warm-up; onnxruntime's profiler, kernel time by op type)\n\n"
+                           + "\n".join(lines) + "\n")
+        with atomic_output(args.out.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"command": command, "batch": args.batch, "threads": args.threads,
+                                       "files": [str(f) for f in args.files], "results": results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""benchmarks/profile_ops.py: kernel time by op type from onnxruntime's profiler, per run."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import profile_ops  # noqa: E402
+
+
+def _export(path: Path, width: int) -> Path:
+    net = torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.GELU(), torch.nn.Linear(width, 4)).eval()
+    torch.onnx.export(net, (torch.zeros(1, 16),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    return path
+
+
+def test_op_times_split_per_run_and_sum_to_the_total(tmp_path):
+    wide = _export(tmp_path / "wide.onnx", 256)
+    result = profile_ops.op_times(wide, batch=3, threads=1, runs=5, warmup=2)
+    assert result["total_ms"] > 0 and result["kernels"] >= 3
+    assert {"Gemm"} <= set(result["ops"]) or {"MatMul"} <= set(result["ops"])
+    # The medians per op type need not add up to the median total exactly, but they are of its order.
+    assert 0.5 < sum(result["ops"].values()) / result["total_ms"] < 2.0
+
+
+def test_cli_writes_the_table_with_ratios_against_the_first_file(tmp_path, capsys):
+    wide, narrow = _export(tmp_path / "wide.onnx", 256), _export(tmp_path / "narrow.onnx", 32)
+    assert profile_ops.main([str(wide), str(narrow), "--runs", "4", "--threads", "1",
+                             "--out", str(tmp_path / "p")]) == 0
+    md = (tmp_path / "p.md").read_text()
+    assert "ratio narrow.onnx" in md and "**total kernel time**" in md
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert len(saved["results"]) == 2 and saved["batch"] == 1
+    assert profile_ops.main([str(tmp_path / "missing.onnx")]) == 2
+    assert "no such ONNX file" in capsys.readouterr().err
