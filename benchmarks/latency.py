@@ -177,12 +177,16 @@ def main() -> None:
     p.add_argument("--skip-cifar", action="store_true")
     p.add_argument("--skip-extras", action="store_true", help="no large-versus-small run")
     p.add_argument("--out", default=str(RESULTS / "latency"))
+    p.add_argument("--keep", type=Path, help="write the ONNX files here and keep them (default: a temporary folder)")
     args = p.parse_args()
     start = time.perf_counter()
     results = {"command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
                "threads": args.threads, "models": {}, "extras": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.keep:
+            tmp = args.keep
+            tmp.mkdir(parents=True, exist_ok=True)
         loaded = {}
         for name in args.models:
             loaded[name] = load_model(name, pretrained=False)
@@ -213,7 +217,7 @@ def main() -> None:
     lines = [f"`{results['command']}` ({results['date']}, {first['framework']}, onnxruntime {first['onnxruntime']}, "
              f"CPU, {args.threads} threads, all graph optimisations; wall {results['wall_s'] / 60:.1f} min). "
              "Random weights for swin_t/s/b (latency does not depend on them). Every table is one interleaved "
-             "run; speed-up and ideal are against its first row.", ""]
+             "run (sessions stop spinning when a run returns); speed-up and ideal are against its first row.", ""]
     lines += goals(results, args)
     for name, res in results["models"].items():
         lines += table(res, name)
