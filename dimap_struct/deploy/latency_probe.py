@@ -31,7 +31,7 @@ from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
 from .bench import _machine, _time_batch
 from .lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the model records its own prediction of the unpruned plan
 
 
 def cache_dir() -> Path:
