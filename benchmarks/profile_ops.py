@@ -1,5 +1,6 @@
 """Where the time goes: onnxruntime's own profiler, kernel time summed by op type, for ONNX files
-side by side (CPU, all graph optimisations, the same threads as `dimap-bench`).
+side by side (CPU, all graph optimisations, 2 intra-op threads by default as in `dimap-bench`; one
+session at a time, so no other session competes for the cores).
 
 Each file gets its own session with profiling on; the first `--warmup` runs are dropped and the
 per-op-type kernel time of each remaining run is summed, then the median over runs is reported.
@@ -26,6 +27,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dimap_struct.files import atomic_output  # noqa: E402
 
 
+def split_runs(events: list[dict], warmup: int) -> tuple[list[dict], list[int], list[tuple[float, float]]]:
+    """Kernel ms by op type for each run after the first `warmup`, the kernels each ran, and the
+    runs' (start, end) in µs.
+
+    onnxruntime's profile is a Chrome trace: one "model_run" Session event per run and one Node
+    event per kernel (op type in args.op_name, provider in args). Its own report
+    (onnxruntime.transformers.profile_result_processor) sums over all runs and prints text, so
+    the split per run is done here. Kernels outside every kept run are dropped."""
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")[warmup:]
+    per_run: list[dict] = [dict() for _ in spans]
+    kernels = [0 for _ in spans]
+    starts = [s for s, _ in spans]
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") != "Node" or "provider" not in args or "op_name" not in args or "dur" not in e:
+            continue
+        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
+        if i < 0 or e["ts"] > spans[i][1]:
+            continue
+        per_run[i][args["op_name"]] = per_run[i].get(args["op_name"], 0) + e["dur"] / 1000
+        kernels[i] += 1
+    return per_run, kernels, spans
+
+
 def op_times(path: Path, batch: int, threads: int, runs: int, warmup: int) -> dict:
     """{'ops': {op type: median ms per run}, 'total_ms': median kernel ms per run, 'run_ms': median
     wall ms of a run as the profiler saw it, 'kernels': kernels per run}."""
@@ -40,28 +66,12 @@ def op_times(path: Path, batch: int, threads: int, runs: int, warmup: int) -> di
         opts.profile_file_prefix = os.path.join(tmp, "profile")
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         spec = session.get_inputs()[0]
-        shape = [batch if not isinstance(d, int) else d for d in spec.shape]
+        shape = [d if isinstance(d, int) else batch for d in spec.shape]  # a symbolic axis is the batch
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for _ in range(warmup + runs):
             session.run(None, {spec.name: x})
         events = json.loads(Path(session.end_profiling()).read_text())
-    # onnxruntime's profile is a Chrome trace: one "model_run" Session event per run, and one Node
-    # event per kernel (its op type in args.op_name). Its own report (onnxruntime.transformers.
-    # profile_result_processor) sums over all runs and prints text, so the split per run is done here.
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                   if e.get("cat") == "Session" and e.get("name") == "model_run")[warmup:]
-    per_run = [dict() for _ in spans]
-    kernels = [0 for _ in spans]
-    starts = [s for s, _ in spans]
-    for e in events:
-        args = e.get("args", {})
-        if e.get("cat") != "Node" or "provider" not in args or "op_name" not in args or "dur" not in e:
-            continue
-        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
-        if i < 0 or e["ts"] > spans[i][1]:
-            continue
-        per_run[i][args["op_name"]] = per_run[i].get(args["op_name"], 0) + e["dur"] / 1000
-        kernels[i] += 1
+    per_run, kernels, spans = split_runs(events, warmup)
     names = sorted({op for run in per_run for op in run})
     ops = {op: statistics.median(run.get(op, 0.0) for run in per_run) for op in names}
     return {"ops": ops, "total_ms": statistics.median(sum(run.values()) for run in per_run),
@@ -108,6 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=14, help="op types shown by name (the rest are summed)")
     p.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
     args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.batch < 1:
+        print("error: --runs and --batch must be >= 1 and --warmup >= 0", file=sys.stderr)
+        return 2
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         print(f"error: no such ONNX file: {', '.join(missing)}", file=sys.stderr)

@@ -352,7 +352,7 @@ class PruneOptions(SourceOptions):
     params: str | None = option(None, "with --granularity weight: keep the fraction R of the prunable weights "
                                 "(instead of --flops)", metavar="R", group="selection")
     latency: float | None = option(None, "instead of --flops: keep this fraction 0 < R <= 1 of the dense model's "
-                                   "onnxruntime latency on this machine, predicted by a per-block latency model "
+                                   "onnxruntime latency on this machine, both as a per-block latency model predicts them "
                                    "(timed once, then cached)", kind=float, minimum=0, exclusive_minimum=True,
                                    maximum=1, metavar="R", group="selection")
     latency_batch: int = option(1, "batch size the --latency budget is for", kind=int, minimum=1, metavar="B",

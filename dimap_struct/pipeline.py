@@ -183,7 +183,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
     if latency is not None and selection.achieved_cost > selection.target_cost + 0.01 * latency.scale_ms:
         raise UserError(f"--latency {options.latency:g}: the minimums (--min-heads, --min-mlp"
                         f"{', --min-embed' if options.prune_embed else ''}) allow no less than "
-                        f"{selection.achieved_cost / latency.scale_ms:.3f} of the dense latency")
+                        f"{selection.achieved_cost / latency.scale_ms:.3f} of the predicted dense latency")
     plan = selection.plan
 
     stats = None

@@ -85,5 +85,36 @@ def test_swa_writes_the_mean_of_the_epoch_end_weights(folder, monkeypatch):
     assert torch.allclose(written[name], expected, atol=1e-6)
     assert not torch.allclose(written[name], training[-1][name])
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="--swa averages"):
         trainer.main(["--data", str(folder / "data"), "--out", str(folder / "x.safetensors"), *TINY, "--swa"])
+
+
+def test_an_interrupted_swa_cycle_resumes_its_average_and_a_restart_starts_none(folder):
+    """`--resume` of an SWA cycle continues its average (same weights as an uninterrupted cycle);
+    `--resume --swa` of a cosine run is refused; a plain `--restart` from an SWA state is cosine."""
+    from safetensors.torch import load_file
+
+    data = ["--data", str(folder / "data"), *TINY]
+
+    def run(out, *extra):
+        assert trainer.main([*data, "--out", str(folder / out), *extra]) == 0
+        return json.loads((folder / out).with_suffix(".json").read_text())
+
+    run("a.safetensors", "--epochs", "1", "--lr", "1e-3")
+    with pytest.raises(SystemExit, match="--swa averages"):
+        trainer.main([*data, "--out", str(folder / "a.safetensors"), "--epochs", "2", "--resume", "--swa"])
+    (folder / "b.state.pt").write_bytes((folder / "a.state.pt").read_bytes())
+    run("a.safetensors", "--epochs", "3", "--lr", "2e-4", "--restart", "--swa")
+    run("b.safetensors", "--epochs", "2", "--lr", "2e-4", "--restart", "--swa")
+    resumed = run("b.safetensors", "--epochs", "3", "--lr", "9e-9", "--resume")
+    assert torch.load(folder / "b.state.pt", weights_only=False)["swa"]["n_averaged"].item() == 2
+    assert resumed["hyper"]["swa"] is True and resumed["hyper"]["lr"] == 2e-4
+    assert "average of its 2 epoch-end weights" in resumed["schedule"]
+    whole, split = load_file(folder / "a.safetensors"), load_file(folder / "b.safetensors")
+    assert all(torch.allclose(whole[k], split[k], atol=1e-6) for k in whole)
+
+    cosine = run("b.safetensors", "--epochs", "4", "--lr", "1e-4", "--restart")
+    assert cosine["hyper"]["swa"] is False and "cosine" in cosine["note"]
+    state = torch.load(folder / "b.state.pt", weights_only=False)
+    assert state["swa"] is None
+    assert torch.equal(load_file(folder / "b.safetensors")["head.fc.weight"], state["model"]["head.fc.weight"])

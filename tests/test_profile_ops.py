@@ -35,3 +35,21 @@ def test_cli_writes_the_table_with_ratios_against_the_first_file(tmp_path, capsy
     assert len(saved["results"]) == 2 and saved["batch"] == 1
     assert profile_ops.main([str(tmp_path / "missing.onnx")]) == 2
     assert "no such ONNX file" in capsys.readouterr().err
+
+
+def test_split_runs_drops_the_warm_up_and_kernels_outside_every_run():
+    def run(ts, dur):
+        return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+
+    def kernel(ts, op, dur):
+        return {"cat": "Node", "name": f"{op}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": op, "provider": "CPUExecutionProvider"}}
+
+    events = [run(0, 100), kernel(10, "MatMul", 50),                                   # warm-up
+              run(200, 100), kernel(210, "MatMul", 30), kernel(250, "Softmax", 20),
+              {"cat": "Node", "name": "MatMul_fence_before", "ts": 215, "dur": 5, "args": {"op_name": "MatMul"}},
+              kernel(350, "MatMul", 99),                                                # between runs
+              run(400, 100), kernel(410, "MatMul", 40)]
+    per_run, kernels, spans = profile_ops.split_runs(events, warmup=1)
+    assert spans == [(200, 300), (400, 500)]
+    assert per_run == [{"MatMul": 0.03, "Softmax": 0.02}, {"MatMul": 0.04}] and kernels == [2, 1]

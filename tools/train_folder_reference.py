@@ -169,14 +169,16 @@ def main(argv=None) -> int:
         history, first_epoch, spent = saved["history"], saved["epoch"], saved["elapsed_s"]
         earlier_runs = [_plain(r) for r in saved.get("runs", [saved["args"]])]
         cycle_start = first_epoch if args.restart else saved.get("cycle_start", 0)
-    if args.swa and not (args.restart or args.resume):
-        raise SystemExit("--swa averages a restarted cycle: give it with --restart (or --resume of one)")
+    resumed_average = args.resume and saved.get("swa") is not None
+    if args.swa and not (args.restart or resumed_average):
+        raise SystemExit("--swa averages a restarted cycle: give it with --restart (a --resume of such a cycle "
+                         "continues its average without it)")
     averaged = None
-    if args.swa or (saved or {}).get("swa"):
+    if (args.restart and args.swa) or resumed_average:
         from torch.optim.swa_utils import AveragedModel
 
-        averaged = AveragedModel(model)
-        if saved is not None and saved.get("swa"):
+        averaged = AveragedModel(model)  # a --restart starts a new average, a --resume continues its own
+        if resumed_average:
             averaged.load_state_dict(saved["swa"])
     if args.restart:
         # AdamW's moments are kept; only the learning-rate cycle starts again from its warm-up.
@@ -190,6 +192,9 @@ def main(argv=None) -> int:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, steps, floor))
     if args.resume:
         sched.load_state_dict(saved["scheduler"])
+        # LambdaLR's constructor set the lr of its step 0; the restored step's lr must drive the next update.
+        for group, lr in zip(opt.param_groups, sched.get_last_lr()):
+            group["lr"] = lr
     print(f"Swin {args.embed_dim}-{args.depths}-{args.heads}: {n_params:,} parameters, {len(labels)} train images "
           f"({int(held.sum())} held out), epochs {first_epoch + 1}..{args.epochs}", flush=True)
 
@@ -229,6 +234,9 @@ def main(argv=None) -> int:
                         "runs": earlier_runs + [_plain(vars(args))]}, tmp)
 
     wall = spent + time.perf_counter() - start
+    peak_lr = sched.base_lrs[0]  # on --resume, the cycle's own peak, whatever --lr says
+    cycle_kind = ("a warm-up, then a constant lr with the epoch-end weights averaged" if averaged is not None
+                  else "a new warm-up + cosine cycle")
     if averaged is not None:
         model = averaged.module
     model.eval()
@@ -251,10 +259,11 @@ def main(argv=None) -> int:
         "data": {"source": str(args.data), "train": f"train/ except every {HOLDOUT_EVERY}th image (held out)",
                  "train_size": len(labels), "holdout_size": int(held.sum()),
                  "test": "test/, read once after training, for this figure only", "test_size": len(test.labels)},
-        "hyper": {k: v for k, v in _plain(vars(args)).items() if k not in ("data", "out", "state", "resume", "restart")},
+        "hyper": {**{k: v for k, v in _plain(vars(args)).items() if k not in ("data", "out", "state", "resume", "restart")},
+                  "swa": averaged is not None, "lr": peak_lr},
         "augment": "reflect-pad 4 + random 32x32 crop, horizontal flip",
         "schedule": "AdamW, linear warm-up then cosine per step, grad clip 5" + (
-            f"; the last cycle (from epoch {cycle_start}) at a constant lr {args.lr:g}, and the weights written "
+            f"; the last cycle (from epoch {cycle_start}) at a constant lr {peak_lr:g}, and the weights written "
             f"are the average of its {int(averaged.n_averaged)} epoch-end weights (SWA)" if averaged is not None else ""),
         "test_top1": round(test_top1, 4),
         "history": history,
@@ -266,7 +275,7 @@ def main(argv=None) -> int:
         "earlier_runs": earlier_runs,
         "note": ("resumed from a per-epoch state: `earlier_runs` are the options each earlier invocation ran "
                  "with; the learning-rate schedule follows the last invocation's --epochs from the step "
-                 "reached" + (f"; a warm restart (a new warm-up + cosine cycle, peak lr {args.lr:g}) began after "
+                 "reached" + (f"; a warm restart ({cycle_kind}, peak lr {peak_lr:g}) began after "
                               f"epoch {cycle_start}" if cycle_start else "")) if earlier_runs else None,
         "cycle_start": cycle_start,
         "weights": args.out.name,

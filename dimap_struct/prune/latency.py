@@ -8,8 +8,10 @@ One block of stage s with h kept heads, m kept MLP channels and residual width c
 (k2*h: the attention matmuls, which do not depend on c; k3*h*c: qkv and proj; k4*m*c: the MLP;
 k0 + k1*c: norms, adds, the token gather). The coefficients of each stage are fitted by least
 squares to the timed latencies of a few widths (`deploy.latency_probe`). The model's latency is
-a fixed part (stem, merges, head: the measured dense latency minus the dense blocks' sum) plus
-the sum over blocks. `select.select_to_budget` searches on it exactly as it searches on MACs.
+a fixed part (stem, merges, head: the measured dense latency minus the dense blocks' sum, floored
+at zero) plus the sum over blocks. A budget is a fraction of the model's own prediction for the
+unpruned plan (`LatencyModel.scale_ms`). `select.select_to_budget` searches on it exactly as it
+searches on MACs.
 """
 from __future__ import annotations
 
