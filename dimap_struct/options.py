@@ -192,8 +192,10 @@ def _coerce(f: dataclasses.Field, value):
     """Check one value against its Spec; return it in its canonical type."""
     spec: Spec = f.metadata["spec"]
     name = flag_of(f)
-    if value is None:
-        return None
+    if value is None:  # "not given" (a recipe's `key: null`, an API keyword left None): the default
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
     kind = spec.kind
     if kind is bool:
         if not isinstance(value, bool):

@@ -199,3 +199,12 @@ def test_a_criterion_added_in_one_file_runs_everywhere(toy_criterion, capsys, tm
             assert b[dropped].max() <= b[kept].min()
     assert cli.main(["reference", "--criterion", toy_criterion, "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["criterion"] == toy_criterion
+
+
+def test_a_null_value_means_the_default():
+    """A recipe's `steps: null` (or an API keyword given as None) is the option's default, so rules
+    between options never see None where the default is a number (found by test_properties)."""
+    from dimap_struct.options import FinetuneOptions
+
+    options = FinetuneOptions.make({"model": "reference", "flops": 0.5, "prune_steps": None, "calib_images": None})
+    assert options.prune_steps == 1 and options.calib_images == 256
