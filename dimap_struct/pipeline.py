@@ -171,7 +171,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
     if options.latency is not None:
         with steps("per-block latency model (timed once per machine, then cached)"):
             latency, latency_source = _latency_model(loaded, options)
-        budget = {"cost": latency.predict, "target_cost": options.latency * latency.scale_ms}
+        budget = {"cost": latency.predict, "target_cost": options.latency * latency.unpruned_ms}
     with steps("select to the MACs budget" if latency is None else "select to the latency budget"):
         selection = select_to_budget(
             scores, costs,
@@ -180,10 +180,10 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
             target_macs=target, policy=criterion.policy, head_dims=[b.attn.head_dim for b in blocks],
             min_heads=options.min_heads, min_mlp=options.min_mlp, round_to=options.round_to,
             min_embed=options.min_embed, **embed, **budget)
-    if latency is not None and selection.achieved_cost > selection.target_cost + 0.01 * latency.scale_ms:
+    if latency is not None and selection.achieved_cost > selection.target_cost + 0.01 * latency.unpruned_ms:
         raise UserError(f"--latency {options.latency:g}: the minimums (--min-heads, --min-mlp"
                         f"{', --min-embed' if options.prune_embed else ''}) allow no less than "
-                        f"{selection.achieved_cost / latency.scale_ms:.3f} of the predicted dense latency")
+                        f"{selection.achieved_cost / latency.unpruned_ms:.3f} of the predicted dense latency")
     plan = selection.plan
 
     stats = None
@@ -210,8 +210,8 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
     if latency is not None:
         report.latency = {"target": options.latency, "batch": options.latency_batch, "threads": options.latency_threads,
                           "dense_ms": latency.dense_ms, "predicted_ms": selection.achieved_cost,
-                          "predicted_unpruned_ms": latency.scale_ms,
-                          "predicted_ratio": selection.achieved_cost / latency.scale_ms,
+                          "predicted_unpruned_ms": latency.unpruned_ms,
+                          "predicted_ratio": selection.achieved_cost / latency.unpruned_ms,
                           "model_source": latency_source, "model": latency.to_dict()}
     if stats is not None:
         with steps(f"recover ({options.recovery})"):

@@ -52,7 +52,7 @@ def test_the_fixed_part_makes_the_dense_prediction_exact():
     model = _model(fixed_ms=2.5)
     assert model.fixed_ms == pytest.approx(2.5)
     assert model.predict(list(HEADS), list(CHANNELS)) == pytest.approx(model.dense_ms)
-    assert model.scale_ms == pytest.approx(model.dense_ms)
+    assert model.unpruned_ms == pytest.approx(model.dense_ms)
 
 
 def test_blocks_that_overshoot_the_whole_model_set_the_scale_of_the_budget():
@@ -62,8 +62,8 @@ def test_blocks_that_overshoot_the_whole_model_set_the_scale_of_the_budget():
     shrunk = with_fixed_part({"test": True}, over.stages, [0, 1, 2], [1, 1, 1], list(HEADS), list(CHANNELS),
                              0.8 * over.dense_ms)
     assert shrunk.fixed_ms == 0.0
-    assert shrunk.scale_ms == pytest.approx(over.dense_ms) == pytest.approx(shrunk.predict(list(HEADS), list(CHANNELS)))
-    assert LatencyModel.from_dict(shrunk.to_dict()).scale_ms == pytest.approx(shrunk.scale_ms)
+    assert shrunk.unpruned_ms == pytest.approx(over.dense_ms) == pytest.approx(shrunk.predict(list(HEADS), list(CHANNELS)))
+    assert LatencyModel.from_dict(shrunk.to_dict()).unpruned_ms == pytest.approx(shrunk.unpruned_ms)
 
 
 @pytest.mark.parametrize("policy", ["module-aware", "one-module", "distortion"])

@@ -10,7 +10,7 @@ k0 + k1*c: norms, adds, the token gather). The coefficients of each stage are fi
 squares to the timed latencies of a few widths (`deploy.latency_probe`). The model's latency is
 a fixed part (stem, merges, head: the measured dense latency minus the dense blocks' sum, floored
 at zero) plus the sum over blocks. A budget is a fraction of the model's own prediction for the
-unpruned plan (`LatencyModel.scale_ms`). `select.select_to_budget` searches on it exactly as it
+unpruned plan (`LatencyModel.unpruned_ms`). `select.select_to_budget` searches on it exactly as it
 searches on MACs.
 """
 from __future__ import annotations
@@ -78,15 +78,12 @@ class LatencyModel:
     dense_ms: float
     """Measured latency of the unpruned (lean) model."""
     fixed_ms: float
-    unpruned_ms: float | None = None
+    unpruned_ms: float
     """This model's prediction for the unpruned plan: `dense_ms`, or more when the blocks timed
     alone sum to more than the whole model (each block's own run carries a call overhead, and the
     fixed part cannot go below zero). A `--latency` budget is a fraction of this, so that the
-    target and the plans are on one scale: a fraction of `dense_ms` landed 10-19% under target on swin_t/s/b."""
-
-    @property
-    def scale_ms(self) -> float:
-        return self.unpruned_ms if self.unpruned_ms is not None else self.dense_ms
+    target and the plans are on one scale: a fraction of `dense_ms` landed 10-19% under target
+    on swin_t/s/b."""
 
     def predict(self, heads: list[int], widths: list[int], residual: list[int] | None = None) -> float:
         c = residual if residual is not None else self.stage_widths
@@ -107,7 +104,7 @@ def with_fixed_part(key: dict, stages: list[StageLatency], block_stages: list[in
     """A LatencyModel whose fixed part makes it predict `dense_ms` for the unpruned model
     (never below zero: when the blocks' sum overshoots, the blocks alone are the model, and
     `unpruned_ms` records that sum)."""
-    model = LatencyModel(key, stages, block_stages, stage_widths, dense_ms, 0.0)
-    model.fixed_ms = max(0.0, dense_ms - model.predict(dense_heads, dense_widths))
-    model.unpruned_ms = model.predict(dense_heads, dense_widths)
-    return model
+    blocks_ms = LatencyModel(key, stages, block_stages, stage_widths, dense_ms, 0.0, 0.0).predict(dense_heads,
+                                                                                                 dense_widths)
+    return LatencyModel(key, stages, block_stages, stage_widths, dense_ms, max(0.0, dense_ms - blocks_ms),
+                        max(dense_ms, blocks_ms))
