@@ -1,6 +1,6 @@
 """Where the time goes: onnxruntime's own profiler, kernel time summed by op type, for ONNX files
-side by side (CPU, all graph optimisations, 2 intra-op threads by default as in `dimap-bench`; one
-session at a time, so no other session competes for the cores).
+side by side, each in a session with `dimap-bench`'s settings (`open_session(tuned=True)`: CPU, all
+graph optimisations, sequential, 2 intra-op threads by default), one session at a time.
 
 Each file gets its own session with profiling on; the first `--warmup` runs are dropped and the
 per-op-type kernel time of each remaining run is summed, then the median over runs is reported.
@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dimap_struct.deploy.onnx_file import open_session  # noqa: E402
+from dimap_struct.errors import UserError  # noqa: E402
 from dimap_struct.files import atomic_output  # noqa: E402
 
 
@@ -55,16 +57,8 @@ def split_runs(events: list[dict], warmup: int) -> tuple[list[dict], list[int], 
 def op_times(path: Path, batch: int, threads: int, runs: int, warmup: int) -> dict:
     """{'ops': {op type: median ms per run}, 'total_ms': median kernel ms per run, 'run_ms': median
     wall ms of a run as the profiler saw it, 'kernels': kernels per run}."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = open_session(path, threads, tuned=True, profile_prefix=os.path.join(tmp, "profile"))
         spec = session.get_inputs()[0]
         shape = [d if isinstance(d, int) else batch for d in spec.shape]  # a symbolic axis is the batch
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -127,7 +121,11 @@ def main(argv=None) -> int:
         return 2
     results = []
     for f in args.files:
-        results.append(op_times(f, args.batch, args.threads, args.runs, args.warmup))
+        try:
+            results.append(op_times(f, args.batch, args.threads, args.runs, args.warmup))
+        except UserError as err:  # a file onnxruntime cannot read
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"{f.name}: {results[-1]['total_ms']:.1f} ms kernel time per run", file=sys.stderr, flush=True)
     lines = table(args.files, results, args.top)
     command = "python benchmarks/profile_ops.py " + " ".join(sys.argv[1:] if argv is None else argv)

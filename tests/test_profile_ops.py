@@ -35,6 +35,10 @@ def test_cli_writes_the_table_with_ratios_against_the_first_file(tmp_path, capsy
     assert len(saved["results"]) == 2 and saved["batch"] == 1
     assert profile_ops.main([str(tmp_path / "missing.onnx")]) == 2
     assert "no such ONNX file" in capsys.readouterr().err
+    (tmp_path / "bad.onnx").write_text("not onnx")
+    assert profile_ops.main([str(tmp_path / "bad.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read ONNX model" in err[0]
 
 
 def test_split_runs_drops_the_warm_up_and_kernels_outside_every_run():

@@ -47,11 +47,11 @@ def read_report(path: str | os.PathLike):
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None,
-                 tuned: bool = False):
+                 tuned: bool = False, profile_prefix: str | None = None):
     """An onnxruntime InferenceSession of `path` (CPU unless `providers` say otherwise).
     `threads`: intra-op threads; `tuned`: the benchmark's settings (inter-op 1, sequential
     execution, all graph optimisations, warnings off stderr, worker threads that stop spinning
-    when a run returns)."""
+    when a run returns); `profile_prefix`: onnxruntime's profiler on, its trace file named so."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -69,6 +69,10 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
         # model's run: about +20 ms on every swin_t run at batch 1, which shrank every speed-up.
         # Stopping the spin when a run returns costs a lone session nothing measurable.
         options.add_session_config_entry("session.force_spinning_stop", "1")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+        options.log_severity_level = 4  # a failed load also logs "could not write a profile"; the error says it all
     try:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types for unreadable files
