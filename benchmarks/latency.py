@@ -138,6 +138,15 @@ def cifar_section(tmp: Path, args) -> dict:
     return {"top1": top1, "latency": timed(files, args)}
 
 
+def write_json(results: dict, out: str, start: float) -> Path:
+    """Record the wall time since `start` in `results` and write OUT.json; returns OUT as a Path."""
+    results["wall_s"] = time.perf_counter() - start
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return path
+
+
 def plot(cifar: dict, path: Path) -> None:
     import matplotlib
 
@@ -210,11 +219,7 @@ def main() -> None:
             results["extras"]["large_vs_small"] = timed(files, args)
         if not args.skip_cifar and args.cifar.is_dir():
             results["cifar"] = cifar_section(tmp, args)
-    results["wall_s"] = time.perf_counter() - start
-    first = next(iter(results["models"].values()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    first, out = next(iter(results["models"].values())), write_json(results, args.out, start)
     lines = [f"`{results['command']}` ({results['date']}, {first['framework']}, onnxruntime {first['onnxruntime']}, "
              f"CPU, {args.threads} threads, all graph optimisations; wall {results['wall_s'] / 60:.1f} min). "
              "Random weights for swin_t/s/b (latency does not depend on them). Every table is one interleaved "

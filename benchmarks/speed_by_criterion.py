@@ -1,0 +1,141 @@
+"""Speed at a MACs budget, by criterion: how close each data-free criterion's pruned model comes
+to the speed-up its MACs promise, next to the accuracy it keeps.
+
+At the same MACs, criteria keep different structures (heads against MLP channels), and those do
+not cost the same time per MAC: the attention matmuls and softmax of a kept head are slow per
+MAC on a CPU (profile: benchmarks/results/profile_swin_t.md). Per model (swin_t, swin_s, swin_b;
+random weights, which latency does not depend on, though the plans do; a `reference-*` model is
+loaded with its trained weights), one interleaved `deploy.bench.benchmark` run
+(batch 1 and 8) of the lean dense export and the lean export pruned to `--ratio` of the MACs by
+each criterion. Efficiency = speed-up / MACs ratio. Then, per criterion, swin_s pruned to
+swin_t's MACs against dense swin_t. Accuracy is not re-measured here: the table quotes, from
+benchmarks/results/decision.json (benchmarks/decide.py over benchmarks/accuracy.py's runs), the
+CIFAR-10 reference's top-1 at R = 0.5 and each criterion's mean rank.
+Writes benchmarks/results/speed_by_criterion.{md,json}.
+
+    .venv/bin/python benchmarks/speed_by_criterion.py                 # about 20 min
+    .venv/bin/python benchmarks/speed_by_criterion.py --models swin_t --criteria dimap dimap-cost --min-time 1
+    .venv/bin/python benchmarks/speed_by_criterion.py --models reference-cifar10 --batches 1 64 --skip-extras \\
+        --out benchmarks/results/speed_by_criterion_cifar10   # the plans of the trained reference
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from latency import _row, export, table, timed, write_json  # noqa: E402
+
+from dimap_struct import load_model  # noqa: E402
+from dimap_struct.deploy.onnx_file import read_report  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA_FREE = ["dimap", "lamp-global", "dimap-cost", "dimap-paper", "dimap-bound", "l1", "l2", "magnitude-global"]
+
+
+def accuracy_columns(decision_path: Path, criterion: str) -> dict:
+    """CIFAR-10 top-1 at R = 0.5 (zero-shot, after KD) and the mean rank, from decide.py's output;
+    `dimap` is looked up under the rule it stands for."""
+    from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
+
+    if not decision_path.is_file():
+        return {}
+    decision = json.loads(decision_path.read_text())
+    name = DEFAULT_RULE if criterion == "dimap" else criterion
+    cells = {c["cell"]: c["top1"] for c in decision["cells"]}
+    return {"cifar_r050_zero_shot": cells.get("reference-cifar10 R=0.5 zero_shot", {}).get(name),
+            "cifar_r050_finetuned": cells.get("reference-cifar10 R=0.5 finetuned", {}).get(name),
+            "mean_rank": decision["mean_rank"].get(name)}
+
+
+def summary(results: dict, args) -> list[str]:
+    head = " | ".join(f"{m} b{b}" for m in results["models"] for b in args.batches)
+    large_column = (f" swin_s at swin_t's MACs / dense swin_t, {' / '.join(f'b{b}' for b in args.batches)} |"
+                    if results["large_vs_small"] else "")
+    lines = ["### Efficiency at R = {:g} (lean pruned / lean dense, over the MACs ratio)".format(args.ratio), "",
+             f"| criterion | {head} |{large_column} CIFAR-10 top-1 at R = 0.5, zero-shot / after KD | "
+             "mean rank (16 cells) |",
+             "|---|" + "---|" * (len(results["models"]) * len(args.batches) + bool(large_column)) + "---|---|"]
+    for criterion in args.criteria:
+        cells = []
+        for name, res in results["models"].items():
+            for batch in args.batches:
+                r = _row(res, f"{name}_{criterion}.onnx", batch)
+                cells.append(f"{r['efficiency']:.2f}" if r and r["efficiency"] is not None else "-")
+        large, ratios = results["large_vs_small"], []
+        for batch in args.batches:
+            small = _row(large, "swin_t_dense.onnx", batch) if large else None
+            big = _row(large, f"swin_s_to_t_{criterion}.onnx", batch) if large else None
+            ratios.append(f"{big['median_ms'] / small['median_ms']:.2f}" if small and big else "-")
+        ratio = f" {' / '.join(ratios)} |" if large else ""
+        acc = results["accuracy"].get(criterion, {})
+        zs, ft = acc.get("cifar_r050_zero_shot"), acc.get("cifar_r050_finetuned")
+        top1 = f"{zs:.2f} / {ft:.2f}" if zs is not None and ft is not None else "-"
+        rank = f"{acc['mean_rank']:.2f}" if acc.get("mean_rank") is not None else "-"
+        lines.append(f"| {criterion} | " + " | ".join(cells) + f" |{ratio} {top1} | {rank} |")
+    return lines + [""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["swin_t", "swin_s", "swin_b"])
+    p.add_argument("--criteria", nargs="+", default=DATA_FREE)
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--min-iters", type=int, default=10)
+    p.add_argument("--min-time", type=float, default=2.0)
+    p.add_argument("--skip-extras", action="store_true", help="no swin_s-at-swin_t's-MACs run")
+    p.add_argument("--decision", type=Path, default=RESULTS / "decision.json")
+    p.add_argument("--out", default=str(RESULTS / "speed_by_criterion"))
+    p.add_argument("--keep", type=Path, help="write the ONNX files here and keep them")
+    args = p.parse_args()
+    args.runtimes = ["onnxruntime"]
+    start = time.perf_counter()
+    results = {"command": "python benchmarks/speed_by_criterion.py " + " ".join(sys.argv[1:]),
+               "date": dt.date.today().isoformat(), "ratio": args.ratio, "threads": args.threads, "models": {},
+               "large_vs_small": None,
+               "accuracy": {c: accuracy_columns(args.decision, c) for c in args.criteria}}
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in args.models:
+            loaded = load_model(name, pretrained=name.startswith("reference"))  # a trained reference: its plans
+            files = [export(loaded, tmp / f"{name}_dense.onnx", 1.0)]
+            files += [export(loaded, tmp / f"{name}_{c}.onnx", args.ratio, criterion=c) for c in args.criteria]
+            results["models"][name] = timed(files, args)
+            print(f"{name}: timed {len(files)} files ({time.perf_counter() - start:.0f} s)", flush=True)
+        if not args.skip_extras:
+            small = tmp / "swin_t_dense.onnx"
+            files = [small if small.exists() else export(load_model("swin_t", pretrained=False), small, 1.0)]
+            budget = f"{read_report(files[0]).original.macs / 1e9:.4f}G"
+            s = load_model("swin_s", pretrained=False)
+            files += [export(s, tmp / f"swin_s_to_t_{c}.onnx", budget, criterion=c) for c in args.criteria]
+            results["large_vs_small"] = timed(files, args)
+    first, out = next(iter(results["models"].values())), write_json(results, args.out, start)
+    source = args.decision.resolve()
+    shown = source.relative_to(Path.cwd()) if source.is_relative_to(Path.cwd()) else source
+    lines = [f"`{results['command']}` ({results['date']}, onnxruntime {first['onnxruntime']}, CPU, {args.threads} "
+             f"threads; wall {results['wall_s'] / 60:.1f} min). Random weights for timm models, trained weights for "
+             f"reference models; every table is one interleaved run. Accuracy columns quoted from {shown}.", ""]
+    lines += summary(results, args)
+    for name, res in results["models"].items():
+        lines += table(res, name)
+    if results["large_vs_small"]:
+        lines += table(results["large_vs_small"], "swin_s pruned to swin_t's MACs, by criterion, against dense swin_t")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
