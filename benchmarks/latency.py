@@ -12,7 +12,8 @@ dense": swin_s pruned to swin_t's MACs against dense swin_t, lean both. Then the
 reference: dense and pruned (R in --ratios), FP32 and static INT8 (calibrated on 256 train
 photos), top-1 on the 10,000 test photos and latency in one interleaved run; a plot of latency
 against top-1. `--runtimes onnxruntime openvino` adds OpenVINO rows.
-Writes benchmarks/results/latency.{md,json} and latency_top1.png.
+Writes benchmarks/results/latency.{md,json} and latency_top1.png (`--out`); `--criterion` prunes with
+another criterion than the default.
 
     .venv/bin/python benchmarks/latency.py                                   # everything (about 30 min)
     .venv/bin/python benchmarks/latency.py --models swin_t --ratios 0.5 --min-time 1 --skip-cifar   # a quick look
@@ -125,8 +126,9 @@ def cifar_section(tmp: Path, args) -> dict:
     files = []
     for ratio in [1.0] + list(args.ratios):
         tag = "dense" if ratio == 1.0 else f"{int(round(ratio * 100)):03d}"
-        files.append(export(loaded, tmp / f"cifar_{tag}_fp32.onnx", ratio))
-        files.append(export(loaded, tmp / f"cifar_{tag}_int8.onnx", ratio, quantize="int8-static",
+        files.append(export(loaded, tmp / f"cifar_{tag}_fp32.onnx", ratio, criterion=args.criterion))
+        files.append(export(loaded, tmp / f"cifar_{tag}_int8.onnx", ratio, criterion=args.criterion,
+                            quantize="int8-static",
                             calib_data=str(args.cifar), recovery="none"))
     top1 = []
     for path in files:
@@ -183,6 +185,7 @@ def main() -> None:
     p.add_argument("--min-iters", type=int, default=10)
     p.add_argument("--min-time", type=float, default=2.0)
     p.add_argument("--runtimes", nargs="+", default=["onnxruntime"], help="onnxruntime and/or openvino")
+    p.add_argument("--criterion", default="dimap", help="criterion of every pruned row (default: the default)")
     p.add_argument("--cifar", type=Path, default=CIFAR, help="CIFAR-10 folder for the reference's top-1")
     p.add_argument("--skip-cifar", action="store_true")
     p.add_argument("--skip-extras", action="store_true", help="no large-versus-small run")
@@ -191,7 +194,7 @@ def main() -> None:
     args = p.parse_args()
     start = time.perf_counter()
     results = {"command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
-               "threads": args.threads, "models": {}, "extras": {}}
+               "threads": args.threads, "criterion": args.criterion, "models": {}, "extras": {}}
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
@@ -203,9 +206,10 @@ def main() -> None:
                      export(loaded[name], tmp / f"{name}_lean_dense.onnx", 1.0)]
             for r in args.ratios:
                 tag = f"{name}_{int(round(r * 100)):03d}"
-                files.append(export(loaded[name], tmp / f"{tag}_fp32.onnx", r))
-                files.append(export(loaded[name], tmp / f"{tag}_int8.onnx", r, quantize="int8-dynamic"))
-            files.append(export(loaded[name], tmp / f"{name}_latency050.onnx", latency=0.5,
+                files.append(export(loaded[name], tmp / f"{tag}_fp32.onnx", r, criterion=args.criterion))
+                files.append(export(loaded[name], tmp / f"{tag}_int8.onnx", r, criterion=args.criterion,
+                                    quantize="int8-dynamic"))
+            files.append(export(loaded[name], tmp / f"{name}_latency050.onnx", latency=0.5, criterion=args.criterion,
                                 latency_threads=args.threads))
             results["models"][name] = timed(files, args)
             print(f"{name}: timed {len(files)} files ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -215,7 +219,7 @@ def main() -> None:
             small = tmp / "swin_t_lean_dense.onnx"  # already exported when swin_t is in --models
             files = [small if "swin_t" in args.models else export(t, small, 1.0)]
             budget = f"{read_report(files[0]).original.macs / 1e9:.4f}G"
-            files.append(export(s, tmp / "swin_s_to_t.onnx", budget))
+            files.append(export(s, tmp / "swin_s_to_t.onnx", budget, criterion=args.criterion))
             results["extras"]["large_vs_small"] = timed(files, args)
         if not args.skip_cifar and args.cifar.is_dir():
             results["cifar"] = cifar_section(tmp, args)
@@ -223,7 +227,8 @@ def main() -> None:
     lines = [f"`{results['command']}` ({results['date']}, {first['framework']}, onnxruntime {first['onnxruntime']}, "
              f"CPU, {args.threads} threads, all graph optimisations; wall {results['wall_s'] / 60:.1f} min). "
              "Random weights for swin_t/s/b (latency does not depend on them). Every table is one interleaved "
-             "run (sessions stop spinning when a run returns); speed-up and ideal are against its first row.", ""]
+             "run (sessions stop spinning when a run returns); speed-up and ideal are against its first row. "
+             f"Pruned rows: criterion `{args.criterion}`.", ""]
     lines += goals(results, args)
     for name, res in results["models"].items():
         lines += table(res, name)
@@ -236,7 +241,7 @@ def main() -> None:
                   "|---|---|---|"]
         lines += [f"| {t['form']} | {t['macs_ratio']:.3f} | {t['top1']:.2f} |" for t in c["top1"]] + [""]
         lines += table(c["latency"], "CIFAR-10 reference: latency")
-        plot(c, out.parent / "latency_top1.png")
+        plot(c, out.with_name(out.name + "_top1.png"))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

@@ -80,7 +80,11 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile (about 1.2x faster on this CPU after a ~90 s compile)")
     p.add_argument("--steps-per-epoch", type=int, help="cut epochs short (a smoke test of the script)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.swa and not (args.restart or args.resume):
+        p.error("--swa averages a restarted cycle: give it with --restart (a --resume of such a cycle "
+                "continues its average)")
+    return args
 
 
 def build(args, classes: int, channels: int) -> torch.nn.Module:
@@ -171,8 +175,9 @@ def main(argv=None) -> int:
         cycle_start = first_epoch if args.restart else saved.get("cycle_start", 0)
     resumed_average = args.resume and saved.get("swa") is not None
     if args.swa and not (args.restart or resumed_average):
-        raise SystemExit("--swa averages a restarted cycle: give it with --restart (a --resume of such a cycle "
-                         "continues its average without it)")
+        print(f"train_folder_reference: error: --swa with --resume: {state_path} holds no average to continue; "
+              "start one with --restart --swa", file=sys.stderr)
+        return 2
     averaged = None
     if (args.restart and args.swa) or resumed_average:
         from torch.optim.swa_utils import AveragedModel
