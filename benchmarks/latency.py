@@ -241,7 +241,7 @@ def main() -> None:
                   "|---|---|---|"]
         lines += [f"| {t['form']} | {t['macs_ratio']:.3f} | {t['top1']:.2f} |" for t in c["top1"]] + [""]
         lines += table(c["latency"], "CIFAR-10 reference: latency")
-        plot(c, out.with_name(out.name + "_top1.png"))
+        plot(c, out.parent / f"{out.stem}_top1.png")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

@@ -13,7 +13,7 @@ benchmarks/results/decision.json (benchmarks/decide.py over benchmarks/accuracy.
 CIFAR-10 reference's top-1 at R = 0.5 and each criterion's mean rank.
 Writes benchmarks/results/speed_by_criterion.{md,json}.
 
-    .venv/bin/python benchmarks/speed_by_criterion.py                 # about 20 min
+    .venv/bin/python benchmarks/speed_by_criterion.py                 # about 15 min
     .venv/bin/python benchmarks/speed_by_criterion.py --models swin_t --criteria dimap dimap-cost --min-time 1
     .venv/bin/python benchmarks/speed_by_criterion.py --models reference-cifar10 --batches 1 64 --skip-extras \\
         --out benchmarks/results/speed_by_criterion_cifar10   # the plans of the trained reference
@@ -54,6 +54,29 @@ def accuracy_columns(decision_path: Path, criterion: str) -> dict:
     return {"cifar_r050_zero_shot": cells.get("reference-cifar10 R=0.5 zero_shot", {}).get(name),
             "cifar_r050_finetuned": cells.get("reference-cifar10 R=0.5 finetuned", {}).get(name),
             "mean_rank": decision["mean_rank"].get(name)}
+
+
+def kept_structure(report_path: Path) -> dict:
+    """Kept heads and MLP channels, summed over blocks, from a `dimap-compress` JSON report."""
+    blocks = json.loads(report_path.read_text())["blocks"]
+    return {"heads": sum(b["heads"] for b in blocks), "heads_before": sum(b["heads_before"] for b in blocks),
+            "mlp": sum(b["mlp_width"] for b in blocks), "mlp_before": sum(b["mlp_width_before"] for b in blocks)}
+
+
+def plans_table(results: dict, args) -> list[str]:
+    """Kept heads and MLP channels (fractions of the unpruned model's) per criterion and model."""
+    models = list(results.get("plans", {}))
+    if not models:
+        return []
+    lines = ["### What each criterion keeps at R = {:g}: heads / MLP channels (fraction kept)".format(args.ratio), "",
+             "| criterion | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for criterion in args.criteria:
+        cells = []
+        for model in models:
+            p = results["plans"][model].get(criterion)
+            cells.append(f"{p['heads'] / p['heads_before']:.2f} / {p['mlp'] / p['mlp_before']:.2f}" if p else "-")
+        lines.append(f"| {criterion} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def summary(results: dict, args) -> list[str]:
@@ -103,7 +126,7 @@ def main() -> None:
     start = time.perf_counter()
     results = {"command": "python benchmarks/speed_by_criterion.py " + " ".join(sys.argv[1:]),
                "date": dt.date.today().isoformat(), "ratio": args.ratio, "threads": args.threads, "models": {},
-               "large_vs_small": None,
+               "large_vs_small": None, "plans": {},
                "accuracy": {c: accuracy_columns(args.decision, c) for c in args.criteria}}
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
@@ -114,10 +137,11 @@ def main() -> None:
             files = [export(loaded, tmp / f"{name}_dense.onnx", 1.0)]
             files += [export(loaded, tmp / f"{name}_{c}.onnx", args.ratio, criterion=c) for c in args.criteria]
             results["models"][name] = timed(files, args)
+            results["plans"][name] = {c: kept_structure(tmp / f"{name}_{c}.json") for c in args.criteria}
             print(f"{name}: timed {len(files)} files ({time.perf_counter() - start:.0f} s)", flush=True)
         if not args.skip_extras:
             small = tmp / "swin_t_dense.onnx"
-            files = [small if small.exists() else export(load_model("swin_t", pretrained=False), small, 1.0)]
+            files = [small if "swin_t" in args.models else export(load_model("swin_t", pretrained=False), small, 1.0)]
             budget = f"{read_report(files[0]).original.macs / 1e9:.4f}G"
             s = load_model("swin_s", pretrained=False)
             files += [export(s, tmp / f"swin_s_to_t_{c}.onnx", budget, criterion=c) for c in args.criteria]
@@ -128,7 +152,7 @@ def main() -> None:
     lines = [f"`{results['command']}` ({results['date']}, onnxruntime {first['onnxruntime']}, CPU, {args.threads} "
              f"threads; wall {results['wall_s'] / 60:.1f} min). Random weights for timm models, trained weights for "
              f"reference models; every table is one interleaved run. Accuracy columns quoted from {shown}.", ""]
-    lines += summary(results, args)
+    lines += summary(results, args) + plans_table(results, args)
     for name, res in results["models"].items():
         lines += table(res, name)
     if results["large_vs_small"]:
