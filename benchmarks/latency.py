@@ -15,7 +15,7 @@ against top-1. `--runtimes onnxruntime openvino` adds OpenVINO rows.
 Writes benchmarks/results/latency.{md,json} and latency_top1.png (`--out`); `--criterion` prunes with
 another criterion than the default.
 
-    .venv/bin/python benchmarks/latency.py                                   # everything (14-19 min here)
+    .venv/bin/python benchmarks/latency.py                                   # everything (about 15 min here)
     .venv/bin/python benchmarks/latency.py --models swin_t --ratios 0.5 --min-time 1 --skip-cifar   # a quick look
 """
 from __future__ import annotations

@@ -63,7 +63,7 @@ class Criterion:
     name: str
     score: Scorer
     policy: str
-    """Selection policy: 'module-aware', 'uniform' or 'one-module' (see `prune.select`)."""
+    """Selection policy: 'module-aware', 'uniform', 'one-module' or 'distortion' (see `prune.select`)."""
     summary: str
     uses_score_mode: bool = False
     residual_score: ResidualScorer | None = None
