@@ -140,6 +140,30 @@ def cifar_section(tmp: Path, args) -> dict:
     return {"top1": top1, "latency": timed(files, args)}
 
 
+@contextlib.contextmanager
+def work_folder(keep: Path | None):
+    """`keep` (created if missing) when given, else a temporary folder removed afterwards."""
+    if keep is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+    else:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+
+
+def large_vs_small_files(folder: Path, loaded: dict, small: Path, small_written: bool,
+                         pruned: dict[str, str]) -> list[Path]:
+    """Dense swin_t's lean export `small` (exported here unless `small_written`: this run already
+    wrote it) and swin_s pruned to its MACs, one file per {file name: criterion}. `loaded` caches
+    models by name (random weights)."""
+    for name in ("swin_t", "swin_s"):
+        if name not in loaded:
+            loaded[name] = load_model(name, pretrained=False)
+    files = [small if small_written else export(loaded["swin_t"], small, 1.0)]
+    budget = f"{read_report(small).original.macs / 1e9:.4f}G"
+    return files + [export(loaded["swin_s"], folder / file, budget, criterion=c) for file, c in pruned.items()]
+
+
 def write_json(results: dict, out: str, start: float) -> Path:
     """Record the wall time since `start` in `results` and write OUT.json; returns OUT as a Path."""
     results["wall_s"] = time.perf_counter() - start
@@ -195,10 +219,7 @@ def main() -> None:
     start = time.perf_counter()
     results = {"command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
                "threads": args.threads, "criterion": args.criterion, "models": {}, "extras": {}}
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with work_folder(args.keep) as tmp:
         loaded = {}
         for name in args.models:
             loaded[name] = load_model(name, pretrained=False)
@@ -214,12 +235,8 @@ def main() -> None:
             results["models"][name] = timed(files, args)
             print(f"{name}: timed {len(files)} files ({time.perf_counter() - start:.0f} s)", flush=True)
         if not args.skip_extras:
-            t = loaded.get("swin_t") or load_model("swin_t", pretrained=False)
-            s = loaded.get("swin_s") or load_model("swin_s", pretrained=False)
-            small = tmp / "swin_t_lean_dense.onnx"  # already exported when swin_t is in --models
-            files = [small if "swin_t" in args.models else export(t, small, 1.0)]
-            budget = f"{read_report(files[0]).original.macs / 1e9:.4f}G"
-            files.append(export(s, tmp / "swin_s_to_t.onnx", budget, criterion=args.criterion))
+            files = large_vs_small_files(tmp, loaded, tmp / "swin_t_lean_dense.onnx", "swin_t" in args.models,
+                                         {"swin_s_to_t.onnx": args.criterion})
             results["extras"]["large_vs_small"] = timed(files, args)
         if not args.skip_cifar and args.cifar.is_dir():
             results["cifar"] = cifar_section(tmp, args)

@@ -21,21 +21,18 @@ Writes benchmarks/results/speed_by_criterion.{md,json}.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency import _row, export, table, timed, write_json  # noqa: E402
+from latency import _row, export, large_vs_small_files, table, timed, work_folder, write_json  # noqa: E402
 
 from dimap_struct import load_model  # noqa: E402
-from dimap_struct.deploy.onnx_file import read_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_FREE = ["dimap", "lamp-global", "dimap-cost", "dimap-paper", "dimap-bound", "l1", "l2", "magnitude-global"]
@@ -128,23 +125,18 @@ def main() -> None:
                "date": dt.date.today().isoformat(), "ratio": args.ratio, "threads": args.threads, "models": {},
                "large_vs_small": None, "plans": {},
                "accuracy": {c: accuracy_columns(args.decision, c) for c in args.criteria}}
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with work_folder(args.keep) as tmp:
+        loaded = {}
         for name in args.models:
-            loaded = load_model(name, pretrained=name.startswith("reference"))  # a trained reference: its plans
-            files = [export(loaded, tmp / f"{name}_dense.onnx", 1.0)]
-            files += [export(loaded, tmp / f"{name}_{c}.onnx", args.ratio, criterion=c) for c in args.criteria]
+            loaded[name] = load_model(name, pretrained=name.startswith("reference"))  # a trained reference: its plans
+            files = [export(loaded[name], tmp / f"{name}_dense.onnx", 1.0)]
+            files += [export(loaded[name], tmp / f"{name}_{c}.onnx", args.ratio, criterion=c) for c in args.criteria]
             results["models"][name] = timed(files, args)
             results["plans"][name] = {c: kept_structure(tmp / f"{name}_{c}.json") for c in args.criteria}
             print(f"{name}: timed {len(files)} files ({time.perf_counter() - start:.0f} s)", flush=True)
         if not args.skip_extras:
-            small = tmp / "swin_t_dense.onnx"
-            files = [small if "swin_t" in args.models else export(load_model("swin_t", pretrained=False), small, 1.0)]
-            budget = f"{read_report(files[0]).original.macs / 1e9:.4f}G"
-            s = load_model("swin_s", pretrained=False)
-            files += [export(s, tmp / f"swin_s_to_t_{c}.onnx", budget, criterion=c) for c in args.criteria]
+            files = large_vs_small_files(tmp, loaded, tmp / "swin_t_dense.onnx", "swin_t" in args.models,
+                                         {f"swin_s_to_t_{c}.onnx": c for c in args.criteria})
             results["large_vs_small"] = timed(files, args)
     first, out = next(iter(results["models"].values())), write_json(results, args.out, start)
     source = args.decision.resolve()

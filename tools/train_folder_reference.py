@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         earlier_runs = [_plain(r) for r in saved.get("runs", [saved["args"]])]
         cycle_start = first_epoch if args.restart else saved.get("cycle_start", 0)
     resumed_average = args.resume and saved.get("swa") is not None
-    if args.swa and not (args.restart or resumed_average):
+    if args.swa and args.resume and not resumed_average:  # (--swa alone is refused by parse_args)
         print(f"train_folder_reference: error: --swa with --resume: {state_path} holds no average to continue; "
               "start one with --restart --swa", file=sys.stderr)
         return 2
