@@ -35,6 +35,7 @@ from dimap_struct import compress, load_model  # noqa: E402
 from dimap_struct.deploy.bench import benchmark  # noqa: E402
 from dimap_struct.deploy.evaluate import accuracy, onnx_classifier  # noqa: E402
 from dimap_struct.deploy.onnx_file import read_report  # noqa: E402
+from dimap_struct.prune.criteria import criterion_names  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -209,7 +210,8 @@ def main() -> None:
     p.add_argument("--min-iters", type=int, default=10)
     p.add_argument("--min-time", type=float, default=2.0)
     p.add_argument("--runtimes", nargs="+", default=["onnxruntime"], help="onnxruntime and/or openvino")
-    p.add_argument("--criterion", default="dimap", help="criterion of every pruned row (default: the default)")
+    p.add_argument("--criterion", default="dimap", choices=criterion_names(),
+                   help="criterion of every pruned row (default: the default)")
     p.add_argument("--cifar", type=Path, default=CIFAR, help="CIFAR-10 folder for the reference's top-1")
     p.add_argument("--skip-cifar", action="store_true")
     p.add_argument("--skip-extras", action="store_true", help="no large-versus-small run")

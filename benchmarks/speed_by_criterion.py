@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import _row, export, large_vs_small_files, table, timed, work_folder, write_json  # noqa: E402
 
 from dimap_struct import load_model  # noqa: E402
+from dimap_struct.prune.criteria import criterion_names  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_FREE = ["dimap", "lamp-global", "dimap-cost", "dimap-paper", "dimap-bound", "l1", "l2", "magnitude-global"]
@@ -107,7 +108,7 @@ def summary(results: dict, args) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["swin_t", "swin_s", "swin_b"])
-    p.add_argument("--criteria", nargs="+", default=DATA_FREE)
+    p.add_argument("--criteria", nargs="+", default=DATA_FREE, choices=criterion_names())
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--threads", type=int, default=2)
