@@ -378,7 +378,7 @@ class PruneOptions(SourceOptions):
                                     "the cut (--recovery)", metavar="PATH", group="selection")
     calib_batches: int = option(4, "calibration batches of 32 images for data-driven criteria", kind=int,
                                 minimum=1, group="selection")
-    calib_images: int = option(256, "calibration images for recovery (with --calib-data)", kind=int, minimum=1,
+    calib_images: int = option(256, "calibration images for recovery and for --criterion dimap-calib (with --calib-data)", kind=int, minimum=1,
                                group="recovery")
     recovery: str = option("refit", "with --calib-data, after the cut: refit = least-squares refit of the kept "
                            "columns of proj and fc2 to the unpruned outputs; bias = move the removed groups' mean "
@@ -415,7 +415,7 @@ class PruneOptions(SourceOptions):
             raise UserError(f"--score applies to criteria that use DIMAP scores, not to '{self.criterion}'")
         if criterion.needs_data and self.calib_data is None:
             raise UserError(f"criterion '{self.criterion}' is data-driven: give --calib-data PATH "
-                            "(an MNIST directory or an ImageFolder) for its calibration batches")
+                            "(an MNIST directory or an ImageFolder) for its calibration images")
 
     @property
     def target(self) -> str:

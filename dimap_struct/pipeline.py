@@ -158,11 +158,18 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
         before = costs.count()
     target = target_macs(options.target, before.macs)
 
+    stats = None
+    if options.calib_data is not None and (options.recovery != "none" or criterion.needs_stats):
+        from .recover.oneshot import collect_stats
+
+        # statistics of the unpruned model: what recovery refits to, and what `needs_stats` criteria score
+        with steps(f"calibration statistics ({options.calib_images} images)"):
+            stats = collect_stats(net, blocks, _calibration_images(loaded, options), seed=options.seed)
     with steps(f"score ({criterion.name})"):
         if criterion.prepare is not None:
             criterion.prepare(net, Calibration(options.calib_data, loaded.data_config, options.calib_batches,
                                                options.seed, adapter.num_classes))
-        context = ScoreContext(score_mode=options.score_mode, seed=options.seed, costs=costs)
+        context = ScoreContext(score_mode=options.score_mode, seed=options.seed, costs=costs, stats=stats)
         scores = criterion.score(blocks, context)
         embed = residual_options(adapter, criterion, context) if options.prune_embed else {}
         if criterion.cleanup is not None:
@@ -186,12 +193,6 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
                         f"{selection.achieved_cost / latency.unpruned_ms:.3f} of the predicted dense latency")
     plan = selection.plan
 
-    stats = None
-    if options.calib_data is not None and options.recovery != "none":
-        from .recover.oneshot import collect_stats
-
-        with steps(f"calibration statistics ({options.calib_images} images)"):
-            stats = collect_stats(net, blocks, _calibration_images(loaded, options), seed=options.seed)
     with steps("cut heads and channels"):
         reference = copy.deepcopy(net)
         mask(reference, adapter.__class__(reference), plan)
@@ -213,7 +214,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
                           "predicted_unpruned_ms": latency.unpruned_ms,
                           "predicted_ratio": selection.achieved_cost / latency.unpruned_ms,
                           "model_source": latency_source, "model": latency.to_dict()}
-    if stats is not None:
+    if stats is not None and options.recovery != "none":
         with steps(f"recover ({options.recovery})"):
             report.recovery = _recover(net, adapter, plan, stats, options)
     return net, selection, report

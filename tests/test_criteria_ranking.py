@@ -17,7 +17,8 @@ def _compress(model, criterion, **kw):
     if CRITERIA[criterion].needs_data:
         if MNIST is None:
             pytest.skip("taylor needs the shared MNIST directory for calibration")
-        kw.update(calib_data=MNIST, calib_batches=1, recovery="none")  # the criterion alone (recovery: test_recovery)
+        kw.update(calib_data=MNIST, calib_batches=1, calib_images=32,
+                  recovery="none")  # the criterion alone (recovery: test_recovery)
     return dimap_struct.compress(model, kw.pop("flops", 0.5), criterion=criterion, **kw)
 
 

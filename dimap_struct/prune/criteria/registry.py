@@ -7,7 +7,9 @@ declares everything the pipeline needs to know about it:
 - `uses_score_mode`: whether `--score` (DIMAP option A / B) changes it;
 - `residual_score`: how it scores residual channels for `--prune-embed` (None: unsupported);
 - `prepare`: a hook run on the model before scoring (data-driven criteria: a gradient pass
-  over calibration images); its presence makes the criterion need `--calib-data`.
+  over calibration images); its presence makes the criterion need `--calib-data`;
+- `needs_stats`: the scores read the calibration statistics of one-shot recovery (the input
+  Gram matrices of proj and fc2 over `--calib-images`), which also needs `--calib-data`.
 
 Adding a criterion means adding one file to this package that calls `register` (and importing
 it from `__init__`); the CLI's choices, the options' checks and the report read the registry.
@@ -41,6 +43,9 @@ class ScoreContext:
     seed: int = 0
     costs: object | None = None
     """The `prune.costs.CostModel` of the unpruned model."""
+    stats: dict | None = None
+    """Calibration statistics of the unpruned model (`recover.oneshot.collect_stats`), for
+    criteria with `needs_stats`."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,12 @@ class Criterion:
     prepare: Callable[[nn.Module, Calibration], None] | None = None
     cleanup: Callable[[nn.Module], None] | None = None
     """Undo what `prepare` left on the model (e.g. gradients) once scores are taken."""
+    needs_stats: bool = False
+    """Scores read the calibration statistics that recovery also uses (`ScoreContext.stats`)."""
 
     @property
     def needs_data(self) -> bool:
-        return self.prepare is not None
+        return self.prepare is not None or self.needs_stats
 
 
 CRITERIA: dict[str, Criterion] = {}
