@@ -34,6 +34,9 @@ register(Criterion("lamp-global", dimap_scores, "one-module",
 # residual channels of one stage all cost the same, so they keep their plain DIMAP score
 register(Criterion("dimap-cost", cost_aware_scores, "module-aware", "DIMAP score divided by the group's MACs",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
+register(Criterion("dimap-cost-global", cost_aware_scores, "one-module",
+                   "DIMAP score divided by the group's MACs, the whole model one module",
+                   uses_score_mode=True, residual_score=residual_by_views(_option_a)))
 register(Criterion("dimap-paper", dimap_scores, "module-aware",
                    "the paper's rule: heads and MLP channels each lose the same fraction of their weights",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
@@ -70,7 +73,7 @@ register(Criterion("dimap-bound-sq", bound_squared_scores, "one-module",
                    residual_score=_residual_squared))
 
 
-DEFAULT_RULE = "dimap-bound-sq"
+DEFAULT_RULE = "dimap-cost-global"
 """The rule the default criterion `dimap` stands for: the winner of the measurement whose decision
 rule docs/method.md section 4 states."""
 register(dataclasses.replace(CRITERIA[DEFAULT_RULE], name="dimap",
