@@ -7,6 +7,7 @@ import torch
 import dimap_struct
 from dimap_struct.cli import compress as cli
 from dimap_struct.models import wrap_model
+from dimap_struct.prune.criteria import CRITERIA
 from dimap_struct.prune.cut import cut_residual, interleaved_index
 from dimap_struct.prune.verify import mask_residual
 
@@ -83,3 +84,12 @@ def test_last_stage_cut_to_a_third_equals_masking(random_model):
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (net.model(x) - ref.model(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("criterion", [name for name, c in CRITERIA.items()
+                                       if c.policy == "one-module" and c.residual_score is not None])
+def test_one_module_criteria_score_residual_channels_in_the_same_units(random_model, criterion):
+    """Pooled with heads and MLP channels, residual channels must be able to win: at R = 0.5 some
+    stage loses some (scores in other units, e.g. not per MAC, would keep them all)."""
+    report = dimap_struct.compress(random_model("swin_t"), 0.5, criterion=criterion, prune_embed=True).report
+    assert any(r.width < r.width_before for r in report.residual)

@@ -34,9 +34,19 @@ register(Criterion("lamp-global", dimap_scores, "one-module",
 # residual channels of one stage all cost the same, so they keep their plain DIMAP score
 register(Criterion("dimap-cost", cost_aware_scores, "module-aware", "DIMAP score divided by the group's MACs",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
+def _residual_per_mac(sites, context: ScoreContext):
+    """Residual channels pooled with heads and MLP channels (one module) need the same units: a
+    channel's DIMAP score per MAC its stage loses with it."""
+    from ..residual import channel_views
+    from ..select import residual_channel_macs
+
+    per_channel = residual_channel_macs(context.costs)
+    return [_option_a(channel_views(s)) / max(m, 1) for s, m in zip(sites, per_channel)]
+
+
 register(Criterion("dimap-cost-global", cost_aware_scores, "one-module",
                    "DIMAP score divided by the group's MACs, the whole model one module",
-                   uses_score_mode=True, residual_score=residual_by_views(_option_a)))
+                   uses_score_mode=True, residual_score=_residual_per_mac))
 register(Criterion("dimap-paper", dimap_scores, "module-aware",
                    "the paper's rule: heads and MLP channels each lose the same fraction of their weights",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
