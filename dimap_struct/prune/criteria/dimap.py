@@ -28,25 +28,29 @@ def cost_aware_scores(blocks, context: ScoreContext) -> GroupScores:
                        mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, context.costs.blocks)])
 
 
+def _per_residual_mac(view_score):
+    """A residual scorer for criteria that pool residual channels with heads and MLP channels
+    (one module) and score those per MAC: `view_score` of a channel's views divided by the MACs
+    its stage loses with it, so that all groups are in the same units."""
+    def scorer(sites, context: ScoreContext):
+        from ..residual import channel_views
+        from ..select import residual_channel_macs
+
+        per_channel = residual_channel_macs(context.costs)
+        return [view_score(channel_views(s)) / max(m, 1) for s, m in zip(sites, per_channel)]
+    return scorer
+
+
 register(Criterion("lamp-global", dimap_scores, "one-module",
                    "DIMAP scores with the whole model as one module (heads compete with channels)",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
-# residual channels of one stage all cost the same, so they keep their plain DIMAP score
+# module-aware: residual channels are a module of their own, and those of one stage all cost the
+# same, so they keep their plain DIMAP score
 register(Criterion("dimap-cost", cost_aware_scores, "module-aware", "DIMAP score divided by the group's MACs",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
-def _residual_per_mac(sites, context: ScoreContext):
-    """Residual channels pooled with heads and MLP channels (one module) need the same units: a
-    channel's DIMAP score per MAC its stage loses with it."""
-    from ..residual import channel_views
-    from ..select import residual_channel_macs
-
-    per_channel = residual_channel_macs(context.costs)
-    return [_option_a(channel_views(s)) / max(m, 1) for s, m in zip(sites, per_channel)]
-
-
 register(Criterion("dimap-cost-global", cost_aware_scores, "one-module",
                    "DIMAP score divided by the group's MACs, the whole model one module",
-                   uses_score_mode=True, residual_score=_residual_per_mac))
+                   uses_score_mode=True, residual_score=_per_residual_mac(_option_a)))
 register(Criterion("dimap-paper", dimap_scores, "module-aware",
                    "the paper's rule: heads and MLP channels each lose the same fraction of their weights",
                    uses_score_mode=True, residual_score=residual_by_views(_option_a)))
@@ -67,20 +71,12 @@ def bound_squared_scores(blocks, context: ScoreContext) -> GroupScores:
                        mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, context.costs.blocks)])
 
 
-def _residual_squared(sites, context: ScoreContext):
-    from ..residual import channel_views
-    from ..select import residual_channel_macs
-
-    per_channel = residual_channel_macs(context.costs)
-    return [energy_fractions(channel_views(s)) / max(m, 1) for s, m in zip(sites, per_channel)]
-
-
 register(Criterion("dimap-bound", bound_scores, "distortion",
                    "DIMAP's bound: greedy on the sum of relative Frobenius distortions added per MAC saved",
                    residual_score=residual_by_views(energy_fractions)))
 register(Criterion("dimap-bound-sq", bound_squared_scores, "one-module",
                    "DIMAP's bound squared: groups ranked by energy fraction per MAC, the whole model one module",
-                   residual_score=_residual_squared))
+                   residual_score=_per_residual_mac(energy_fractions)))
 
 
 DEFAULT_RULE = "dimap-cost-global"
