@@ -32,17 +32,25 @@ class Terminated(KeyboardInterrupt):
 _depth = 0
 _pending: int | None = None
 _terminating = False
+_received: int | None = None
 
 
 def _handle(signum, frame) -> None:
-    global _pending, _terminating
+    global _pending, _terminating, _received
     if _terminating:  # already unwinding: more signals (Ctrl-C pressed again) must not cut the cleanup
         return
     if _depth:
         _pending = _pending or signum
         return
     _terminating = True
+    _received = signum
     raise Terminated(signum)
+
+
+def received() -> int | None:
+    """The signal raised as `Terminated` in the current `handled()` block, if any: a library
+    that was running when it arrived may have turned it into another exception."""
+    return _received
 
 
 @contextmanager
@@ -53,8 +61,8 @@ def handled():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global _terminating, _pending
-    _terminating, _pending = False, None
+    global _terminating, _pending, _received
+    _terminating, _pending, _received = False, None, None
     previous = {signum: signal.getsignal(signum) for signum in HANDLED}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:

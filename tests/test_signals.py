@@ -123,3 +123,23 @@ def test_force_restores_the_earlier_pair_if_publishing_fails(tmp_path):
         files.publish(pairs, force=True)
     assert onnx_path.read_text() == "earlier model"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(files.TEMP_PREFIX) and "new" not in p.name]
+
+
+def test_a_signal_a_library_turned_into_another_exception_still_exits_128_plus_n(capsys):
+    """SIGTERM early in a command can land inside library code (an import) that re-raises it as
+    another exception; the exit code is still 143, not an internal error's 1."""
+    import argparse
+    import signal
+
+    from dimap_struct.cli.common import run_command
+
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt as err:
+            raise RuntimeError("library wrapped it") from err
+        return 0
+
+    code = run_command("prog", argparse.Namespace(quiet=True, debug=False), run)
+    assert code == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err

@@ -92,6 +92,11 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
     except Exception as err:
         with signals.deferred():
             files.remove_pending()
+            signum = signals.received()
+            if signum is not None:  # the signal surfaced as another exception (e.g. inside an import)
+                written = ", ".join(map(str, files.published)) or "no output"
+                print(f"{prog}: stopped by {signals.Terminated(signum)}; {written} written", file=sys.stderr)
+                return 128 + signum
             if args.debug:
                 raise
             if isinstance(err, UserError):  # ours are one line, but may quote what the user typed
