@@ -378,8 +378,8 @@ class PruneOptions(SourceOptions):
                                     "the cut (--recovery)", metavar="PATH", group="selection")
     calib_batches: int = option(4, "calibration batches of 32 images for data-driven criteria", kind=int,
                                 minimum=1, group="selection")
-    calib_images: int = option(256, "calibration images for recovery and for --criterion dimap-calib (with --calib-data)", kind=int, minimum=1,
-                               group="recovery")
+    calib_images: int = option(256, "calibration images for recovery and for --criterion dimap-calib (with "
+                               "--calib-data)", kind=int, minimum=1, group="recovery")
     recovery: str = option("refit", "with --calib-data, after the cut: refit = least-squares refit of the kept "
                            "columns of proj and fc2 to the unpruned outputs; bias = move the removed groups' mean "
                            "contribution into the bias; none = keep the plain cut",

@@ -31,18 +31,18 @@ class Terminated(KeyboardInterrupt):
 
 _depth = 0
 _pending: int | None = None
-_terminating = False
 _received: int | None = None
+"""The signal raised as `Terminated` in the current `handled()` block: once set, the command is
+unwinding."""
 
 
 def _handle(signum, frame) -> None:
-    global _pending, _terminating, _received
-    if _terminating:  # already unwinding: more signals (Ctrl-C pressed again) must not cut the cleanup
+    global _pending, _received
+    if _received is not None:  # already unwinding: more signals (Ctrl-C pressed again) must not cut the cleanup
         return
     if _depth:
         _pending = _pending or signum
         return
-    _terminating = True
     _received = signum
     raise Terminated(signum)
 
@@ -61,8 +61,8 @@ def handled():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global _terminating, _pending, _received
-    _terminating, _pending, _received = False, None, None
+    global _pending, _received
+    _pending, _received = None, None
     previous = {signum: signal.getsignal(signum) for signum in HANDLED}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
@@ -77,7 +77,7 @@ def handled():
 @contextmanager
 def deferred():
     """Hold termination signals until the block ends, then raise the first one that arrived."""
-    global _depth, _pending, _terminating
+    global _depth, _pending, _received
     _depth += 1
     try:
         yield
@@ -87,5 +87,5 @@ def deferred():
             _pending = None
         _depth -= 1
         if signum is not None:
-            _terminating = True
+            _received = signum
             raise Terminated(signum)

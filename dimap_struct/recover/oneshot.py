@@ -124,7 +124,9 @@ def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size:
     return stats
 
 
-def _error(a_new: torch.Tensor, a: torch.Tensor, gram: torch.Tensor, tokens: int) -> float:
+def calibration_error(a_new: torch.Tensor, a: torch.Tensor, gram: torch.Tensor, tokens: int) -> float:
+    """Mean squared output difference per token between weights `a_new` and `a` ([W b], the
+    constant input last) on inputs whose Gram matrix is `gram`."""
     diff = a_new - a
     return float(torch.einsum("oi,ij,oj->", diff, gram, diff)) / max(tokens, 1)
 
@@ -156,8 +158,8 @@ def solve(stats: LayerStats, kept: list[int], rows: list[int] | None, method: st
         system = g_kk + damp * torch.eye(len(keep), dtype=torch.float64)
         rhs = a @ stats.gram[:, keep]  # (out, |K|)
         new[:, keep] = torch.linalg.solve(system, rhs.T).T
-    error_cut = _error(cut, a, stats.gram, stats.tokens)
-    error_new = _error(new, a, stats.gram, stats.tokens)
+    error_cut = calibration_error(cut, a, stats.gram, stats.tokens)
+    error_new = calibration_error(new, a, stats.gram, stats.tokens)
     columns = torch.tensor(list(kept), dtype=torch.long)
     if not error_new <= error_cut:  # NaN counts as worse
         return cut[:, columns], cut[:, features], error_cut, error_cut

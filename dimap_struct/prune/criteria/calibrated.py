@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ...recover.oneshot import RIDGE, LayerStats
+from ...recover.oneshot import RIDGE, LayerStats, calibration_error
 from .registry import Criterion, GroupScores, ScoreContext, register
 
 MAX_STEPS = 128
@@ -53,7 +53,7 @@ def greedy_removal(stats: LayerStats, group_size: int, ridge: float = RIDGE) -> 
     a = torch.cat([stats.weight, stats.bias[:, None]], 1)
     gram = stats.gram
     tokens = max(stats.tokens, 1)
-    energy = float(torch.einsum("oi,ij,oj->", a, gram, a)) / tokens
+    energy = calibration_error(torch.zeros_like(a), a, gram, stats.tokens)  # the output's own energy
     damp = ridge * float(torch.diagonal(gram).mean())
     inverse = torch.linalg.inv(gram + damp * torch.eye(len(gram), dtype=gram.dtype))
     idx = torch.arange(features).reshape(groups, group_size)  # group g's columns
@@ -97,7 +97,7 @@ def greedy_refit_costs(stats: LayerStats, group_size: int, ridge: float = RIDGE)
     return out
 
 
-def _single(stats: LayerStats) -> LayerStats:
+def in_float32(stats: LayerStats) -> LayerStats:
     """The greedy in float32: it only ranks, and at half the memory traffic swin_t's 3072-wide
     MLPs take seconds (tests/test_calibrated_criterion.py checks it picks what float64 picks)."""
     return LayerStats(stats.gram.float(), stats.tokens, stats.weight.float(), stats.bias.float())
@@ -110,7 +110,7 @@ def calibrated_scores(blocks, context: ScoreContext) -> GroupScores:
         raise ValueError("dimap-calib needs calibration statistics and the cost model (stats=..., costs=...)")
     heads, mlp = [], []
     for b, bc in zip(blocks, context.costs.blocks):
-        proj, fc2 = (_single(context.stats[f"{b.name}.{layer}"]) for layer in ("proj", "fc2"))
+        proj, fc2 = (in_float32(context.stats[f"{b.name}.{layer}"]) for layer in ("proj", "fc2"))
         heads.append(greedy_refit_costs(proj, b.attn.head_dim).double() / bc.macs_per_head)
         mlp.append(greedy_refit_costs(fc2, 1).double() / bc.macs_per_channel)
     return GroupScores(heads=heads, mlp=mlp)
