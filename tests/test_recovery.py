@@ -101,3 +101,59 @@ def test_report_and_metadata_record_the_recovery(tmp_path):
     assert read_report(out).recovery == recovery
     assert json.loads(out.with_suffix(".json").read_text())["recovery"] == recovery
     assert compress("reference", 0.5).report.recovery is None  # data-free: nothing changes
+
+
+def _tiny_swin():
+    from dimap_struct.models import load_any
+
+    return load_any("swin_tiny_patch4_window7_224", pretrained=False,
+                    model_kwargs=dict(img_size=64, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 4),
+                                      num_classes=5))
+
+
+def test_statistics_do_not_depend_on_the_batch_size_or_chunking():
+    loaded = _tiny_swin()
+    images = torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    blocks = loaded.adapter.blocks()
+    by_batch = [collect_stats(loaded.model, blocks, images, batch_size=b, tokens_per_image=8, chunk_rows=c)
+                for b, c in ((1, 2048), (5, 16), (12, 7))]
+    for name, first in by_batch[0].items():
+        assert first.tokens == 12 * 8
+        for other in by_batch[1:]:
+            assert other[name].tokens == first.tokens
+            torch.testing.assert_close(other[name].gram, first.gram, rtol=1e-5, atol=1e-4)
+
+
+def test_statistics_are_the_gram_of_the_layer_inputs():
+    """With every token kept, G equals [X 1]^T [X 1] of the inputs a hook records directly."""
+    loaded = _tiny_swin()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    blocks = loaded.adapter.blocks()
+    seen = {}
+    layer = blocks[1].mlp.fc2
+    handle = layer.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        loaded.model.eval()(images)
+    handle.remove()
+    stats = collect_stats(loaded.model, blocks, images, batch_size=4, tokens_per_image=10_000)
+    xa = torch.cat([seen["x"], torch.ones(len(seen["x"]), 1)], 1).double()
+    name = f"{blocks[1].name}.fc2"
+    assert stats[name].tokens == len(xa)
+    torch.testing.assert_close(stats[name].gram, xa.T @ xa, rtol=1e-5, atol=1e-3)
+
+
+def test_data_fingerprint_follows_file_names_and_sizes(tmp_path):
+    import hashlib
+
+    from dimap_struct.recover.oneshot import data_fingerprint
+
+    for relative, size in (("b/2.jpg", 3), ("a/1.jpg", 5), ("a-b/x.jpg", 1), ("a/sub/y.jpg", 2)):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"\0" * size)
+    reference = hashlib.sha256()  # brute force: pathlib's order, part by part
+    for f in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        reference.update(f"{f.relative_to(tmp_path)}\0{f.stat().st_size}\n".encode())
+    assert data_fingerprint(tmp_path) == reference.hexdigest()
+    before = data_fingerprint(tmp_path)
+    (tmp_path / "a/1.jpg").write_bytes(b"\0" * 6)
+    assert data_fingerprint(tmp_path) != before

@@ -87,28 +87,53 @@ def recovered_layers(blocks) -> list[tuple[str, nn.Linear, str]]:
 
 
 @torch.no_grad()
-def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size: int = 32,
-                  tokens_per_image: int = 64, seed: int = 0) -> dict[str, LayerStats]:
+def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size: int = 8,
+                  tokens_per_image: int = 64, seed: int = 0, chunk_rows: int = 2048) -> dict[str, LayerStats]:
     """Run the unpruned `model` over `images` (N, C, H, W) and return the input statistics of
-    every layer `recovered_layers` names (see the module docstring)."""
+    every layer `recovered_layers` names (see the module docstring).
+
+    Each image contributes `tokens_per_image` of its token positions to each layer (all of
+    them if it has fewer), drawn from that layer's own seeded stream image by image, so the
+    statistics do not depend on `batch_size`. A layer's input must keep the images in the
+    leading dimension, image-major (windows of one image together), as batched models do.
+    `batch_size` 8: fastest of 8/16/32/64 for swin_t at 224 on a 2-core CPU."""
     layers = recovered_layers(blocks)
     stats = {name: LayerStats(torch.zeros(layer.in_features + 1, layer.in_features + 1, dtype=torch.float64), 0,
                               layer.weight.detach().to(torch.float64).clone(),
                               (layer.bias.detach() if layer.bias is not None
                                else torch.zeros(layer.out_features)).to(torch.float64).clone())
              for name, layer, _ in layers}
-    gen = torch.Generator().manual_seed(seed)
+    streams = {name: torch.Generator().manual_seed(seed * 7919 + i) for i, (name, _, _) in enumerate(layers)}
+    pending: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in layers}
     current = {"images": 0}
+
+    def flush(name):
+        # one Gram product per `chunk_rows` sampled tokens rather than one per batch: with
+        # batches of 8, per-batch float64 additions cost 0.18 s per 64 images of swin_t
+        if not pending[name]:
+            return
+        x = torch.cat(pending[name])
+        pending[name].clear()
+        column = x.sum(0).to(torch.float64)
+        gram = stats[name].gram  # G = [[X^T X, X^T 1], [1^T X, n]] without materialising [X 1]
+        gram[:-1, :-1] += (x.T @ x).to(torch.float64)  # float32 products, float64 sums
+        gram[:-1, -1] += column
+        gram[-1, :-1] += column
+        gram[-1, -1] += x.shape[0]
+        stats[name].tokens += x.shape[0]
 
     def hook(name):
         def accumulate(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            cap = tokens_per_image * current["images"]
-            if x.shape[0] > cap:
-                x = x[torch.randperm(x.shape[0], generator=gen)[:cap]]
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
-            stats[name].gram += (x.T @ x).to(torch.float64).cpu()  # float32 products, float64 sums
-            stats[name].tokens += x.shape[0]
+            x = args[0].detach()
+            x = x.reshape(current["images"], -1, x.shape[-1])  # (images, tokens, F)
+            if x.shape[1] > tokens_per_image:
+                pick = torch.rand(x.shape[:2], generator=streams[name]).argsort(dim=1)[:, :tokens_per_image]
+                x = torch.gather(x, 1, pick[..., None].expand(-1, -1, x.shape[-1]))
+            else:  # a copy: the model may still change its input in place
+                x = x.clone()
+            pending[name].append(x.reshape(-1, x.shape[-1]))
+            if sum(len(piece) for piece in pending[name]) >= chunk_rows:
+                flush(name)
         return accumulate
 
     handles = [layer.register_forward_pre_hook(hook(name)) for name, layer, _ in layers]
@@ -118,6 +143,8 @@ def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size:
             batch = images[start:start + batch_size]
             current["images"] = len(batch)
             model(batch)
+        for name in pending:
+            flush(name)
     finally:
         for h in handles:
             h.remove()
@@ -210,7 +237,21 @@ def data_fingerprint(path: str | os.PathLike) -> str:
     """SHA-256 of a data directory's file list and sizes (of the file, for a file)."""
     path = Path(path)
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        digest.update(f"{f.relative_to(path) if f != path else f.name}\0{f.stat().st_size}\n".encode())
+    if path.is_file():
+        digest.update(f"{path.name}\0{path.stat().st_size}\n".encode())
+        return digest.hexdigest()
+    # os.scandir on plain strings: pathlib's rglob + stat took 1.6 s on CIFAR-10's 60,000 files
+    files = []
+    folders = [""]
+    while folders:
+        relative = folders.pop()
+        with os.scandir(os.path.join(path, relative)) as entries:
+            for entry in entries:
+                name = f"{relative}/{entry.name}" if relative else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(name)
+                elif entry.is_file():
+                    files.append((name.split("/"), entry.stat().st_size))
+    for parts, size in sorted(files):  # the order of pathlib paths: part by part
+        digest.update(f"{'/'.join(parts)}\0{size}\n".encode())
     return digest.hexdigest()
