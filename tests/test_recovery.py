@@ -116,7 +116,7 @@ def test_statistics_do_not_depend_on_the_batch_size_or_chunking():
     images = torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     blocks = loaded.adapter.blocks()
     by_batch = [collect_stats(loaded.model, blocks, images, batch_size=b, tokens_per_image=8, chunk_rows=c)
-                for b, c in ((1, 2048), (5, 16), (12, 7))]
+                for b, c in ((1, 2048), (5, 16), (12, 7), (2, 40))]
     for name, first in by_batch[0].items():
         assert first.tokens == 12 * 8
         for other in by_batch[1:]:
@@ -142,14 +142,42 @@ def test_statistics_are_the_gram_of_the_layer_inputs():
     torch.testing.assert_close(stats[name].gram, xa.T @ xa, rtol=1e-5, atol=1e-3)
 
 
+def test_sampled_tokens_are_rows_of_their_own_image():
+    """Replaying each layer's seeded draws picks rows of the directly recorded inputs whose Gram
+    matrix is the statistics' G (images in two batches)."""
+    loaded = _tiny_swin()
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    blocks = loaded.adapter.blocks()
+    layers = [(f"{block.name}.{kind}", getattr(block.attn if kind == "proj" else block.mlp, kind))
+              for block in blocks for kind in ("proj", "fc2")]
+    seen = {name: [] for name, _ in layers}
+    handles = [layer.register_forward_pre_hook(lambda m, a, name=name: seen[name].append(a[0]))
+               for name, layer in layers]
+    with torch.no_grad():
+        loaded.model.eval()(images)
+    for h in handles:
+        h.remove()
+    stats = collect_stats(loaded.model, blocks, images, batch_size=4, tokens_per_image=5, seed=3)
+    for i, (name, _) in enumerate(layers):
+        x = seen[name][0].reshape(6, -1, seen[name][0].shape[-1])
+        stream = torch.Generator().manual_seed(3 * 7919 + i)
+        pick = torch.rand(x.shape[:2], generator=stream).argsort(dim=1)[:, :5]
+        rows = torch.cat([x[img, pick[img]] for img in range(6)])
+        xa = torch.cat([rows, torch.ones(len(rows), 1)], 1).double()
+        torch.testing.assert_close(stats[name].gram, xa.T @ xa, rtol=1e-5, atol=1e-3)
+
+
 def test_data_fingerprint_follows_file_names_and_sizes(tmp_path):
     import hashlib
 
     from dimap_struct.recover.oneshot import data_fingerprint
 
-    for relative, size in (("b/2.jpg", 3), ("a/1.jpg", 5), ("a-b/x.jpg", 1), ("a/sub/y.jpg", 2)):
+    for relative, size in (("b/2.jpg", 3), ("a/1.jpg", 5), ("a-b/x.jpg", 1), ("a/sub/y.jpg", 2), (".hidden", 4)):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"\0" * size)
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "a/1.jpg")  # a link to a file counts, with its target's size
+    (tmp_path / "dirlink").symlink_to(tmp_path / "a")  # a link to a folder is not followed
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "missing")  # a broken link is skipped
     reference = hashlib.sha256()  # brute force: pathlib's order, part by part
     for f in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
         reference.update(f"{f.relative_to(tmp_path)}\0{f.stat().st_size}\n".encode())

@@ -127,11 +127,12 @@ def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size:
             x = args[0].detach()
             x = x.reshape(current["images"], -1, x.shape[-1])  # (images, tokens, F)
             if x.shape[1] > tokens_per_image:
-                pick = torch.rand(x.shape[:2], generator=streams[name]).argsort(dim=1)[:, :tokens_per_image]
+                draws = torch.rand(x.shape[:2], generator=streams[name], dtype=torch.float32)
+                pick = draws.argsort(dim=1)[:, :tokens_per_image].to(x.device)
                 x = torch.gather(x, 1, pick[..., None].expand(-1, -1, x.shape[-1]))
             else:  # a copy: the model may still change its input in place
                 x = x.clone()
-            pending[name].append(x.reshape(-1, x.shape[-1]))
+            pending[name].append(x.reshape(-1, x.shape[-1]).cpu())
             if sum(len(piece) for piece in pending[name]) >= chunk_rows:
                 flush(name)
         return accumulate
@@ -234,7 +235,9 @@ def calibration_images(data: str, data_config: dict, count: int, seed: int = 0, 
 
 
 def data_fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 of a data directory's file list and sizes (of the file, for a file)."""
+    """SHA-256 of a data directory's file list and sizes (of the file, for a file). Folders that
+    cannot be listed and entries that cannot be examined are skipped; paths are '/'-separated,
+    in pathlib's order, part by part (the hash is the same as before on POSIX systems)."""
     path = Path(path)
     digest = hashlib.sha256()
     if path.is_file():
@@ -245,13 +248,19 @@ def data_fingerprint(path: str | os.PathLike) -> str:
     folders = [""]
     while folders:
         relative = folders.pop()
-        with os.scandir(os.path.join(path, relative)) as entries:
-            for entry in entries:
-                name = f"{relative}/{entry.name}" if relative else entry.name
+        try:
+            entries = list(os.scandir(os.path.join(path, relative)))
+        except OSError:  # unreadable (lost+found), or gone
+            continue
+        for entry in entries:
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            try:
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(name)
                 elif entry.is_file():
                     files.append((name.split("/"), entry.stat().st_size))
-    for parts, size in sorted(files):  # the order of pathlib paths: part by part
+            except OSError:  # a symlink loop, a file removed meanwhile
+                continue
+    for parts, size in sorted(files):
         digest.update(f"{'/'.join(parts)}\0{size}\n".encode())
     return digest.hexdigest()
