@@ -21,7 +21,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CANDIDATES = ("dimap-paper", "lamp-global", "dimap-cost", "dimap-bound", "dimap-bound-sq", "magnitude-global",
-              "l1", "l2", "dimap-cost-global")
+              "l1", "l2", "dimap-cost-global", "dimap-split")
 """The data-free rules the decision rule names (docs/method.md section 4)."""
 STAGES = ("zero_shot", "finetuned")
 

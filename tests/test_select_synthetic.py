@@ -20,9 +20,13 @@ def _costs() -> CostModel:
 
 
 def _scores(seed: int = 0) -> GroupScores:
+    """Random scores, with random distortions (for 'bound-split'; the other policies ignore them)."""
     gen = torch.Generator().manual_seed(seed)
-    return GroupScores(heads=[torch.rand(h, generator=gen, dtype=torch.float64) for h in HEADS],
-                       mlp=[torch.rand(m, generator=gen, dtype=torch.float64) for m in CHANNELS])
+    heads = [torch.rand(h, generator=gen, dtype=torch.float64) for h in HEADS]
+    mlp = [torch.rand(m, generator=gen, dtype=torch.float64) for m in CHANNELS]
+    distortion = GroupScores(heads=[torch.rand(h, generator=gen, dtype=torch.float64) for h in HEADS],
+                             mlp=[torch.rand(m, generator=gen, dtype=torch.float64) for m in CHANNELS])
+    return GroupScores(heads=heads, mlp=mlp, distortion=distortion)
 
 
 def _select(policy: str, ratio: float, **kw):
@@ -44,7 +48,7 @@ def test_analytic_macs_match_a_hand_count():
     assert costs.count([1, 1, 1], [1, 1, 1]).macs == 50 + 100 + 200 + 300 + 30 + 35 + 40
 
 
-@pytest.mark.parametrize("policy", ["module-aware", "one-module", "uniform", "distortion"])
+@pytest.mark.parametrize("policy", ["module-aware", "one-module", "uniform", "distortion", "bound-split"])
 @pytest.mark.parametrize("ratio", [0.8, 0.6, 0.45])
 def test_budget_is_met_as_closely_as_the_policy_allows(policy, ratio):
     selection, costs, original = _select(policy, ratio, min_heads=1, min_mlp=1)
@@ -62,11 +66,57 @@ def _macs_at(policy: str, q: float, costs) -> int:
     from dimap_struct.prune.select import POLICIES, _Module
 
     scores, blocks = _scores(), _costs().blocks
-    modules = [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in blocks]),
-               _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in blocks])]
+    modules = _modules(scores, blocks)
     rule = POLICIES[policy](modules, [1, 1])
     heads, widths = rule.kept_counts(q)
     return costs.count(heads, widths).macs
+
+
+def _modules(scores, blocks):
+    from dimap_struct.prune.select import _Module
+
+    return [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in blocks], scores.distortion.heads),
+            _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in blocks], scores.distortion.mlp)]
+
+
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.3, 0.5, 0.7, 0.95, 1.0])
+def test_bound_split_minimises_the_squared_bound_by_brute_force(q):
+    """Over every pair of prefixes (k heads, j channels of the modules' removal orders) that
+    removes at least q of the candidates' MACs, the policy's pair has the least sum of
+    distortions; and each module removes lowest-score first."""
+    from dimap_struct.prune.select import POLICIES
+
+    scores, blocks = _scores(), _costs().blocks
+    heads, mlp = _modules(scores, blocks)
+    rule = POLICIES["bound-split"]([heads, mlp], [1, 1])
+    order = [[(m.block[n], m.index[n]) for n in range(len(m.block))] for m in (heads, mlp)]
+    per_group = [([b.macs_per_head for b in blocks], scores.distortion.heads),
+                 ([b.macs_per_channel for b in blocks], scores.distortion.mlp)]
+
+    def removed_sum(module, count, what):
+        macs, dist = per_group[module]
+        return sum(macs[b] if what == "macs" else float(dist[b][i]) for b, i in order[module][:count])
+
+    total = removed_sum(0, len(order[0]), "macs") + removed_sum(1, len(order[1]), "macs")
+    feasible = [(removed_sum(0, k, "dist") + removed_sum(1, j, "dist"), k, j)
+                for k in range(len(order[0]) + 1) for j in range(len(order[1]) + 1)
+                if removed_sum(0, k, "macs") + removed_sum(1, j, "macs") >= q * total - 1e-9]
+    best = min(feasible)[0]
+    k, j = rule.removed(q)
+    assert removed_sum(0, k, "macs") + removed_sum(1, j, "macs") >= q * total - 1e-6
+    assert removed_sum(0, k, "dist") + removed_sum(1, j, "dist") == pytest.approx(best, abs=1e-12)
+    for module in (heads, mlp):  # the removal order is lowest score first
+        assert module.score == sorted(module.score)
+
+
+def test_bound_split_needs_distortions():
+    from dimap_struct.prune.select import POLICIES, _Module
+
+    scores, blocks = _scores(), _costs().blocks
+    plain = [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in blocks]),
+             _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in blocks])]
+    with pytest.raises(ValueError, match="bound-split"):
+        POLICIES["bound-split"](plain, [1, 1])
 
 
 def test_one_module_removes_exactly_the_lowest_scores():

@@ -72,7 +72,7 @@ class _Module:
     """One DIMAP module: all groups of one kind across blocks, ordered for removal."""
 
     def __init__(self, scores: list[torch.Tensor], weights_per_group: list[int], keep_at_least: int,
-                 macs_per_group: list[float] | None = None):
+                 macs_per_group: list[float] | None = None, distortion: list[torch.Tensor] | None = None):
         self.sizes = [len(s) for s in scores]
         self.block_scores = scores
         self.macs_per_group = macs_per_group or [1.0] * len(scores)
@@ -90,6 +90,12 @@ class _Module:
         self.score = [vals[j] for j in order]
         self.cum_weight = torch.cumsum(torch.tensor([weights[j] for j in order], dtype=torch.float64), 0)
         self.total_weight = sum(w * n for w, n in zip(weights_per_group, self.sizes))
+        # prefix sums along the removal order, from 0 groups removed (for the bound-split policy)
+        self.cum_macs = torch.cumsum(torch.tensor([0.0] + [float(self.macs_per_group[b]) for b in self.block],
+                                                  dtype=torch.float64), 0)
+        self.cum_distortion = None if distortion is None else torch.cumsum(torch.tensor(
+            [0.0] + [max(float(distortion[b][i]), 0.0) for b, i in zip(self.block, self.index)],
+            dtype=torch.float64), 0)
 
     def removed_for_fraction(self, p: float) -> int:
         """Groups removed when the module loses (at most) the fraction p of its weights."""
@@ -235,8 +241,33 @@ class DistortionBudget(_Policy):
         return [None] * len(self.modules)
 
 
+class BoundSplit(_Policy):
+    """Each module removes a prefix of its own removal order (lowest score first); how much each
+    removes is searched to minimise DIMAP's squared bound, the sum of the removed groups'
+    energy fractions, among the splits that remove at least the MACs the knob asks for: q times
+    the MACs of all candidates (docs/method.md section 4). Two modules: exact search over the
+    heads' prefix, the MLP taking the shortest prefix that completes the MACs."""
+
+    def __init__(self, modules, floors):
+        super().__init__(modules, floors)
+        if len(modules) != 2 or any(m.cum_distortion is None for m in modules):
+            raise ValueError("the bound-split policy needs heads and MLP channels with their distortions "
+                             "(no residual channels)")
+        self.total = float(sum(m.cum_macs[-1] for m in modules))
+
+    def removed(self, q):
+        heads, mlp = self.modules
+        need = q * self.total - heads.cum_macs  # MLP MACs still to remove after k heads, per k
+        j = torch.searchsorted(mlp.cum_macs, need.clamp(min=0.0) - 1e-6)  # shortest MLP prefix covering it
+        feasible = j < len(mlp.cum_macs)
+        objective = heads.cum_distortion + mlp.cum_distortion[j.clamp(max=len(mlp.cum_macs) - 1)]
+        objective[~feasible] = math.inf
+        k = int(torch.argmin(objective)) if bool(feasible.any()) else len(heads.cum_macs) - 1
+        return [k, int(j[k].clamp(max=len(mlp.cum_macs) - 1))]
+
+
 POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform,
-                                      "distortion": DistortionBudget}
+                                      "distortion": DistortionBudget, "bound-split": BoundSplit}
 
 
 def residual_channel_macs(costs: CostModel) -> list[int]:
@@ -285,7 +316,8 @@ def select_to_budget(
 
     `head_weights[b]` / `channel_weights[b]`: weights one head / one MLP channel of block b owns
     (the paper's equal-fraction-per-module rule, and the reported removed fractions).
-    `policy`: 'module-aware' (default), 'one-module', 'uniform' or 'distortion' (see `POLICIES`).
+    `policy`: 'module-aware' (default), 'one-module', 'uniform', 'distortion' or 'bound-split'
+    (see `POLICIES`; 'bound-split' reads `scores.distortion`).
     With `residual_scores` (one tensor per stage) and `residual_weights` (weights one residual
     channel of each stage owns), residual channels are a third module; every stage keeps at
     least `min_embed` of them. `round_to` rounds kept MLP widths, residual widths and the total
@@ -294,8 +326,11 @@ def select_to_budget(
     With `cost(heads, widths[, residual])` (e.g. `latency.LatencyModel.predict`, non-increasing
     as groups go) and `target_cost`, the search aims at that cost instead of the MACs;
     `target_macs` is then ignored and reported as the MACs of the plan found."""
-    modules = [_Module(scores.heads, head_weights, min_heads, [b.macs_per_head for b in costs.blocks]),
-               _Module(scores.mlp, channel_weights, min_mlp, [b.macs_per_channel for b in costs.blocks])]
+    distortion = scores.distortion
+    modules = [_Module(scores.heads, head_weights, min_heads, [b.macs_per_head for b in costs.blocks],
+                       distortion.heads if distortion is not None else None),
+               _Module(scores.mlp, channel_weights, min_mlp, [b.macs_per_channel for b in costs.blocks],
+                       distortion.mlp if distortion is not None else None)]
     floors = [min_heads, min_mlp]
     if residual_scores is not None:
         modules.append(_Module(residual_scores, residual_weights, min_embed, residual_channel_macs(costs)))

@@ -79,6 +79,17 @@ register(Criterion("dimap-bound-sq", bound_squared_scores, "one-module",
                    residual_score=_per_residual_mac(energy_fractions)))
 
 
+def split_scores(blocks, context: ScoreContext) -> GroupScores:
+    """DIMAP score per MAC orders each module's removals; the energy fractions (the squared
+    bound's terms) decide how much each module removes (policy 'bound-split')."""
+    return dataclasses.replace(cost_aware_scores(blocks, context), distortion=bound_scores(blocks, context))
+
+
+register(Criterion("dimap-split", split_scores, "bound-split",
+                   "DIMAP score per MAC inside each module; the heads / MLP split of the MACs that minimises "
+                   "DIMAP's squared bound", uses_score_mode=True))
+
+
 DEFAULT_RULE = "dimap-cost-global"
 """The rule the default criterion `dimap` stands for: the winner of the measurement whose decision
 rule docs/method.md section 4 states."""

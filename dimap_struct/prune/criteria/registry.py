@@ -33,6 +33,9 @@ class GroupScores:
 
     heads: list[torch.Tensor]
     mlp: list[torch.Tensor]
+    distortion: "GroupScores | None" = None
+    """For the 'bound-split' policy: each group's energy fraction f_g (same shapes), the
+    distortion its removal adds to DIMAP's squared bound; the scores above order the removals."""
 
 
 @dataclass(frozen=True)
