@@ -87,9 +87,10 @@ def test_last_stage_cut_to_a_third_equals_masking(random_model):
 
 
 @pytest.mark.parametrize("criterion", [name for name, c in CRITERIA.items()
-                                       if c.policy == "one-module" and c.residual_score is not None])
+                                       if c.policy in ("one-module", "bound-split") and c.residual_score is not None])
 def test_one_module_criteria_score_residual_channels_in_the_same_units(random_model, criterion):
-    """Pooled with heads and MLP channels, residual channels must be able to win: at R = 0.5 some
-    stage loses some (scores in other units, e.g. not per MAC, would keep them all)."""
+    """Pooled with heads and MLP channels (or given a share of the MACs by the squared bound),
+    residual channels must be able to win: at R = 0.5 some stage loses some (scores in other
+    units, e.g. not per MAC, would keep them all)."""
     report = dimap_struct.compress(random_model("swin_t"), 0.5, criterion=criterion, prune_embed=True).report
     assert any(r.width < r.width_before for r in report.residual)

@@ -109,6 +109,30 @@ def test_bound_split_minimises_the_squared_bound_by_brute_force(q):
         assert module.score == sorted(module.score)
 
 
+@pytest.mark.parametrize("q", [0.2, 0.55, 0.9])
+def test_bound_split_with_a_third_module_by_brute_force(q):
+    """With residual channels as a third module (its own MACs per group), the policy's prefixes
+    have the least distortion over every feasible triple of prefixes."""
+    from dimap_struct.prune.select import POLICIES, _Module
+
+    gen = torch.Generator().manual_seed(5)
+    scores, blocks = _scores(), _costs().blocks
+    heads, mlp = _modules(scores, blocks)
+    res_scores = [torch.rand(5, generator=gen, dtype=torch.float64), torch.rand(4, generator=gen, dtype=torch.float64)]
+    res_dist = [torch.rand(5, generator=gen, dtype=torch.float64), torch.rand(4, generator=gen, dtype=torch.float64)]
+    residual = _Module(res_scores, [20, 30], 1, [70.0, 90.0], res_dist)
+    rule = POLICIES["bound-split"]([heads, mlp, residual], [1, 1, 1])
+    mods = [heads, mlp, residual]
+    total = sum(float(m.cum_macs[-1]) for m in mods)
+    feasible = [(sum(float(m.cum_distortion[c]) for m, c in zip(mods, counts)), counts)
+                for counts in itertools.product(*[range(len(m.cum_macs)) for m in mods])
+                if sum(float(m.cum_macs[c]) for m, c in zip(mods, counts)) >= q * total - 1e-9]
+    best = min(f for f, _ in feasible)
+    counts = rule.removed(q)
+    assert sum(float(m.cum_macs[c]) for m, c in zip(mods, counts)) >= q * total - 1e-6
+    assert sum(float(m.cum_distortion[c]) for m, c in zip(mods, counts)) == pytest.approx(best, abs=1e-12)
+
+
 def test_bound_split_needs_distortions():
     from dimap_struct.prune.select import POLICIES, _Module
 

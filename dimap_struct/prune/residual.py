@@ -48,4 +48,7 @@ def residual_options(adapter: FamilyAdapter, criterion, context) -> dict:
         raise UserError(f"--prune-embed does not support criterion '{criterion.name}' yet")
     scores = criterion.residual_score(sites, context)
     weights = [sum(v.shape[1] for v in channel_views(s)) for s in sites]
-    return {"residual_scores": scores, "residual_weights": weights}
+    out = {"residual_scores": scores, "residual_weights": weights}
+    if criterion.residual_distortion is not None:
+        out["residual_distortion"] = criterion.residual_distortion(sites, context)
+    return out

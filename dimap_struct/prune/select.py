@@ -245,25 +245,40 @@ class BoundSplit(_Policy):
     """Each module removes a prefix of its own removal order (lowest score first); how much each
     removes is searched to minimise DIMAP's squared bound, the sum of the removed groups'
     energy fractions, among the splits that remove at least the MACs the knob asks for: q times
-    the MACs of all candidates (docs/method.md section 4). Two modules: exact search over the
-    heads' prefix, the MLP taking the shortest prefix that completes the MACs."""
+    the MACs of all candidates (docs/method.md section 4). Exact search over every prefix of the
+    heads (and, with residual channels, every pair of head and residual prefixes), the MLP taking
+    the shortest prefix that completes the MACs. The MACs of a residual channel are counted in
+    the unpruned model, as by the 'distortion' policy."""
 
     def __init__(self, modules, floors):
         super().__init__(modules, floors)
-        if len(modules) != 2 or any(m.cum_distortion is None for m in modules):
-            raise ValueError("the bound-split policy needs heads and MLP channels with their distortions "
-                             "(no residual channels)")
+        if any(m.cum_distortion is None for m in modules):
+            raise ValueError("the bound-split policy needs every module's distortions")
         self.total = float(sum(m.cum_macs[-1] for m in modules))
+        self._cache: dict[float, list[int]] = {}
 
     def removed(self, q):
-        heads, mlp = self.modules
-        need = q * self.total - heads.cum_macs  # MLP MACs still to remove after k heads, per k
-        j = torch.searchsorted(mlp.cum_macs, need.clamp(min=0.0) - 1e-6)  # shortest MLP prefix covering it
-        feasible = j < len(mlp.cum_macs)
-        objective = heads.cum_distortion + mlp.cum_distortion[j.clamp(max=len(mlp.cum_macs) - 1)]
-        objective[~feasible] = math.inf
-        k = int(torch.argmin(objective)) if bool(feasible.any()) else len(heads.cum_macs) - 1
-        return [k, int(j[k].clamp(max=len(mlp.cum_macs) - 1))]
+        if q not in self._cache:  # the budget search asks for the same q several times
+            self._cache[q] = self._search(q)
+        return self._cache[q]
+
+    def _search(self, q: float) -> list[int]:
+        # every combination of prefixes of the modules other than the MLP (heads; residual channels
+        # with --prune-embed: a (heads, residual) grid), the MLP completing the MACs
+        mlp, others = self.modules[1], [self.modules[0]] + self.modules[2:]
+        macs, distortion = others[0].cum_macs, others[0].cum_distortion
+        for m in others[1:]:
+            macs = macs[:, None] + m.cum_macs[None, :]
+            distortion = distortion[:, None] + m.cum_distortion[None, :]
+        need = (q * self.total - macs).clamp(min=0.0).reshape(-1)
+        j = torch.searchsorted(mlp.cum_macs, need - 1e-6)  # the shortest MLP prefix covering the rest
+        last = len(mlp.cum_macs) - 1
+        objective = distortion.reshape(-1) + mlp.cum_distortion[j.clamp(max=last)]
+        objective[j > last] = math.inf
+        flat = int(torch.argmin(objective)) if bool((j <= last).any()) else objective.numel() - 1
+        prefixes = list(torch.unravel_index(torch.tensor(flat), macs.shape)) if macs.dim() > 1 else [flat]
+        counts = [int(p) for p in prefixes]
+        return [counts[0], int(j[flat].clamp(max=last))] + counts[1:]
 
 
 POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform,
@@ -306,6 +321,7 @@ def select_to_budget(
     round_to: int = 1,
     head_dims: list[int] | None = None,
     residual_scores: list[torch.Tensor] | None = None,
+    residual_distortion: list[torch.Tensor] | None = None,
     residual_weights: list[int] | None = None,
     min_embed: int = 16,
     tolerance: float = 0.01,
@@ -333,7 +349,8 @@ def select_to_budget(
                        distortion.mlp if distortion is not None else None)]
     floors = [min_heads, min_mlp]
     if residual_scores is not None:
-        modules.append(_Module(residual_scores, residual_weights, min_embed, residual_channel_macs(costs)))
+        modules.append(_Module(residual_scores, residual_weights, min_embed, residual_channel_macs(costs),
+                               residual_distortion))
         floors.append(min_embed)
     rule = POLICIES[policy](modules, floors)
     head_dims = head_dims or [1] * len(head_weights)

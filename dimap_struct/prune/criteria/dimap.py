@@ -87,10 +87,11 @@ def split_scores(blocks, context: ScoreContext) -> GroupScores:
 
 register(Criterion("dimap-split", split_scores, "bound-split",
                    "DIMAP score per MAC inside each module; the heads / MLP split of the MACs that minimises "
-                   "DIMAP's squared bound", uses_score_mode=True))
+                   "DIMAP's squared bound", uses_score_mode=True, residual_score=_per_residual_mac(_option_a),
+                   residual_distortion=residual_by_views(energy_fractions)))
 
 
-DEFAULT_RULE = "dimap-cost-global"
+DEFAULT_RULE = "dimap-split"
 """The rule the default criterion `dimap` stands for: the winner of the measurement whose decision
 rule docs/method.md section 4 states."""
 register(dataclasses.replace(CRITERIA[DEFAULT_RULE], name="dimap",

@@ -80,6 +80,9 @@ class Criterion:
     """Undo what `prepare` left on the model (e.g. gradients) once scores are taken."""
     needs_stats: bool = False
     """Scores read the calibration statistics that recovery also uses (`ScoreContext.stats`)."""
+    residual_distortion: ResidualScorer | None = None
+    """For the 'bound-split' policy: each residual channel's energy fraction (its term of DIMAP's
+    squared bound), beside `residual_score`, which orders the removals."""
 
     @property
     def needs_data(self) -> bool:
