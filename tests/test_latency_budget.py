@@ -66,8 +66,8 @@ def test_blocks_that_overshoot_the_whole_model_set_the_scale_of_the_budget():
     assert LatencyModel.from_dict(shrunk.to_dict()).unpruned_ms == pytest.approx(shrunk.unpruned_ms)
 
 
-@pytest.mark.parametrize("policy", ["module-aware", "one-module", "distortion"])
-@pytest.mark.parametrize("ratio", [0.85, 0.6])
+@pytest.mark.parametrize("policy", ["module-aware", "one-module", "distortion", "bound-split"])
+@pytest.mark.parametrize("ratio", [0.85, 0.6, 0.45])
 def test_the_search_meets_a_latency_target_as_closely_as_any_knob(policy, ratio):
     model = _model()
     target = ratio * model.dense_ms
@@ -86,8 +86,9 @@ def _plan_counts(policy, q):
 
     costs = _costs()
     scores = _scores()
-    modules = [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in costs.blocks]),
-               _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in costs.blocks])]
+    modules = [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in costs.blocks],
+                       scores.distortion.heads),
+               _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in costs.blocks], scores.distortion.mlp)]
     return POLICIES[policy](modules, [1, 1]).kept_counts(float(q))
 
 

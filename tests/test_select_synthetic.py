@@ -105,8 +105,25 @@ def test_bound_split_minimises_the_squared_bound_by_brute_force(q):
     k, j = rule.removed(q)
     assert removed_sum(0, k, "macs") + removed_sum(1, j, "macs") >= q * total - 1e-6
     assert removed_sum(0, k, "dist") + removed_sum(1, j, "dist") == pytest.approx(best, abs=1e-12)
-    for module in (heads, mlp):  # the removal order is lowest score first
-        assert module.score == sorted(module.score)
+
+
+def test_dimap_split_orders_by_dimap_per_mac_and_weighs_by_energy_fractions(random_model):
+    """The criterion's two score sets are what docs/method.md says: the order is
+    dimap-cost-global's score (DIMAP per MAC), the distortion dimap-bound's energy fraction."""
+    from dimap_struct.prune.costs import build_cost_model
+    from dimap_struct.prune.criteria import score
+
+    from dimap_struct.models import load_any
+
+    loaded = load_any(random_model("swin_t"))
+    blocks = loaded.adapter.blocks()
+    costs = build_cost_model(loaded.model, loaded.adapter, blocks, (3, 224, 224))
+    split = score("dimap-split", blocks, costs=costs)
+    order = score("dimap-cost-global", blocks, costs=costs)
+    energy = score("dimap-bound", blocks, costs=costs)
+    for got, want in ((split.heads, order.heads), (split.mlp, order.mlp),
+                      (split.distortion.heads, energy.heads), (split.distortion.mlp, energy.mlp)):
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
 @pytest.mark.parametrize("q", [0.2, 0.55, 0.9])
@@ -248,3 +265,22 @@ def test_energy_fractions_against_a_loop():
     expected = [sum(float((v[g].double() ** 2).sum()) for v in views) / total for g in range(4)]
     assert torch.allclose(energy_fractions(views), torch.tensor(expected, dtype=torch.float64))
     assert float(energy_fractions(views).sum()) == pytest.approx(1.0)
+
+
+def test_an_off_target_bisection_falls_back_to_a_scan(monkeypatch):
+    """A policy whose MACs are not monotone in q (here: every other step of q removes nothing)
+    can mislead the bisection; the search then scans q and finds a plan on target."""
+    from dimap_struct.prune import select
+
+    class Jumpy(select._Policy):
+        def removed(self, q):
+            if int(q * 40) % 2 and q < 0.9:
+                return [0, 0]
+            return [int(round(q * len(m.score))) for m in self.modules]
+
+    monkeypatch.setitem(select.POLICIES, "jumpy", Jumpy)
+    costs = _costs()
+    original = costs.count().macs
+    sel = select_to_budget(_scores(), costs, head_weights=[40, 50, 60], channel_weights=[8, 8, 8],
+                           target_macs=int(0.6 * original), policy="jumpy", min_heads=1, min_mlp=1)
+    assert sel.on_target, sel.note

@@ -10,8 +10,10 @@ best channels; with `round_to > 1`, kept MLP widths are rounded to the nearest m
 
 Other policies use the same search (a knob q in [0, 1], more pruning as it grows):
 `one-module` ranks heads and channels together under one threshold (the paper's "model as
-module" ablation), `uniform` removes the same fraction of every block, and `distortion` spends
-the budget where DIMAP's distortion bound grows least per MAC saved (`DistortionBudget`).
+module" ablation), `uniform` removes the same fraction of every block, `distortion` spends
+the budget where DIMAP's distortion bound grows least per MAC saved (`DistortionBudget`), and
+`bound-split` keeps each module's own order but lets DIMAP's squared bound decide how many MACs
+each module gives up (`BoundSplit`; the default criterion's policy).
 """
 from __future__ import annotations
 
@@ -253,8 +255,26 @@ class BoundSplit(_Policy):
     def __init__(self, modules, floors):
         super().__init__(modules, floors)
         if any(m.cum_distortion is None for m in modules):
-            raise ValueError("the bound-split policy needs every module's distortions")
+            raise ValueError("the bound-split policy needs every module's distortions (GroupScores.distortion; "
+                             "with residual channels, the criterion's residual_distortion)")
         self.total = float(sum(m.cum_macs[-1] for m in modules))
+        # every combination of prefixes of the modules other than the MLP (the heads; with residual
+        # channels, a (heads, residual) grid), reduced once to its Pareto frontier: a combination
+        # that removes no more MACs than another, at more distortion, is never the best choice
+        others = [modules[0]] + modules[2:]
+        macs, distortion = others[0].cum_macs, others[0].cum_distortion
+        for m in others[1:]:
+            macs = macs[:, None] + m.cum_macs[None, :]
+            distortion = distortion[:, None] + m.cum_distortion[None, :]
+        shape = macs.shape
+        macs, distortion = macs.reshape(-1), distortion.reshape(-1)
+        order = torch.argsort(macs, descending=True, stable=True)
+        least_so_far = torch.cummin(distortion[order], 0).values  # least distortion at >= these MACs
+        keep = torch.ones(len(order), dtype=torch.bool)
+        keep[1:] = distortion[order][1:] < least_so_far[:-1]
+        chosen = order[keep]
+        self.front_macs, self.front_distortion = macs[chosen], distortion[chosen]
+        self.front_prefixes = [[int(i) for i in torch.unravel_index(c, shape)] for c in chosen]
         self._cache: dict[float, list[int]] = {}
 
     def removed(self, q):
@@ -263,22 +283,15 @@ class BoundSplit(_Policy):
         return self._cache[q]
 
     def _search(self, q: float) -> list[int]:
-        # every combination of prefixes of the modules other than the MLP (heads; residual channels
-        # with --prune-embed: a (heads, residual) grid), the MLP completing the MACs
-        mlp, others = self.modules[1], [self.modules[0]] + self.modules[2:]
-        macs, distortion = others[0].cum_macs, others[0].cum_distortion
-        for m in others[1:]:
-            macs = macs[:, None] + m.cum_macs[None, :]
-            distortion = distortion[:, None] + m.cum_distortion[None, :]
-        need = (q * self.total - macs).clamp(min=0.0).reshape(-1)
+        mlp = self.modules[1]
+        need = (q * self.total - self.front_macs).clamp(min=0.0)
         j = torch.searchsorted(mlp.cum_macs, need - 1e-6)  # the shortest MLP prefix covering the rest
         last = len(mlp.cum_macs) - 1
-        objective = distortion.reshape(-1) + mlp.cum_distortion[j.clamp(max=last)]
+        objective = self.front_distortion + mlp.cum_distortion[j.clamp(max=last)]
         objective[j > last] = math.inf
-        flat = int(torch.argmin(objective)) if bool((j <= last).any()) else objective.numel() - 1
-        prefixes = list(torch.unravel_index(torch.tensor(flat), macs.shape)) if macs.dim() > 1 else [flat]
-        counts = [int(p) for p in prefixes]
-        return [counts[0], int(j[flat].clamp(max=last))] + counts[1:]
+        at = int(torch.argmin(objective))
+        prefixes = self.front_prefixes[at]
+        return [prefixes[0], int(j[at].clamp(max=last))] + prefixes[1:]
 
 
 POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform,
@@ -385,6 +398,11 @@ def select_to_budget(
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if cost_for(mid) <= target else (mid, hi)
         best = min((lo, hi), key=lambda q: (abs(cost_for(q) - target), q))
+    if abs(cost_for(best) - target) > tolerance * original_cost:
+        # off target: the cost need not be monotone in q (bound-split's shares move as q grows, and
+        # a latency model weighs heads and channels differently), so scan the knob before giving up
+        scan = [k / 400 for k in range(401)] + [best]
+        best = min(scan, key=lambda q: (abs(cost_for(q) - target), q))
     plan = plan_for(best)
     original = costs.macs(*[m.sizes for m in modules])
     achieved = costs.macs(plan.head_counts, plan.mlp_widths, plan.residual_widths)

@@ -29,9 +29,10 @@ def cost_aware_scores(blocks, context: ScoreContext) -> GroupScores:
 
 
 def _per_residual_mac(view_score):
-    """A residual scorer for criteria that pool residual channels with heads and MLP channels
-    (one module) and score those per MAC: `view_score` of a channel's views divided by the MACs
-    its stage loses with it, so that all groups are in the same units."""
+    """A residual scorer for criteria that score heads and MLP channels per MAC (pooled as one
+    module, or, for 'bound-split', ordered per MAC inside each module): `view_score` of a
+    channel's views divided by the MACs its stage loses with it, so that all groups are in the
+    same units."""
     def scorer(sites, context: ScoreContext):
         from ..residual import channel_views
         from ..select import residual_channel_macs

@@ -71,7 +71,8 @@ class Criterion:
     name: str
     score: Scorer
     policy: str
-    """Selection policy: 'module-aware', 'uniform', 'one-module' or 'distortion' (see `prune.select`)."""
+    """Selection policy: 'module-aware', 'uniform', 'one-module', 'distortion' or 'bound-split' (see
+    `prune.select`; 'bound-split' needs the scorer's `GroupScores.distortion`)."""
     summary: str
     uses_score_mode: bool = False
     residual_score: ResidualScorer | None = None
