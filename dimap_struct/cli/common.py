@@ -82,21 +82,13 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
         return 1
     except KeyboardInterrupt as err:
-        code = getattr(err, "exit_code", 130)
-        with signals.deferred():
-            files.remove_pending()
-            what = "interrupted" if code == 130 else f"stopped by {err}"
-            written = ", ".join(map(str, files.published)) or "no output"
-            print(f"{prog}: {what}; {written} written", file=sys.stderr)
-        return code
+        return _stopped(prog, err)
     except Exception as err:
+        signum = signals.received()
+        if signum is not None:  # the signal surfaced as another exception (e.g. inside an import)
+            return _stopped(prog, signals.Terminated(signum))
         with signals.deferred():
             files.remove_pending()
-            signum = signals.received()
-            if signum is not None:  # the signal surfaced as another exception (e.g. inside an import)
-                written = ", ".join(map(str, files.published)) or "no output"
-                print(f"{prog}: stopped by {signals.Terminated(signum)}; {written} written", file=sys.stderr)
-                return 128 + signum
             if args.debug:
                 raise
             if isinstance(err, UserError):  # ours are one line, but may quote what the user typed
@@ -106,6 +98,19 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
             print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug "
                   "for the traceback)", file=sys.stderr)
             return 1
+
+
+def _stopped(prog: str, err: KeyboardInterrupt) -> int:
+    """Clean up after Ctrl-C or a termination signal, say what was written, return the exit code."""
+    from .. import files, signals
+
+    code = getattr(err, "exit_code", 130)
+    with signals.deferred():
+        files.remove_pending()
+        what = "interrupted" if code == 130 else f"stopped by {err}"
+        written = ", ".join(map(str, files.published)) or "no output"
+        print(f"{prog}: {what}; {written} written", file=sys.stderr)
+    return code
 
 
 def _one_line(text: str) -> str:

@@ -275,14 +275,8 @@ class BoundSplit(_Policy):
         chosen = order[keep]
         self.front_macs, self.front_distortion = macs[chosen], distortion[chosen]
         self.front_prefixes = [[int(i) for i in torch.unravel_index(c, shape)] for c in chosen]
-        self._cache: dict[float, list[int]] = {}
 
     def removed(self, q):
-        if q not in self._cache:  # the budget search asks for the same q several times
-            self._cache[q] = self._search(q)
-        return self._cache[q]
-
-    def _search(self, q: float) -> list[int]:
         mlp = self.modules[1]
         need = (q * self.total - self.front_macs).clamp(min=0.0)
         j = torch.searchsorted(mlp.cum_macs, need - 1e-6)  # the shortest MLP prefix covering the rest
@@ -355,11 +349,11 @@ def select_to_budget(
     With `cost(heads, widths[, residual])` (e.g. `latency.LatencyModel.predict`, non-increasing
     as groups go) and `target_cost`, the search aims at that cost instead of the MACs;
     `target_macs` is then ignored and reported as the MACs of the plan found."""
-    distortion = scores.distortion
+    distortion = scores.distortion or GroupScores(heads=None, mlp=None)
     modules = [_Module(scores.heads, head_weights, min_heads, [b.macs_per_head for b in costs.blocks],
-                       distortion.heads if distortion is not None else None),
+                       distortion.heads),
                _Module(scores.mlp, channel_weights, min_mlp, [b.macs_per_channel for b in costs.blocks],
-                       distortion.mlp if distortion is not None else None)]
+                       distortion.mlp)]
     floors = [min_heads, min_mlp]
     if residual_scores is not None:
         modules.append(_Module(residual_scores, residual_weights, min_embed, residual_channel_macs(costs),

@@ -19,13 +19,17 @@ def _option_a(views: list[torch.Tensor]) -> torch.Tensor:
     return group_scores(views, "group")
 
 
-def cost_aware_scores(blocks, context: ScoreContext) -> GroupScores:
-    """DIMAP score divided by the MACs one group costs."""
+def _per_mac(base: GroupScores, context: ScoreContext, who: str) -> GroupScores:
+    """`base` divided by the MACs one head / one MLP channel of its block costs."""
     if context.costs is None:
-        raise ValueError("dimap-cost needs the cost model (costs=...)")
-    base = dimap_scores(blocks, context)
+        raise ValueError(f"{who} needs the cost model (costs=...)")
     return GroupScores(heads=[s / bc.macs_per_head for s, bc in zip(base.heads, context.costs.blocks)],
                        mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, context.costs.blocks)])
+
+
+def cost_aware_scores(blocks, context: ScoreContext) -> GroupScores:
+    """DIMAP score divided by the MACs one group costs."""
+    return _per_mac(dimap_scores(blocks, context), context, "dimap-cost")
 
 
 def _per_residual_mac(view_score):
@@ -65,11 +69,7 @@ def bound_scores(blocks, context: ScoreContext) -> GroupScores:
 def bound_squared_scores(blocks, context: ScoreContext) -> GroupScores:
     """Energy fraction per MAC: ranking by it minimises the sum of squared relative distortions
     per MAC saved (the additive form of DIMAP's bound)."""
-    if context.costs is None:
-        raise ValueError("dimap-bound-sq needs the cost model (costs=...)")
-    base = bound_scores(blocks, context)
-    return GroupScores(heads=[s / bc.macs_per_head for s, bc in zip(base.heads, context.costs.blocks)],
-                       mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, context.costs.blocks)])
+    return _per_mac(bound_scores(blocks, context), context, "dimap-bound-sq")
 
 
 register(Criterion("dimap-bound", bound_scores, "distortion",
