@@ -2,11 +2,14 @@
 
 Reads the JSON that `benchmarks/accuracy.py` wrote for each reference model, ranks the candidate
 rules in every cell (model x R x {zero-shot, after KD}; rank 1 = highest top-1, equal top-1 share
-the mean of their ranks), and orders the rules by mean rank, ties to the higher mean top-1.
-Writes benchmarks/results/decision.{md,json} and prints the table.
+the mean of their ranks), and orders the rules by mean rank, ties to the higher mean top-1. With `--speed`, only the rules
+whose median batch-1 efficiency over the run's models (swin_t, swin_s, swin_b) reaches
+`--min-efficiency` in that `benchmarks/speed_by_criterion.py` run are ranked (the speed-aware
+rule of docs/method.md section 4). Writes benchmarks/results/decision.{md,json} and prints the table.
 
     .venv/bin/python benchmarks/decide.py
     .venv/bin/python benchmarks/decide.py --results benchmarks/results/accuracy_rules.json other.json
+    .venv/bin/python benchmarks/decide.py --speed benchmarks/results/speed_candidates.json
 
 The digits results come from `benchmarks/accuracy.py --criteria <the candidates> --out
 benchmarks/results/accuracy_rules` (the candidates only, with today's code); the CIFAR-10 ones
@@ -54,6 +57,19 @@ def cells(result: dict, candidates: tuple[str, ...]) -> list[tuple[str, dict[str
     return out
 
 
+def efficiencies(speed: dict, candidates: tuple[str, ...], batch: int = 1) -> dict[str, float]:
+    """Median over the speed run's models of each candidate's efficiency at `batch`
+    (speed-up over the speed-up its MACs promise); every candidate must have been timed."""
+    out = {}
+    for c in candidates:
+        values = [row["efficiency"] for name, res in speed["models"].items() for row in res["rows"]
+                  if row["model"] == f"{name}_{c}.onnx" and row["batch"] == batch]
+        if len(values) != len(speed["models"]):
+            raise SystemExit(f"speed run: no batch-{batch} efficiency for {c} on every model")
+        out[c] = statistics.median(values)
+    return out
+
+
 def decide(results: list[dict], candidates: tuple[str, ...] = CANDIDATES) -> dict:
     table = [(label, values, ranks(values)) for r in results for label, values in cells(r, candidates)]
     mean_rank = {c: statistics.mean(rk[c] for _, _, rk in table) for c in candidates}
@@ -63,11 +79,19 @@ def decide(results: list[dict], candidates: tuple[str, ...] = CANDIDATES) -> dic
             "cells": [{"cell": label, "top1": values, "rank": rk} for label, values, rk in table]}
 
 
-def markdown(decision: dict, sources: list[str]) -> str:
+def markdown(decision: dict, sources: list[str], speed: dict | None = None) -> str:
     order = decision["order"]
     lines = [f"Decision rule (docs/method.md section 4) applied to {', '.join(f'`{s}`' for s in sources)}: "
-             f"**{decision['winner']}** has the best mean rank over {len(decision['cells'])} cells.", "",
-             "| cell | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
+             f"**{decision['winner']}** has the best mean rank over {len(decision['cells'])} cells.", ""]
+    if speed:
+        lines[0] = lines[0][:-1] + (f" among the rules whose median batch-1 efficiency is at least "
+                                    f"{speed['floor']:g}.")
+        lines += [f"Median batch-1 efficiency at R = 0.5 over {', '.join(speed['models'])} (`{speed['source']}`):", "",
+                  "| rule | efficiency | ranked |", "|---|---|---|"]
+        lines += [f"| {c} | {e:.2f} | {'yes' if e >= speed['floor'] else 'no'} |"
+                  for c, e in sorted(speed["efficiency"].items(), key=lambda kv: -kv[1])]
+        lines.append("")
+    lines += ["| cell | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
     for cell in decision["cells"]:
         lines.append(f"| {cell['cell']} | " + " | ".join(f"{cell['top1'][c]:.2f} ({cell['rank'][c]:g})"
                                                         for c in order) + " |")
@@ -76,23 +100,40 @@ def markdown(decision: dict, sources: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _relative(path: Path) -> str:
+    root, full = RESULTS.parent.parent, path.resolve()
+    return str(full.relative_to(root)) if full.is_relative_to(root) else str(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", nargs="+", type=Path,
                    default=[RESULTS / "accuracy_rules.json", RESULTS / "accuracy_cifar10.json"],
                    help="accuracy.py results, one per reference model (default: the digits run of the "
                         "candidate rules and the CIFAR-10 run)")
+    p.add_argument("--speed", type=Path, help="a speed_by_criterion.py JSON: rank only the rules whose median "
+                                               "batch-1 efficiency reaches --min-efficiency")
+    p.add_argument("--min-efficiency", type=float, default=0.80, help="the efficiency floor (default 0.80)")
     p.add_argument("--out", type=Path, default=RESULTS / "decision", help="output stem (.md, .json)")
     args = p.parse_args()
-    for path in args.results:
+    for path in args.results + ([args.speed] if args.speed else []):
         if not path.exists():
-            raise SystemExit(f"{path}: not found; run benchmarks/accuracy.py for that model first")
-    decision = decide([json.loads(path.read_text()) for path in args.results])
-    sources = [str(path.relative_to(RESULTS.parent.parent)) if path.is_relative_to(RESULTS.parent.parent)
-               else str(path) for path in args.results]
-    text = markdown(decision, sources)
+            raise SystemExit(f"{path}: not found; run benchmarks/accuracy.py (or speed_by_criterion.py) first")
+    candidates, speed = CANDIDATES, None
+    if args.speed:
+        run = json.loads(args.speed.read_text())
+        eff = efficiencies(run, CANDIDATES)
+        candidates = tuple(c for c in CANDIDATES if eff[c] >= args.min_efficiency)
+        if not candidates:
+            raise SystemExit(f"no candidate reaches efficiency {args.min_efficiency:g}")
+        speed = {"source": _relative(args.speed), "models": list(run["models"]), "floor": args.min_efficiency,
+                 "efficiency": eff}
+    decision = decide([json.loads(path.read_text()) for path in args.results], candidates)
+    sources = [_relative(path) for path in args.results]
+    text = markdown(decision, sources, speed)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"sources": sources, **decision}, indent=2) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"sources": sources, "speed": speed, **decision},
+                                                        indent=2) + "\n")
     print(text)
 
 

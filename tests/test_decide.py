@@ -1,4 +1,5 @@
 """The decision rule of docs/method.md section 4, as benchmarks/decide.py applies it."""
+import json
 import random
 import sys
 from pathlib import Path
@@ -40,3 +41,31 @@ def test_a_missing_rule_is_refused():
     a = _result("m1", {("x", 0.5): (90, 95)})
     with pytest.raises(SystemExit, match="no result for y"):
         decide.decide([a], candidates=("x", "y"))
+
+
+def _speed(table):
+    """A speed_by_criterion.py result: {model: {criterion: batch-1 efficiency}}."""
+    return {"models": {m: {"rows": [{"model": f"{m}_{c}.onnx", "batch": b, "efficiency": e if b == 1 else 9.0}
+                                    for c, e in row.items() for b in (1, 8)]} for m, row in table.items()}}
+
+
+def test_efficiency_is_the_median_over_models_at_batch_1():
+    speed = _speed({"t": {"x": 0.70, "y": 0.9}, "s": {"x": 0.85, "y": 0.5}, "b": {"x": 0.81, "y": 0.79}})
+    assert decide.efficiencies(speed, ("x", "y")) == {"x": 0.81, "y": 0.79}
+    with pytest.raises(SystemExit, match="no batch-1 efficiency for z"):
+        decide.efficiencies(speed, ("x", "z"))
+
+
+def test_the_speed_floor_removes_rules_before_ranking(tmp_path, monkeypatch):
+    a = _result("m1", {("x", 0.5): (90, 95), ("y", 0.5): (91, 94), ("z", 0.5): (50, 60)})
+    acc, speed = tmp_path / "a.json", tmp_path / "s.json"
+    acc.write_text(json.dumps(a))
+    speed.write_text(json.dumps(_speed({"t": {"x": 0.7, "y": 0.9, "z": 1.0}})))
+    monkeypatch.setattr(decide, "CANDIDATES", ("x", "y", "z"))
+    monkeypatch.setattr(sys, "argv", ["decide.py", "--results", str(acc), "--speed", str(speed),
+                                      "--out", str(tmp_path / "d")])
+    decide.main()
+    out = json.loads((tmp_path / "d.json").read_text())
+    assert out["order"] == ["y", "z"] and out["winner"] == "y"
+    assert out["speed"]["efficiency"] == {"x": 0.7, "y": 0.9, "z": 1.0}
+    assert "| x | 0.70 | no |" in (tmp_path / "d.md").read_text()
