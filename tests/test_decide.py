@@ -66,6 +66,8 @@ def test_the_speed_floor_removes_rules_before_ranking(tmp_path, monkeypatch):
                                       "--out", str(tmp_path / "d")])
     decide.main()
     out = json.loads((tmp_path / "d.json").read_text())
-    assert out["order"] == ["y", "z"] and out["winner"] == "y"
+    assert out["winner"] == "y" and out["speed"]["order"] == ["y", "z"]
+    assert out["order"] == ["x", "y", "z"], "the table keeps every rule's ranks among all"
+    assert out["speed"]["mean_rank"] == {"y": 1.0, "z": 2.0}
     assert out["speed"]["efficiency"] == {"x": 0.7, "y": 0.9, "z": 1.0}
-    assert "| x | 0.70 | no |" in (tmp_path / "d.md").read_text()
+    assert "| x | 0.70 | - |" in (tmp_path / "d.md").read_text()
