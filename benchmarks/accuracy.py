@@ -44,8 +44,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RANDOM_SEEDS = (0, 1, 2)
 
 
-DEFAULT_DATA = {"reference-mnist": None, "reference-cifar10": str(Path(__file__).resolve().parents[2] / "shared" /
-                                                                  "data" / "cifar10")}
+CIFAR10 = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10")
+DEFAULT_DATA = {"reference-mnist": None, "reference-cifar10": CIFAR10, "reference-cifar10-v1": CIFAR10}
 
 
 def top1(model, data_config, data) -> float:

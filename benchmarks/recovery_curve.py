@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 DEFAULT_DATA = {"reference-mnist": ROOT.parent / "shared" / "data" / "mnist",
-                "reference-cifar10": ROOT.parent / "shared" / "data" / "cifar10"}
+                "reference-cifar10": ROOT.parent / "shared" / "data" / "cifar10",
+                "reference-cifar10-v1": ROOT.parent / "shared" / "data" / "cifar10"}
 
 
 def run(command: list[str]) -> float:

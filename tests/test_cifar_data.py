@@ -102,3 +102,17 @@ def test_cifar_reference_recognises_real_photographs(tmp_path):
     loaded = load_model("reference-cifar10")
     result = accuracy(torch_classifier(loaded.model, loaded.data_config, "", 10), root, split="eval")
     assert result["images"] == 50 and result["top1"] >= 70.0, result
+
+
+def test_both_cifar10_weights_load_against_their_recipes():
+    """`reference-cifar10` and the first weights, `reference-cifar10-v1`: one architecture, two
+    committed weight files, each checked against its recipe's SHA-256 when loaded."""
+    from dimap_struct.models.reference import REFERENCES, build_reference
+
+    names = ("reference-cifar10", "reference-cifar10-v1")
+    if not all(REFERENCES[n].weights.is_file() for n in names):
+        pytest.skip("CIFAR-10 reference weights not committed")
+    new, old = (build_reference(n) for n in names)
+    assert REFERENCES[names[0]].weights != REFERENCES[names[1]].weights
+    assert new.state_dict().keys() == old.state_dict().keys()
+    assert not torch.equal(new.head.fc.weight, old.head.fc.weight)
