@@ -57,16 +57,24 @@ def cells(result: dict, candidates: tuple[str, ...]) -> list[tuple[str, dict[str
     return out
 
 
+SPEED_MODELS = ("swin_t", "swin_s", "swin_b")
+"""The models whose median efficiency the speed-aware rule takes (docs/method.md section 4)."""
+
+
 def efficiencies(speed: dict, candidates: tuple[str, ...], batch: int = 1) -> dict[str, float]:
-    """Median over the speed run's models of each candidate's efficiency at `batch`
-    (speed-up over the speed-up its MACs promise); every candidate must have been timed."""
+    """Median over swin_t, swin_s and swin_b of each candidate's efficiency at `batch` (speed-up over
+    the speed-up its MACs promise) in one speed_by_criterion.py run at R = 0.5; SystemExit if the run
+    is another one or a candidate was not timed on every model."""
+    if sorted(speed["models"]) != sorted(SPEED_MODELS) or speed.get("ratio", 0.5) != 0.5:
+        raise SystemExit(f"speed run: the rule needs {', '.join(SPEED_MODELS)} at R = 0.5, not "
+                         f"{', '.join(speed['models'])} at R = {speed.get('ratio')}")
     out = {}
     for c in candidates:
-        values = [row["efficiency"] for name, res in speed["models"].items() for row in res["rows"]
-                  if row["model"] == f"{name}_{c}.onnx" and row["batch"] == batch]
-        if len(values) != len(speed["models"]):
+        values = {name: row["efficiency"] for name, res in speed["models"].items() for row in res["rows"]
+                  if row["model"] == f"{name}_{c}.onnx" and row["batch"] == batch}
+        if len(values) != len(SPEED_MODELS) or None in values.values():
             raise SystemExit(f"speed run: no batch-{batch} efficiency for {c} on every model")
-        out[c] = statistics.median(values)
+        out[c] = statistics.median(values.values())
     return out
 
 

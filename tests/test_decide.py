@@ -50,17 +50,21 @@ def _speed(table):
 
 
 def test_efficiency_is_the_median_over_models_at_batch_1():
-    speed = _speed({"t": {"x": 0.70, "y": 0.9}, "s": {"x": 0.85, "y": 0.5}, "b": {"x": 0.81, "y": 0.79}})
+    speed = _speed({"swin_t": {"x": 0.70, "y": 0.9}, "swin_s": {"x": 0.85, "y": 0.5},
+                    "swin_b": {"x": 0.81, "y": 0.79}})
     assert decide.efficiencies(speed, ("x", "y")) == {"x": 0.81, "y": 0.79}
     with pytest.raises(SystemExit, match="no batch-1 efficiency for z"):
         decide.efficiencies(speed, ("x", "z"))
+    del speed["models"]["swin_b"]
+    with pytest.raises(SystemExit, match="needs swin_t, swin_s, swin_b"):
+        decide.efficiencies(speed, ("x",))
 
 
 def test_the_speed_floor_removes_rules_before_ranking(tmp_path, monkeypatch):
     a = _result("m1", {("x", 0.5): (90, 95), ("y", 0.5): (91, 94), ("z", 0.5): (50, 60)})
     acc, speed = tmp_path / "a.json", tmp_path / "s.json"
     acc.write_text(json.dumps(a))
-    speed.write_text(json.dumps(_speed({"t": {"x": 0.7, "y": 0.9, "z": 1.0}})))
+    speed.write_text(json.dumps(_speed({m: {"x": 0.7, "y": 0.9, "z": 1.0} for m in decide.SPEED_MODELS})))
     monkeypatch.setattr(decide, "CANDIDATES", ("x", "y", "z"))
     monkeypatch.setattr(sys, "argv", ["decide.py", "--results", str(acc), "--speed", str(speed),
                                       "--out", str(tmp_path / "d")])
