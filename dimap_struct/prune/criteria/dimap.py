@@ -92,7 +92,7 @@ register(Criterion("dimap-split", split_scores, "bound-split",
                    residual_distortion=residual_by_views(energy_fractions)))
 
 
-DEFAULT_RULE = "dimap-split"
+DEFAULT_RULE = "dimap-cost-global"
 """The rule the default criterion `dimap` stands for: the winner of the measurement whose decision
 rule docs/method.md section 4 states."""
 register(dataclasses.replace(CRITERIA[DEFAULT_RULE], name="dimap",
