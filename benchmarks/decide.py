@@ -22,6 +22,8 @@ import json
 import statistics
 from pathlib import Path
 
+from latency import _row  # the row lookup the speed benchmarks use (benchmarks/ is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CANDIDATES = ("dimap-paper", "lamp-global", "dimap-cost", "dimap-bound", "dimap-bound-sq", "magnitude-global",
               "l1", "l2", "dimap-cost-global", "dimap-split")
@@ -70,11 +72,10 @@ def efficiencies(speed: dict, candidates: tuple[str, ...], batch: int = 1) -> di
                          f"{', '.join(speed['models'])} at R = {speed.get('ratio')}")
     out = {}
     for c in candidates:
-        values = {name: row["efficiency"] for name, res in speed["models"].items() for row in res["rows"]
-                  if row["model"] == f"{name}_{c}.onnx" and row["batch"] == batch}
-        if len(values) != len(SPEED_MODELS) or None in values.values():
+        rows = [_row(res, f"{name}_{c}.onnx", batch) for name, res in speed["models"].items()]
+        if any(r is None or r["efficiency"] is None for r in rows):
             raise SystemExit(f"speed run: no batch-{batch} efficiency for {c} on every model")
-        out[c] = statistics.median(values.values())
+        out[c] = statistics.median(r["efficiency"] for r in rows)
     return out
 
 
@@ -89,11 +90,11 @@ def decide(results: list[dict], candidates: tuple[str, ...] = CANDIDATES) -> dic
 
 def markdown(decision: dict, sources: list[str], speed: dict | None = None) -> str:
     order = decision["order"]
+    among = (f" among the rules whose median batch-1 efficiency is at least {speed['floor']:g} (ranked among "
+             "themselves)") if speed else ""
     lines = [f"Decision rule (docs/method.md section 4) applied to {', '.join(f'`{s}`' for s in sources)}: "
-             f"**{decision['winner']}** has the best mean rank over {len(decision['cells'])} cells.", ""]
+             f"**{decision['winner']}** has the best mean rank over {len(decision['cells'])} cells{among}.", ""]
     if speed:
-        lines[0] = lines[0][:-1] + (f" among the rules whose median batch-1 efficiency is at least "
-                                    f"{speed['floor']:g} (ranked among themselves).")
         lines += [f"Median batch-1 efficiency at R = 0.5 over {', '.join(speed['models'])} (`{speed['source']}`), "
                   "and the mean rank among the rules that reach the floor:", "",
                   "| rule | efficiency | mean rank among them |", "|---|---|---|"]
