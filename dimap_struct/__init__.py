@@ -11,11 +11,22 @@ cut for real, exported to a dense ONNX model.
 """
 __version__ = "0.2.0"
 
+import importlib
+
 from .errors import UserError  # noqa: E402
-from .options import CompressOptions, load_recipe  # noqa: E402
-from .models import load_model, load_pruned  # noqa: E402
-from .pipeline import CompressionResult, compress  # noqa: E402
-from .report import Report  # noqa: E402
+
+_LAZY = {"CompressOptions": "options", "load_recipe": "options", "load_model": "models", "load_pruned": "models",
+         "CompressionResult": "pipeline", "compress": "pipeline", "Report": "report"}
+"""Imported on first use: the command-line entry points import this package, and loading torch
+here would make Ctrl-C during start-up a traceback and slow every --help."""
 
 __all__ = ["CompressOptions", "CompressionResult", "Report", "UserError", "compress", "load_model", "load_pruned",
            "load_recipe", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,11 @@
 """Output files: checked before the work, written under short temporary names, published
 together or not at all, and never over an existing file unless `force`.
 
-- `check_output` runs before any work: a name that fits, in a writable directory, that is not
-  a directory and not taken (unless `force`).
+- `check_input` and `check_output` are the one rule for paths, applied to every path a command
+  reads or writes before any work: a whole path within PATH_MAX and names within NAME_MAX; an
+  input must be a regular file (a directory, FIFO or device is named as such) that is not
+  empty; an output needs the right extension, a writable directory, no file of that name unless
+  `force`, and may not be one of the command's inputs (same file, through any link).
 - `staged(paths, force)` yields one temporary file per output, beside it; when the block ends
   normally they are all published (`publish`), otherwise removed.
 - `publish` is the final step and checks again: without `force` it links each file to its
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,27 +38,114 @@ published: list[Path] = []
 """Outputs this process has published, in order (for the message after an interruption)."""
 
 
+def check_input(path: str | os.PathLike, what: str = "input", *, directory: bool = False) -> Path:
+    """`path` as a Path, or UserError (one line) unless it names an existing regular file that
+    is not empty (or, with `directory`, a directory); a FIFO, device or socket is refused by
+    name, before anything opens it (opening a FIFO blocks)."""
+    path = check_path_length(path, what)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        _missing_parent(path, what)
+        raise UserError(f"{what} not found: {_short(path)}") from None
+    except NotADirectoryError:
+        _missing_parent(path, what)
+        raise UserError(f"{what} not found: {_short(path)}") from None
+    except OSError as err:
+        raise UserError(f"{what} {_short(path)} cannot be read ({err.strerror})") from None
+    kind = _kind(info.st_mode)
+    if directory:
+        if kind != "directory":
+            raise UserError(f"{what} {_short(path)} is {_article(kind)}, not a directory")
+        return path
+    if kind != "file":
+        raise UserError(f"{what} {_short(path)} is {_article(kind)}, not a regular file")
+    if info.st_size == 0:
+        raise UserError(f"{what} {_short(path)} is an empty file (0 bytes)")
+    return path
+
+
 def check_output(path: str | os.PathLike, force: bool, suffixes: tuple[str, ...] | None = None,
-                 what: str = "output") -> Path:
+                 what: str = "output", inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
     """`path` as a Path, or UserError (one line) unless it can be written: the right suffix
     (when `suffixes` are given), a name the file system allows, an existing writable directory,
-    not a directory itself, and no file there unless `force`. `what` names it in messages (e.g.
-    'output', '--plot')."""
-    path = Path(path)
+    not a directory itself, not one of `inputs` (the same file under any name or link), and no
+    file there unless `force`. `what` names it in messages (e.g. 'output', '--plot')."""
+    path = check_path_length(path, what)
+    if suffixes and path.name.lower() in suffixes:
+        raise UserError(f"{what} name {path.name} is only an extension; give a name such as model{path.name}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise UserError(f"{what} {_short(path)} must end in {' or '.join(suffixes)}")
     parent = path.parent
     _check_directory(parent, what)
-    limit = _name_max(parent)
-    if len(os.fsencode(path.name)) > limit:
-        raise UserError(f"{what} file name is {len(os.fsencode(path.name))} bytes long; the file system allows "
-                        f"{limit}: {_short(path)}")
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory")
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise UserError(f"{what} {_short(path)} is also an input of this command; write it elsewhere")
     if (path.exists() or path.is_symlink()) and not force:
         raise UserError(f"{path} already exists; pass --force to overwrite")
     _probe_writable(parent, what)
     return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` name one file (same inode through any link, or the same resolved path
+    when one does not exist yet)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        try:
+            return Path(a).resolve() == Path(b).resolve()
+        except (OSError, RuntimeError):  # a link loop: not a file that can be an input
+            return False
+
+
+def check_path_length(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path, or UserError if it is empty or longer than the system allows, as a
+    whole (PATH_MAX) or in one of its names (NAME_MAX)."""
+    text = os.fspath(path)
+    if not text:
+        raise UserError(f"{what} name is empty")
+    path = Path(text)
+    size = len(os.fsencode(os.path.abspath(text)))
+    limit = _limit("PC_PATH_MAX", 4096)
+    if size >= limit:
+        raise UserError(f"{what} path is {size} bytes long; the system allows {limit - 1}: {_short(path)}")
+    name_max = _limit("PC_NAME_MAX", 255)
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise UserError(f"{what} file name is {len(os.fsencode(part))} bytes long; the file system allows "
+                            f"{name_max}: {_short(path)}")
+    return path
+
+
+def _limit(name: str, fallback: int) -> int:
+    try:
+        return os.pathconf("/", name)
+    except (OSError, ValueError):
+        return fallback
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _article(kind: str) -> str:
+    return f"a {kind}"
+
+
+def _missing_parent(path: Path, what: str) -> None:
+    """UserError when a component of `path` is a file, not a directory (e.g. /etc/passwd/x.pt)."""
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"{what} {_short(path)} cannot exist: {existing} is a file, not a directory")
 
 
 def _check_directory(parent: Path, what: str) -> None:
@@ -77,13 +168,6 @@ def _probe_writable(parent: Path, what: str) -> None:
             raise UserError(f"{what} directory {parent} is not writable ({err.strerror})") from None
         os.close(fd)
         os.unlink(probe)
-
-
-def _name_max(directory: Path) -> int:
-    try:
-        return os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        return 255
 
 
 def _short(path: Path) -> str:
@@ -129,18 +213,19 @@ def publish(pairs: Sequence[tuple[Path, Path]], force: bool) -> None:
     replaced. Termination signals wait until this is done."""
     done: list[Path] = []
     aside: list[tuple[Path, Path]] = []  # with force: (old file moved aside, its name)
-    with signals.deferred():
+    with signals.deferred(), _locked({final.parent for _, final in pairs}):
         try:
             for temp, final in pairs:
                 os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give ordinary permissions
-                if force and final.is_file() and not final.is_symlink():
+                # a link is replaced itself (its target is left alone), like `ln -sf` / `mv -f`
+                if force and (final.is_symlink() or final.is_file()):
                     old = _new_temp(final)
                     os.replace(final, old)  # kept until the whole set is published
                     aside.append((old, final))
                 _link_new(temp, final)
                 _pending.discard(temp)
                 done.append(final)
-            published.extend(done)
+            published.extend(p for p in done if p not in published)
         except BaseException as err:
             for final in done:
                 final.unlink(missing_ok=True)
@@ -152,6 +237,32 @@ def publish(pairs: Sequence[tuple[Path, Path]], force: bool) -> None:
             raise
         for old, _ in aside:
             _discard(old)
+
+
+@contextmanager
+def _locked(directories) -> Iterator[None]:
+    """Hold an exclusive lock on each directory while a set of outputs is published, so that
+    concurrent runs writing the same names (with --force) publish one whole set after the other,
+    never a mix. flock on the directory itself leaves no lock file behind; where the file system
+    cannot lock, publishing goes on unlocked."""
+    import fcntl
+
+    handles = []
+    try:
+        for directory in sorted(str(d) for d in directories):
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            handles.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        for fd in handles:
+            os.close(fd)  # closing releases the lock
 
 
 def _link_new(temp: Path, final: Path) -> None:

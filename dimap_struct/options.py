@@ -276,10 +276,9 @@ def _check_range(name: str, spec: Spec, value, what: str) -> None:
 def load_recipe(path: str | os.PathLike, command: str = "") -> dict:
     """The option mapping of a recipe file (.yaml, .yml or .json). A JSON report written by a
     dimap-struct command holds its recipe under 'recipe': that is read instead."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise UserError(f"--config {path} {what}")
+    from .files import check_input
+
+    path = check_input(path, "--config")
     text = path.read_text(errors="replace")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -303,6 +302,8 @@ def load_recipe(path: str | os.PathLike, command: str = "") -> dict:
     if version != RECIPE_VERSION:
         raise UserError(f"--config {path} is recipe format {version!r}, written by dimap-struct "
                         f"{data.get('dimap_struct_version', '?')}; this version reads format {RECIPE_VERSION}")
+    if "force" in data:  # overwriting files is decided by whoever runs the command, never by a file
+        raise UserError(f"--config {path} sets 'force'; a recipe may not: pass --force on the command line")
     if command and data.get("command") not in (None, command):
         raise UserError(f"--config {path} is a recipe for {data['command']}, not {command}")
     return data

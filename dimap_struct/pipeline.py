@@ -26,6 +26,8 @@ from .prune.select import Selection, select_to_budget
 from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Report, ResidualRow,
                             Source, Target, plain_config)
 
+current_stage: str | None = None
+"""The label of the stage running now (for the CLI's one-line error, e.g. when memory runs out)."""
 MASK_TOLERANCE = 1e-3
 """Max abs logit difference allowed between the pruned model and the masked original."""
 
@@ -55,10 +57,13 @@ class Steps:
 
     @contextmanager
     def __call__(self, label: str) -> Iterator[None]:
+        global current_stage
         ctx = self.on_step(label) if self.on_step else None
         start = time.perf_counter()
+        current_stage = label
         with ctx if ctx is not None else nullcontext():
             yield
+        current_stage = None
         self.seconds[label] = round(time.perf_counter() - start, 3)
 
 
@@ -112,12 +117,13 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
     else:
         net, selection, report = _prune_structured(loaded, options, steps)
     result = CompressionResult(net, selection, report, options)
+    also = []  # the .pt is published with the ONNX file and its report, as one set
     if options.save_pt is not None:
-        from .models.checkpoint import save_pruned
+        from .models.checkpoint import pruned_bytes
 
-        with steps("save pruned checkpoint"):
-            save_pruned(net, report.architecture, report.data_config, report.source.weights, options.save_pt,
-                            force=options.force)
+        with steps("serialise pruned checkpoint"):
+            payload = pruned_bytes(net, report.architecture, report.data_config, report.source.weights)
+        also.append((Path(options.save_pt), lambda tmp: tmp.write_bytes(payload)))
         result.pt_path = Path(options.save_pt)
         report.pruned_checkpoint = str(options.save_pt)
     report.timings_s = steps.seconds
@@ -127,21 +133,45 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
         label = "export ONNX and check parity" + (f", quantize ({quantize.scheme})" if quantize else "")
         with steps(label):
             write_model_and_report(net, report, paths, options.opset, force=options.force,
-                                   plain=options.plain_export, quantize=quantize)
+                                   plain=options.plain_export, quantize=quantize, also=also)
         result.onnx_path, result.json_path = paths
+    elif also:
+        from .files import staged
+
+        with steps("save pruned checkpoint"), staged([also[0][0]], options.force) as (tmp,):
+            also[0][1](tmp)
     return result
 
 
-def check_outputs(options) -> tuple[Path, Path] | None:
-    """Check every output path before any work; return (ONNX path, JSON report path) or None."""
+def check_outputs(options, inputs: tuple = ()) -> tuple[Path, Path] | None:
+    """Check every output path before any work (`files.check_output`: none may be an input,
+    the model file, the checkpoint or `inputs`); return (ONNX path, JSON report path) or None."""
     from .files import check_output
 
+    sources = (*input_files(options), *inputs)
     if getattr(options, "save_pt", None) is not None:
-        check_output(options.save_pt, options.force, (".pt", ".safetensors"), "--save-pt")
+        check_output(options.save_pt, options.force, (".pt", ".safetensors"), "--save-pt", sources)
     if options.output is None:
         return None
-    path = check_output(options.output, options.force, (".onnx",))
-    return path, check_output(path.with_suffix(".json"), options.force, what="report")
+    path = check_output(options.output, options.force, (".onnx",), inputs=sources)
+    json_path = check_output(path.with_suffix(".json"), options.force, what="report", inputs=sources)
+    if getattr(options, "save_pt", None) is not None:
+        from .files import same_file
+
+        if same_file(options.save_pt, path) or same_file(options.save_pt, json_path):
+            raise UserError(f"--save-pt {options.save_pt} names the ONNX output or its report; give another name")
+    return path, json_path
+
+
+def input_files(options) -> tuple[str, ...]:
+    """The files `options` read: a model given as a path, the checkpoint."""
+    found = []
+    model = getattr(options, "model", None)
+    if isinstance(model, str) and os.path.lexists(model):
+        found.append(model)
+    if getattr(options, "checkpoint", None) is not None:
+        found.append(options.checkpoint)
+    return tuple(found)
 
 
 def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Steps):

@@ -64,10 +64,10 @@ def handled():
     global _pending, _received
     _pending, _received = None, None
     previous = {signum: signal.getsignal(signum) for signum in HANDLED}
-    for signum, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(signum, _handle)
-    try:
+    try:  # a signal may land between two of these calls: the handlers put in place come off again
+        for signum, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(signum, _handle)
         yield
     finally:
         for signum, handler in previous.items():

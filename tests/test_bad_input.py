@@ -50,6 +50,7 @@ def place(tmp_path_factory):
     (root / "adir.pth").mkdir()
     (root / "afile").write_text("a file, not a directory")
     (root / "taken.onnx").write_text("an earlier run's file")
+    (root / "taken.json").write_text("an earlier run's file")
     (root / "d" / "dir.onnx").mkdir(parents=True)
     (root / "e" / "out.json").mkdir(parents=True)
 
@@ -58,6 +59,7 @@ def place(tmp_path_factory):
                                "depths": (1, 1, 1, 1), "num_heads": (2, 2, 2, 2)})
     import onnx
 
+    _second_pass_files(root, state)
     foreign = onnx.load(str(root / "gray.onnx"))
     del foreign.metadata_props[:]  # what another tool's export (or a hand-quantized copy) looks like
     onnx.save(foreign, str(root / "foreign.onnx"))
@@ -80,6 +82,71 @@ def place(tmp_path_factory):
         (folder / "a" / "fine.jpg").write_bytes(good)
         (folder / "a" / f"{broken}.jpg").write_bytes(content if content is not None else good[: len(good) // 3])
     return root
+
+
+class _Payload:
+    """A pickle that runs a command when unpickled (what a crafted resume or checkpoint holds)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _second_pass_files(root: Path, state: dict) -> None:
+    """Files of the reliability issue's second pass (rows r1-r35 of its table)."""
+    import json
+    import pickle
+
+    import onnx
+    from safetensors.torch import save_file
+
+    from dimap_struct.models.checkpoint import SPEC_KEY
+    from dimap_struct.pipeline import compress as compress_api
+
+    os.mkfifo(root / "fifo.pt")
+    (root / "zero.pt").write_bytes(b"")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(root / "w.safetensors"))
+    save_file({k: (v.to(torch.int32) if v.is_floating_point() else v).contiguous() for k, v in state.items()},
+              str(root / "int.safetensors"))
+    (root / "ck.onnx").write_bytes((root / "plain.pth").read_bytes())
+    with open(root / "p4.pt", "wb") as f:
+        pickle.dump({k: v for k, v in state.items()}, f, protocol=4)
+    torch.save({"model": _Payload(root / "PWNED")}, root / "evil_zip.pt")
+    compress_api("reference", 0.5, save_pt=str(root / "pruned.pt"))
+    spec = {"format": 99, "architecture": {}}
+    save_file({"x": torch.zeros(1)}, str(root / "spec99.pt"), metadata={SPEC_KEY: json.dumps(spec)})
+    save_file({"x": torch.zeros(1)}, str(root / "badspec.pt"), metadata={SPEC_KEY: json.dumps({"format": 2,
+                                                                                               "architecture": 5})})
+    (root / "precious.onnx").write_text("precious")
+    (root / "force.yaml").write_text(f"model: reference\noutput: {root / 'precious.onnx'}\nforce: true\n")
+    (root / "zero.yaml").symlink_to("/dev/zero")
+    (root / "real.onnx").write_text("a link's target")
+    (root / "link.onnx").symlink_to(root / "real.onnx")
+    (root / "gray_link.md").symlink_to(root / "gray.onnx")
+    for resume, content in (("empty", b""), ("list", None), ("nan", None), ("cut", None), ("evil", None)):
+        path = root / f"r_{resume}.resume.pt"
+        if resume == "empty":
+            path.write_bytes(content)
+        elif resume == "list":
+            torch.save([1, 2, 3], path)
+        elif resume == "nan":
+            torch.save({"student": {"w": torch.tensor([float("nan")])}, "optimizer": {"state": {}, "param_groups": []},
+                        "epoch": 1, "step": 3, "meta": {}}, path)
+        elif resume == "cut":
+            torch.save({"student": state, "optimizer": {}, "epoch": 1, "step": 3, "meta": {}}, path)
+            path.write_bytes(path.read_bytes()[:2000])
+        else:
+            torch.save({"meta": _Payload(root / "PWNED_RESUME")}, path)
+    wrong = onnx.load(str(root / "gray.onnx"))
+    from dimap_struct.deploy.onnx_file import METADATA_KEY
+    from dimap_struct.report.schema import REPORT_FORMAT
+
+    del wrong.metadata_props[:]
+    wrong.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(
+        {"format": REPORT_FORMAT, "source": 5, "blocks": "none"})))
+    onnx.save(wrong, str(root / "wrong_schema.onnx"))
 
 
 def _poke(tensor, value):
@@ -138,7 +205,43 @@ COMPRESS = {
     "22-directory-is-a-file": (["reference", "-o", "{p}/afile/x.onnx"], 2, ["afile is a file, not a directory"],
                                [], []),
     "22-checkpoint-is-a-directory": (["reference", "--checkpoint", "{p}/adir.pth/"], 2,
-                                     ["adir.pth is a directory, not a file"], [], []),
+                                     ["adir.pth is a directory, not a regular file"], [], []),
+    # the second pass: rows r1-r35 of the issue's table
+    "r3-save-pt-is-the-checkpoint": (["reference", "--checkpoint", "{p}/w.safetensors", "--save-pt",
+                                      "{p}/w.safetensors", "--force"], 2, ["is also an input"], [], []),
+    "r3-output-is-the-checkpoint": (["reference", "--checkpoint", "{p}/ck.onnx", "-o", "{p}/ck.onnx", "--force"], 2,
+                                    ["is also an input"], [], []),
+    "r3-save-pt-is-the-from-pt": (["--from-pt", "{p}/pruned.pt", "--save-pt", "{p}/pruned.pt", "--force"], 2,
+                                  ["is also an input"], [], []),
+    "r4-recipe-sets-force": (["--config", "{p}/force.yaml"], 2, ["sets 'force'; a recipe may not"], [], []),
+    "r9-integer-weights": (["reference", "--checkpoint", "{p}/int.safetensors"], 2,
+                           ["is int32, not floating point"], [], []),
+    "r11-from-pt-with-checkpoint": (["--from-pt", "{p}/pruned.pt", "--checkpoint", "{p}/plain.pth"], 2,
+                                    ["--checkpoint does not apply"], [], []),
+    "r13-checkpoint-is-a-fifo": (["reference", "--checkpoint", "{p}/fifo.pt"], 2,
+                                 ["is a FIFO (named pipe), not a regular file"], [], []),
+    "r17-largest-seed-with-calibration": (["reference", "--seed", "9223372036854775807", "--calib-data", "{p}/ten",
+                                           "--calib-images", "4", "--json"], 0, [], [], []),
+    "r24-path-over-path-max": (["reference", "-o", "{p}" + ("/" + "d" * 200) * 21 + "/x.onnx"],
+                               2, ["path is", "bytes long; the system allows 4095"], [], []),
+    "r24-hub-id-of-500-characters": (["hf:" + "a" * 500], 2, ["is neither a directory nor a Hugging Face hub id"],
+                                     [], []),
+    "r26-output-is-a-link": (["reference", "-o", "{p}/link.onnx", "--force"], 0, [], [],
+                             ["{p}/link.onnx", "{p}/real.onnx"]),
+    "r27-pickle-protocol-4": (["reference", "--checkpoint", "{p}/p4.pt"], 2, ["plain pickle"], [], []),
+    "r28-torch-zip-with-an-object": (["reference", "--checkpoint", "{p}/evil_zip.pt"], 2,
+                                     ["holds pickled Python objects"], ["{p}/PWNED"], []),
+    "r29-state-dict-as-model": (["{p}/plain.pth"], 2, ["is not a pruned checkpoint", "--checkpoint"], [], []),
+    "r29-spec-format-99": (["{p}/spec99.pt"], 2, ["format 99; this version reads format 2"], [], []),
+    "r23-spec-of-another-form": (["{p}/badspec.pt"], 2, ["not written by dimap-struct, or is damaged"], [], []),
+    "r31-empty-checkpoint": (["reference", "--checkpoint", "{p}/zero.pt"], 2, ["is an empty file"], [], []),
+    "r31-output-only-an-extension": (["reference", "-o", "{p}/.onnx"], 2, ["is only an extension"], [], []),
+    "r31-output-empty": (["reference", "-o", ""], 2, ["output name is empty"], [], []),
+    "r32-from-pt-is-a-directory": (["--from-pt", "{p}/adir.pth"], 2, ["is a directory, not a regular file"], [], []),
+    "r32-checkpoint-under-a-file": (["reference", "--checkpoint", "{p}/afile/x.pth"], 2,
+                                    ["afile is a file, not a directory"], [], []),
+    "r32-config-is-a-device": (["--config", "{p}/zero.yaml"], 2, ["is a character device, not a regular file"],
+                               [], []),
     "bad-budget": (["reference", "--flops", "1.5"], 2, ["0 < R <= 1"], [], []),
     "calib-images-zero": (["reference", "--calib-data", "{p}/ten", "--calib-images", "0"], 2,
                           ["--calib-images must be an integer >= 1"], [], []),
@@ -167,6 +270,9 @@ EVAL = {
     "22-model-is-a-directory": (["{p}/d/dir.onnx"], 2, ["is a directory"], [], []),
     "bad-split": (["{p}/gray.onnx", "--split", "test"], 2, ["--split"], [], []),
     "foreign-onnx": (["{p}/foreign.onnx", "--data", "{p}/photos"], 2, ["has no dimap_struct metadata"], [], []),
+    "r23-metadata-of-another-form": (["{p}/wrong_schema.onnx", "--data", "{p}/photos"], 2,
+                                     ["not written by dimap-struct, or is damaged"], [], []),
+    "r13-model-is-a-fifo": (["{p}/fifo.pt"], 2, ["is a FIFO (named pipe), not a regular file"], [], []),
     "unknown-runtime": (["{p}/gray.onnx", "--runtime", "tensorrt"], 2, ["--runtime must be one of"], [], []),
     "openvino-on-a-model-name": (["reference", "--runtime", "openvino"], 2, ["runs .onnx files"], [], []),
 }
@@ -178,6 +284,16 @@ FINETUNE = {
     "14-unwritable-directory": (["reference", "-o", "/proc/f.onnx"], 2, ["not writable"], [], []),
     "22-directory-is-a-file": (["reference", "-o", "{p}/afile/f.onnx"], 2, ["is a file, not a directory"], [], []),
     "no-output": (["reference"], 2, ["-o OUT.onnx"], [], []),
+    "r1-resume-that-runs-code": (["reference", "-o", "{p}/r_evil.onnx", "--resume"], 2,
+                                 ["holds pickled Python objects"], ["{p}/PWNED_RESUME", "{p}/r_evil.onnx"], []),
+    "r18-resume-empty": (["reference", "-o", "{p}/r_empty.onnx", "--resume"], 2,
+                         ["r_empty.resume.pt is an empty file"], [], []),
+    "r18-resume-a-list": (["reference", "-o", "{p}/r_list.onnx", "--resume"], 2,
+                          ["r_list.resume.pt was not written by dimap-struct, or is damaged"], [], []),
+    "r18-resume-with-nan": (["reference", "-o", "{p}/r_nan.onnx", "--resume"], 2,
+                            ["r_nan.resume.pt has non-finite weights"], [], []),
+    "r18-resume-truncated": (["reference", "-o", "{p}/r_cut.onnx", "--resume"], 2,
+                             ["cannot read resume state", "r_cut.resume.pt"], [], []),
     "epochs-zero": (["reference", "-o", "{p}/f.onnx", "--epochs", "0"], 2, ["--epochs"], [], []),
     "steps-zero": (["reference", "-o", "{p}/f.onnx", "--steps", "0"], 2, ["--steps must be an integer >= 1"], [], []),
     "steps-over-the-budget": (["reference", "-o", "{p}/f.onnx", "--steps", "3", "--max-steps", "2"], 2,
@@ -191,9 +307,13 @@ BENCH = {
     "21-threads-zero": (["{p}/gray.onnx", "--threads", "0"], 2, ["--threads"], [], []),
     "14-unwritable-md": (["{p}/gray.onnx", "--md", "/proc/t.md"], 2, ["not writable"], [], []),
     "22-md-under-a-file": (["{p}/gray.onnx", "--md", "{p}/afile/t.md"], 2, ["is a file, not a directory"], [], []),
-    "same-file-twice": (["{p}/gray.onnx", "--md", "{p}/t.out", "--json-out", "{p}/t.out"], 2,
-                        ["must name different files"], ["{p}/t.out"], []),
-    "existing-json": (["{p}/gray.onnx", "--json-out", "{p}/taken.onnx"], 2, ["already exists"], [], []),
+    "existing-json": (["{p}/gray.onnx", "--json-out", "{p}/taken.json"], 2, ["already exists"], [], []),
+    "r2-md-is-an-input": (["{p}/gray.onnx", "{p}/foreign.onnx", "--md", "{p}/foreign.onnx", "--force"], 2,
+                          ["--md", "foreign.onnx must end in .md"], [], []),
+    "r2-json-out-is-an-input": (["{p}/gray.onnx", "--json-out", "{p}/gray.onnx", "--force"], 2,
+                                ["--json-out", "must end in .json"], [], []),
+    "r2-output-is-an-input-by-link": (["{p}/gray.onnx", "{p}/gray_link.md", "--md", "{p}/gray_link.md", "--force"],
+                                      2, ["--md", "is also an input"], [], []),
     "unknown-runtime": (["{p}/gray.onnx", "--runtime", "tvm"], 2, ["--runtime must be among"], [], []),
     "foreign-onnx-with-torch": (["{p}/foreign.onnx", "--torch"], 2, ["records no architecture"], [], []),
     "foreign-onnx-with-plot": (["{p}/foreign.onnx", "--plot", "{p}/p.png"], 2, ["has none in its metadata"],

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from dimap_struct.recover.oneshot import LayerStats, collect_stats, recover, solve
+from dimap_struct.recover.oneshot import LayerStats, collect_stats, layer_seed, recover, solve
 from shared_data import mnist_dir
 
 
@@ -160,7 +160,7 @@ def test_sampled_tokens_are_rows_of_their_own_image():
     stats = collect_stats(loaded.model, blocks, images, batch_size=4, tokens_per_image=5, seed=3)
     for i, (name, _) in enumerate(layers):
         x = seen[name][0].reshape(6, -1, seen[name][0].shape[-1])
-        stream = torch.Generator().manual_seed(3 * 7919 + i)
+        stream = torch.Generator().manual_seed(layer_seed(3, i))
         pick = torch.rand(x.shape[:2], generator=stream).argsort(dim=1)[:, :5]
         rows = torch.cat([x[img, pick[img]] for img in range(6)])
         xa = torch.cat([rows, torch.ones(len(rows), 1)], 1).double()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from ..options import BenchOptions
-from .common import Parser, add_common_flags, add_config_flag, run_command
+from .common import Parser, add_common_flags, add_config_flag, main_of
 
 EPILOG = """\
 examples:
@@ -40,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("dimap-bench", args, _run)
+    return main_of("dimap-bench", build_parser, _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -54,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     options = BenchOptions.from_args(args, args.config)
     if not options.models:
         raise UserError("give one or more ONNX files; the first is the baseline")
-    _check_outputs(options)
+    _check_outputs(options, (*options.models, *([args.config] if args.config else [])))
     if options.plot:
         _check_plottable(options.models)
     timing = dict(batches=options.batch, threads=options.threads, warmup=options.warmup,
@@ -80,18 +78,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_outputs(options: BenchOptions) -> None:
-    """Fail before timing anything if an output cannot be written."""
-    from ..errors import UserError
+def _check_outputs(options: BenchOptions, inputs) -> None:
+    """Fail before timing anything if an output cannot be written or is one of the `inputs`
+    (each output's extension differs, so no two outputs can be one file)."""
     from ..files import check_output
 
-    for flag, path, suffixes in (("--md", options.md, None), ("--json-out", options.json_out, None),
+    for flag, path, suffixes in (("--md", options.md, (".md",)), ("--json-out", options.json_out, (".json",)),
                                  ("--plot", options.plot, (".png",))):
         if path is not None:
-            check_output(path, options.force, suffixes, flag)
-    given = [p for p in (options.md, options.json_out, options.plot) if p is not None]
-    if len({os.path.abspath(p) for p in given}) < len(given):
-        raise UserError("--md, --json-out and --plot must name different files")
+            check_output(path, options.force, suffixes, flag, inputs)
 
 
 def _check_plottable(paths: list[str]) -> None:

@@ -7,6 +7,7 @@ and a one-line hint. `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -52,52 +53,162 @@ def default_data(data: str | None) -> str:
     return data or os.environ.get(DATA_ENV) or str(SHARED_DATA)
 
 
+def main_of(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
+            run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """Parse `argv` with `build_parser()` and `run_command` it. Building the parser imports the
+    libraries (the criteria's choices): Ctrl-C or a lack of memory while they load gives one
+    line, not a traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output written", file=sys.stderr)
+        return 130
+    except (ImportError, MemoryError, OSError) as err:
+        if _out_of_memory(err):
+            print(f"{prog}: error: out of memory while loading the libraries (torch, timm); raise the memory "
+                  "limit (ulimit -v)", file=sys.stderr)
+            return 2
+        raise
+    return run_command(prog, args, run)
+
+
 def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
     """Call `run(args)` and turn exceptions into the exit codes above. SIGINT, SIGTERM and SIGHUP
     unwind like Ctrl-C (`signals`) and exit with 128 + the signal number; every temporary file
     is gone by then (`files.remove_pending`). Progress goes to stderr only when it is a terminal
-    (`args.quiet` is set otherwise)."""
+    (`args.quiet` is set otherwise); library warnings and progress bars reach it only with
+    `--debug`."""
     from .. import files, signals
 
     if not sys.stderr.isatty():
         args.quiet = True
     files.published.clear()
-    with signals.handled():
+    try:
+        with signals.handled(), _library_output(args), _watched_stdout() as stdout:
+            try:
+                return _exit_code(prog, args, run, stdout)
+            except KeyboardInterrupt as err:  # a signal held back while an error was reported
+                with signals.deferred():
+                    files.remove_pending()
+                return getattr(err, "exit_code", 130)
+    except KeyboardInterrupt as err:  # it arrived while the handlers were being put in place or taken away
+        with signals.deferred():
+            files.remove_pending()
+        return getattr(err, "exit_code", 130)
+
+
+@contextmanager
+def _library_output(args: argparse.Namespace):
+    """Without --debug, Python warnings from libraries (torch, PIL, transformers) are dropped, and
+    the Hugging Face libraries draw no progress bars when stderr is not a terminal."""
+    import warnings
+
+    if args.quiet and not args.debug:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.simplefilter("ignore")
+        yield
+
+
+class _Stdout:
+    """sys.stdout as it is, remembering the error of a failed write or flush: that error, and no
+    other OSError, means the reader of the output went away or its disk is full."""
+
+    def __init__(self, stream):
+        self.stream, self.error = stream, None
+
+    def write(self, text):
         try:
-            return _exit_code(prog, args, run)
-        except KeyboardInterrupt as err:  # a signal held back while an error was reported
-            with signals.deferred():
-                files.remove_pending()
-            return getattr(err, "exit_code", 130)
+            return self.stream.write(text)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        try:
+            return self.stream.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
-def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
-    from .. import files, signals
-    from ..errors import UserError
+@contextmanager
+def _watched_stdout():
+    stream = sys.stdout
+    sys.stdout = watched = _Stdout(stream)
+    try:
+        yield watched
+    finally:
+        sys.stdout = stream
+
+
+def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int], stdout: _Stdout) -> int:
+    from .. import signals
 
     try:
-        return run(args)
-    except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
+        code = run(args)
+        sys.stdout.flush()  # here, not at exit: a full or closed stdout is reported like any error
+        return code
+    except OSError as err:
+        if err is not stdout.error:
+            return _failed(prog, args, err)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
-        return 1
+        if err.errno == errno.EPIPE:  # e.g. piped into `head`: the reader left; like `cat`, say nothing
+            return 128 + 13
+        print(f"{prog}: error: cannot write standard output: {err.strerror}; the files written are complete",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:
         return _stopped(prog, err)
     except Exception as err:
         signum = signals.received()
         if signum is not None:  # the signal surfaced as another exception (e.g. inside an import)
             return _stopped(prog, signals.Terminated(signum))
-        with signals.deferred():
-            files.remove_pending()
-            if args.debug:
-                raise
-            if isinstance(err, UserError):  # ours are one line, but may quote what the user typed
-                message = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err)).strip().replace("\n", "\\n")
-                print(f"{prog}: error: {message}", file=sys.stderr)
-                return 2
-            print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug "
-                  "for the traceback)", file=sys.stderr)
-            return 1
+        return _failed(prog, args, err)
+
+
+def _failed(prog: str, args: argparse.Namespace, err: Exception) -> int:
+    """Report `err` in one line (2 for a UserError or a lack of memory, else 1)."""
+    from .. import files, signals
+    from ..errors import UserError
+
+    with signals.deferred():
+        files.remove_pending()
+        if args.debug:
+            raise err
+        if isinstance(err, UserError):  # ours are one line, but may quote what the user typed
+            message = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err)).strip().replace("\n", "\\n")
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return 2
+        if _out_of_memory(err):
+            print(f"{prog}: error: out of memory{_while()}; free memory, or use a smaller model or batch",
+                  file=sys.stderr)
+            return 2
+        print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug "
+              "for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return any(sign in text for sign in ("can't allocate memory", "cannot allocate memory", "bad_alloc",
+                                         "failed to map segment", "out of memory"))
+
+
+def _while() -> str:
+    """' while <stage>' for the pipeline stage that was running, if one was."""
+    pipeline = sys.modules.get("dimap_struct.pipeline")
+    stage = getattr(pipeline, "current_stage", None) if pipeline is not None else None
+    return f" while running '{stage}'" if stage else ""
 
 
 def _stopped(prog: str, err: KeyboardInterrupt) -> int:
@@ -108,7 +219,7 @@ def _stopped(prog: str, err: KeyboardInterrupt) -> int:
     with signals.deferred():
         files.remove_pending()
         what = "interrupted" if code == 130 else f"stopped by {err}"
-        written = ", ".join(map(str, files.published)) or "no output"
+        written = ", ".join(map(str, dict.fromkeys(files.published))) or "no output"
         print(f"{prog}: {what}; {written} written", file=sys.stderr)
     return code
 

@@ -12,7 +12,7 @@ import json
 import sys
 
 from ..options import CompressOptions
-from .common import Parser, add_common_flags, add_config_flag, progress, run_command
+from .common import Parser, add_common_flags, add_config_flag, main_of, progress
 
 EPILOG = """\
 examples:
@@ -45,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("dimap-compress", args, _run)
+    return main_of("dimap-compress", build_parser, _run, argv)
 
 
 def parse_options(args: argparse.Namespace) -> CompressOptions:
@@ -56,6 +55,8 @@ def parse_options(args: argparse.Namespace) -> CompressOptions:
     if getattr(args, "from_pt", None) is not None:
         if getattr(args, "model", None) is not None:
             raise UserError("give a MODEL or --from-pt PRUNED.pt (exactly one)")
+        if getattr(args, "checkpoint", None) is not None:
+            raise UserError("--from-pt PRUNED.pt holds its own weights; --checkpoint does not apply to it")
         from ..models.checkpoint import read_spec
 
         read_spec(args.from_pt)  # one clear line if it is not a pruned checkpoint
@@ -83,9 +84,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--compare only draws into --plot OUT.png")
     if compare and options.granularity == "weight":
         raise UserError("--compare only applies to structured pruning, not to --granularity weight")
-    check_outputs(options)
+    inputs = (args.config,) if args.config else ()
+    check_outputs(options, inputs)
     if args.plot:
-        check_output(args.plot, options.force, (".png",), "--plot")
+        from ..pipeline import input_files
+
+        check_output(args.plot, options.force, (".png",), "--plot", (*input_files(options), *inputs))
 
     on_step = None if args.quiet else progress(Console(stderr=True))
     # --compare prunes one loaded model several times (compress copies it each time); otherwise

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..options import EvalOptions
-from .common import Parser, add_common_flags, add_config_flag, default_data, run_command
+from .common import Parser, add_common_flags, add_config_flag, default_data, main_of
 
 EPILOG = """\
 examples:
@@ -31,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("dimap-eval", args, _run)
+    return main_of("dimap-eval", build_parser, _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..options import FinetuneOptions
-from .common import Parser, add_common_flags, add_config_flag, default_data, progress, run_command
+from .common import Parser, add_common_flags, add_config_flag, default_data, main_of, progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("dimap-finetune", args, _run)
+    return main_of("dimap-finetune", build_parser, _run, argv)
 
 
 def resume_path(output: str) -> Path:
@@ -38,7 +37,6 @@ def resume_path(output: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
     from ..deploy.evaluate import accuracy, torch_classifier
@@ -46,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..models import load_any
     from ..pipeline import check_outputs, compress
-    from ..recover.finetune import finetune, init_distributed, save_state, weights_digest
+    from ..recover.finetune import finetune, init_distributed, read_state, save_state, weights_digest
 
     options = FinetuneOptions.from_args(args, args.config)
     if options.model is None or options.output is None:
@@ -63,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     if options.resume:
         if not resume.is_file():
             raise UserError(f"--resume: no {resume} to continue from")
-        state = torch.load(resume, map_location="cpu", weights_only=False)
+        state = read_state(resume)
         if state["meta"] != identity:
             raise UserError(f"--resume: {resume} was saved by a different command (model, target, criterion, "
                             "seed, process count or training options differ)")
@@ -105,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"dimap-finetune: interrupted; rerun with --resume to continue from {resume}", file=sys.stderr)
         raise
     digest = weights_digest(student)
-    print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
+    if not args.quiet:
+        print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
     if ctx.is_main:
         after = evaluate(student)
         report.finetune = {**summary, **before, "finetuned_top1": after, "data": str(data),
@@ -152,7 +151,8 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
     student, report, rounds = prune_in_rounds(loaded, prune_options, k_steps, train, on_step=step)
     report.recipe = options.recipe()
     digest = weights_digest(student)
-    print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
+    if not args.quiet:
+        print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
     if ctx.is_main:
         after = rounds[-1]["training"]["top1"]
         report.iterative["rounds"] = [{**r, "top1_after_kd": rr["training"]["top1"]}

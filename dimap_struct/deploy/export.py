@@ -109,13 +109,14 @@ def onnx_parity(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
 
 
 def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], opset: int, *,
-                           force: bool = False, plain: bool = False, quantize=None) -> None:
+                           force: bool = False, plain: bool = False, quantize=None, also=()) -> None:
     """Export `net` to ONNX (its lean form unless `plain`; checked, parity-tested against `net`,
     the report's metadata inside) and the `report.schema.Report` as JSON, published together
     (`files.staged`): neither file appears unless both are complete, and an existing file is
     replaced only with `force`. Sets `report.onnx`, and a note when the lean form was not possible.
     `quantize` (a `deploy.quantize.QuantizeRequest`): the file written is the INT8 form of the
-    parity-checked float export, and `report.quantization` says how it was made and measured."""
+    parity-checked float export, and `report.quantization` says how it was made and measured.
+    `also`: more (path, write(temporary path)) outputs published in the same set (`--save-pt`)."""
     from ..files import staged
     from ..report.schema import OnnxInfo
 
@@ -123,7 +124,9 @@ def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], ops
     traced, graph, why = export_form(net, report.input_size, plain)
     if why is not None:
         report.notes.append(f"exported the plain graph: {why}")
-    with staged([onnx_path, json_path], force) as (tmp_onnx, tmp_json):
+    with staged([onnx_path, json_path, *(path for path, _ in also)], force) as (tmp_onnx, tmp_json, *extra):
+        for (_, write), tmp in zip(also, extra):
+            write(tmp)
         parity = export_onnx(net, tmp_onnx, report.input_size, report.metadata(), opset=opset, traced=traced)
         if quantize is not None:
             _quantize_in_place(tmp_onnx, report, quantize)

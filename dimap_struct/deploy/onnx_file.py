@@ -13,9 +13,9 @@ METADATA_KEY = "dimap_struct"
 
 
 def _check_file(path: Path) -> None:
-    if not path.is_file():
-        what = "is a directory, not an ONNX file" if path.is_dir() else "not found"
-        raise UserError(f"model file {what}: {path}")
+    from ..files import check_input
+
+    check_input(path, "model file")
 
 
 def _unreadable(path: Path, err: Exception) -> UserError:
@@ -39,10 +39,12 @@ def read_report(path: str | os.PathLike):
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:
             try:
-                data = json.loads(prop.value)
-            except ValueError as err:
-                raise UserError(f"{path}: its dimap_struct metadata is not JSON") from err
-            return Report.from_dict(data)
+                return Report.from_dict(json.loads(prop.value))
+            except UserError:
+                raise
+            except (ValueError, TypeError, KeyError, AttributeError):  # JSON of another shape
+                raise UserError(f"{path}: its dimap_struct metadata was not written by dimap-struct, or is "
+                                "damaged") from None
     return None
 
 

@@ -22,43 +22,74 @@ SPEC_KEY = "dimap_struct"
 FORMAT = 2
 
 
-def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str, path: str | os.PathLike, *,
-                force: bool = True) -> None:
-    """Write `model`'s tensors and its spec to `path` (atomically; an existing file is replaced
-    only with `force`). `architecture` is a `report.Architecture`."""
+def pruned_bytes(model: nn.Module, architecture, data_config: dict, weights: str) -> bytes:
+    """The pruned checkpoint of `model` as the bytes of a safetensors file (see the module
+    docstring); `architecture` is a `report.Architecture`."""
     from safetensors.torch import save
 
-    from ..files import atomic_output
-
-    path = Path(path)
     spec = {"format": FORMAT, "architecture": dataclasses.asdict(architecture), "data_config": data_config,
             "weights": weights}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_output(path, force) as tmp:
+    return save(state, metadata={SPEC_KEY: json.dumps(spec)})
+
+
+def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str, path: str | os.PathLike, *,
+                force: bool = True) -> None:
+    """Write `model`'s tensors and its spec to `path` (atomically; an existing file is replaced
+    only with `force`)."""
+    from ..files import atomic_output
+
+    payload = pruned_bytes(model, architecture, data_config, weights)
+    with atomic_output(Path(path), force) as tmp:
         # bytes written by Python, so a full disk raises OSError (files.staged names the output)
-        tmp.write_bytes(save(state, metadata={SPEC_KEY: json.dumps(spec)}))
+        tmp.write_bytes(payload)
+
+
+SPEC_SHAPE = {"format": int, "weights": str,
+              "architecture": {"source_model": str, "model_kwargs": dict, "heads": ([int], type(None)),
+                               "mlp_widths": ([int], type(None)), "residual_widths": ([int], type(None))},
+              "data_config": {"input_size": [int], "mean": [(int, float)], "std": [(int, float)]}}
+"""What `pruned_bytes` writes; a file whose spec differs is refused before anything is built."""
+SUFFIXES = (".pt", ".safetensors")
 
 
 def read_spec(path: str | os.PathLike) -> dict:
-    """The spec stored in a pruned checkpoint; UserError if `path` is not one."""
+    """The spec stored in a pruned checkpoint; UserError (one line) if `path` is not one: not
+    a regular file, not safetensors, a state dict without our spec, another format version, or
+    a spec of the wrong form."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pruned checkpoint not found: {path}")
+    from ..files import check_input
+    from ..untrusted import check_shape
+
+    path = check_input(path, "pruned checkpoint")
+    hint = "a plain state dict goes in --checkpoint, beside the MODEL name it fits"
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as err:  # safetensors raises its own error types for foreign files
-        raise UserError(f"{path} is not a pruned checkpoint (safetensors with a dimap_struct spec): "
-                        f"{str(err).splitlines()[0][:120]}") from err
+        raise UserError(f"{path} is not a pruned checkpoint (safetensors written by --save-pt): "
+                        f"{str(err).splitlines()[0][:100] if str(err) else type(err).__name__}; {hint}") from None
     if SPEC_KEY not in meta:
-        raise UserError(f"{path} has no dimap_struct spec; write it with dimap-compress --save-pt")
-    spec = json.loads(meta[SPEC_KEY])
-    if spec.get("format") != FORMAT:
-        raise UserError(f"{path}: unsupported pruned-checkpoint format {spec.get('format')} (this version reads "
-                        f"{FORMAT}); prune the model again")
+        raise UserError(f"{path} is not a pruned checkpoint (no dimap_struct spec); {hint}")
+    try:
+        spec = json.loads(meta[SPEC_KEY])
+    except ValueError:
+        spec = None
+    where = f"pruned checkpoint {path}"
+    check_shape(spec, {"format": int}, where)
+    if spec["format"] != FORMAT:
+        raise UserError(f"{path} is pruned-checkpoint format {spec['format']}; this version reads format {FORMAT}: "
+                        "prune the model again")
+    check_shape(spec, SPEC_SHAPE, where)
     return spec
+
+
+def is_pruned_path(path) -> bool:
+    """Whether a model argument names a file meant as a pruned checkpoint (an existing path
+    with a checkpoint suffix): such a file is read with `read_spec`, whose errors say what is
+    wrong, rather than taken for an unknown model name."""
+    return str(path).lower().endswith(SUFFIXES + (".pth", ".bin")) and os.path.lexists(path)
 
 
 def build_architecture(architecture) -> nn.Module:
@@ -83,11 +114,18 @@ def build_architecture(architecture) -> nn.Module:
 def load_pruned(path: str | os.PathLike, *, with_spec: bool = False):
     """Rebuild the pruned module saved at `path` (eval mode). With `with_spec`, return
     (module, spec); the spec's 'data_config' gives the preprocessing."""
-    from safetensors.torch import load_file
+    from ..untrusted import check_tensors, safetensors_load
 
     spec = read_spec(path)
-    net = build_architecture(spec["architecture"])
-    state = load_file(str(path))
+    try:
+        net = build_architecture(spec["architecture"])
+    except UserError:
+        raise
+    except Exception as err:  # a spec of the right form whose values no builder accepts
+        raise UserError(f"pruned checkpoint {path} was not written by dimap-struct, or is damaged (its architecture "
+                        f"cannot be built: {type(err).__name__})") from None
+    state = safetensors_load(path, "pruned checkpoint")
+    check_tensors(state, f"pruned checkpoint {path}", net.state_dict())
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -98,7 +136,7 @@ def load_pruned(path: str | os.PathLike, *, with_spec: bool = False):
 
 def is_pruned_checkpoint(path) -> bool:
     """A cheap test for CLI dispatch: an existing .pt / .safetensors file with our spec."""
-    if not str(path).endswith((".pt", ".safetensors")) or not Path(path).is_file():
+    if not str(path).endswith(SUFFIXES) or not Path(path).is_file():
         return False
     try:
         read_spec(path)

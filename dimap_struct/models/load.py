@@ -115,9 +115,9 @@ def load_any(model: "str | nn.Module | LoadedModel", *, checkpoint=None, pretrai
         return wrap_model(copy.deepcopy(model))
     if not isinstance(model, (str, os.PathLike)):
         raise UserError(f"model must be a name, a path or an nn.Module, not {type(model).__name__}")
-    from .checkpoint import is_pruned_checkpoint, load_pruned
+    from .checkpoint import is_pruned_path, load_pruned
 
-    if is_pruned_checkpoint(model):
+    if is_pruned_path(model):  # read_spec says why a file is not a pruned checkpoint
         net, saved = load_pruned(model, with_spec=True)
         loaded = wrap_model(net, saved["architecture"]["source_model"])
         return dataclasses.replace(loaded, weights=f"pruned checkpoint {Path(model).name} (from {saved['weights']})",

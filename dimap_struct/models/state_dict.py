@@ -40,42 +40,27 @@ class Checkpoint:
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read `path` (.safetensors, or .pth / .pt through `torch.load(weights_only=True)`) into a
     Checkpoint, or raise UserError."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"checkpoint {path} is a directory, not a file")
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"checkpoint not readable: {path}")
+    from ..files import check_input
+    from ..untrusted import check_tensors
+
+    path = check_input(path, "checkpoint")
     raw = _load(path)
     state, key = _unwrap(raw)
     if state is None:
         found = ", ".join(repr(k) for k in list(raw)[:8]) if isinstance(raw, dict) else type(raw).__name__
         raise UserError(f"checkpoint {path} holds no state dict of tensors (found: {found})")
     state = _strip_prefixes(state)
-    _check_finite(path, state)
+    check_tensors(state, f"checkpoint {path}")
     return Checkpoint(state, key)
 
 
 def _load(path: Path):
-    import pickle
+    from ..untrusted import safetensors_load, torch_load
 
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # timm's and DeiT's training scripts store their argparse.Namespace beside the weights
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):  # the safe unpickler met a class: a module, an optimizer...
-            raise UserError(f"checkpoint {path} holds pickled Python objects (e.g. a whole nn.Module), not only "
-                            "tensors; loading them would run code: save model.state_dict() instead") from None
-        raise UserError(f"cannot read checkpoint {path}: not a PyTorch or safetensors file") from None
-    except Exception as err:  # corrupt files raise many types (pickle, zip, safetensors, EOF)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {first[:160]}") from None
+    if path.suffix == ".safetensors":
+        return safetensors_load(path)
+    # timm's and DeiT's training scripts store their argparse.Namespace beside the weights
+    return torch_load(path, "checkpoint", allowed=(argparse.Namespace,))
 
 
 def _is_state_dict(value) -> bool:
@@ -107,15 +92,6 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
-    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in state.items()
-           if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        names = ", ".join(f"{k} ({n} value{'s' if n > 1 else ''})" for k, n in bad[:3])
-        more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
-        raise UserError(f"checkpoint {path} has non-finite weights (inf or NaN) in {names}{more}")
-
-
 def load_into(model: nn.Module, adapter, checkpoint: Checkpoint, path, name: str) -> None:
     """Load `checkpoint` into `model` (strict), converting the family's other published layouts
     first; UserError if it does not fit, explained in terms of the architecture."""
@@ -139,6 +115,9 @@ def load_into(model: nn.Module, adapter, checkpoint: Checkpoint, path, name: str
             parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in file, "
                          f"{tuple(own[k].shape)} in model)")
         raise _mismatch(path, name, adapter, checkpoint.state_dict, model, "; ".join(parts))
+    from ..untrusted import check_tensors
+
+    check_tensors(state, f"checkpoint {path}", own)
     model.load_state_dict(state, strict=True)
 
 

@@ -154,6 +154,11 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
             with torch.no_grad():
                 target = teacher(images)
             loss = kd_loss(model(images), target, labels, cfg.alpha, cfg.temperature)
+            if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
+                from ..errors import UserError
+
+                raise UserError(f"training diverged at step {step + 1} (loss {loss.item()}); the last saved state "
+                                "is kept: lower --lr and try again")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -174,6 +179,28 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
     return {"steps": step, "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size,
             "images_seen": step * cfg.batch_size * ctx.world_size, "final_loss": losses[-1] if losses else None,
             "mean_loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])), "config": cfg.as_dict()}
+
+
+STATE_SHAPE = {"student": dict, "optimizer": {"state": dict, "param_groups": [dict]}, "epoch": int, "step": int,
+               "meta": dict}
+"""What `save_state` writes (and `read_state` accepts)."""
+
+
+def read_state(path: Path) -> dict:
+    """The resume state `save_state` wrote, read without running any pickled code (torch's
+    weights-only unpickler), or UserError naming `path`: not a regular file, empty, truncated,
+    of another form, or holding non-finite values."""
+    from ..untrusted import check_shape, check_tensors, torch_load
+
+    state = torch_load(path, "resume state")
+    where = f"resume state {path}"
+    check_shape(state, STATE_SHAPE, where)
+    if state["epoch"] < 0 or state["step"] < 0:
+        check_shape(None, int, where, "step")
+    check_tensors(state["student"], where)
+    for values in state["optimizer"]["state"].values():
+        check_tensors(values if isinstance(values, dict) else {}, where)
+    return state
 
 
 def save_state(path: Path, state: dict, meta: dict) -> None:

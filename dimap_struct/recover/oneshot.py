@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -103,7 +104,7 @@ def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size:
                               (layer.bias.detach() if layer.bias is not None
                                else torch.zeros(layer.out_features)).to(torch.float64).clone())
              for name, layer, _ in layers}
-    streams = {name: torch.Generator().manual_seed(seed * 7919 + i) for i, (name, _, _) in enumerate(layers)}
+    streams = {name: torch.Generator().manual_seed(layer_seed(seed, i)) for i, (name, _, _) in enumerate(layers)}
     pending: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in layers}
     current = {"images": 0}
 
@@ -215,6 +216,12 @@ def recover(blocks, plan, stats: dict[str, LayerStats], method: str, ridge: floa
                 layer.bias.copy_(bias.to(layer.bias.dtype))
             out.append({"name": name, "error_cut": before, "error_recovered": after, "kept": after < before})
     return out
+
+
+def layer_seed(seed: int, index: int) -> int:
+    """The seed of layer `index`'s token stream: numpy's SeedSequence mixes (seed, index) into
+    independent streams for any seed up to 2**63 - 1 (arithmetic on the seed overflowed)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
 
 
 def calibration_images(data: str, data_config: dict, count: int, seed: int = 0, *,

@@ -25,6 +25,7 @@ forward reshapes with them), so transformers' own forward runs the pruned model 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -104,6 +105,14 @@ class HfSwinAdapter(FamilyAdapter):
                 hf = model_class.from_pretrained(target) if pretrained else model_class(config)
             except OSError as err:
                 raise _fetch_error(target, err) from err
+            except Exception as err:  # a damaged weights file: safetensors and torch raise their own types
+                if not Path(target).exists():
+                    raise
+                raise _fetch_error(target, err) from err
+        if pretrained:
+            from ...untrusted import check_tensors
+
+            check_tensors(hf.state_dict(), f"the weights in {target}")
         return HfImageModel(hf, _preprocessing(transformers, target))
 
     @classmethod
@@ -364,7 +373,15 @@ def _class_for(config) -> str:
 
 
 def _read_config(transformers, target: str):
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     path = Path(target)
+    if not os.path.lexists(target):  # then a hub id: 'owner/name', at most 96 characters
+        try:
+            validate_repo_id(target)
+        except HFValidationError as err:
+            raise UserError(f"hf:{target[:60]}{'...' if len(target) > 60 else ''} is neither a directory nor a "
+                            f"Hugging Face hub id ({str(err).splitlines()[0][:120]})") from None
     if path.is_dir() and not (path / "config.json").is_file():
         raise UserError(f"{path} has no config.json: give a directory written by save_pretrained, or a hub id")
     from .timm_common import _hub_session
@@ -377,12 +394,13 @@ def _read_config(transformers, target: str):
 
 
 def _fetch_error(target: str, err: Exception) -> UserError:
-    from huggingface_hub import constants
-
     if Path(target).exists():
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return UserError(f"cannot read the transformers model in {target}: {first[:160]}")
-    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+    # the user's setting, not the constant: `_hub_session` turns it on itself when the Hub's host
+    # does not resolve
+    user_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set" if user_offline else "the Hub cannot be reached"
     return UserError(f"'{target}' is not in the Hugging Face cache and {why}: "
                      f"download it once where there is network (huggingface-cli download {target}), or give a "
                      "save_pretrained directory")
