@@ -251,7 +251,8 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
 
 
 def _latency_model(loaded: LoadedModel, options: CompressOptions):
-    """(`prune.latency.LatencyModel`, 'cache' or 'measured') for `loaded` (`deploy.latency_probe`);
+    """(`prune.latency.LatencyModel`, its source: 'cache', 'measured' or 'measured (cache entry ... was
+    damaged: ...)') for `loaded` (`deploy.latency_probe`);
     UserError when its family or input size has no lean form to time."""
     from .deploy.lean import LeanUnsupported
     from .deploy.latency_probe import load_or_measure

@@ -36,8 +36,8 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint", allowed: tuple
             raise UserError(f"{what} {path} holds pickled Python objects, not only tensors; loading them would "
                             "run code: save model.state_dict() with torch.save or safetensors instead") from None
         if "Unsupported operand" in text:
-            raise UserError(f"{what} {path} is a plain pickle that torch's safe loader cannot read; save it with "
-                            "torch.save or safetensors") from None
+            raise UserError(f"cannot read {what} {path}: damaged, or written by pickle rather than torch.save "
+                            "(torch's safe loader reads only torch.save files and safetensors)") from None
         raise UserError(f"cannot read {what} {path}: not a PyTorch or safetensors file") from None
     except Exception as err:  # corrupt files raise many types (zip, EOF, RuntimeError from the reader)
         raise UserError(f"cannot read {what} {path}: {_first_line(err)} (truncated or not a PyTorch file?)") from None

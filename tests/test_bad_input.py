@@ -228,7 +228,7 @@ COMPRESS = {
                                      [], []),
     "r26-output-is-a-link": (["reference", "-o", "{p}/link.onnx", "--force"], 0, [], [],
                              ["{p}/link.onnx", "{p}/real.onnx"]),
-    "r27-pickle-protocol-4": (["reference", "--checkpoint", "{p}/p4.pt"], 2, ["plain pickle"], [], []),
+    "r27-pickle-protocol-4": (["reference", "--checkpoint", "{p}/p4.pt"], 2, ["written by pickle rather than torch.save"], [], []),
     "r28-torch-zip-with-an-object": (["reference", "--checkpoint", "{p}/evil_zip.pt"], 2,
                                      ["holds pickled Python objects"], ["{p}/PWNED"], []),
     "r29-state-dict-as-model": (["{p}/plain.pth"], 2, ["is not a pruned checkpoint", "--checkpoint"], [], []),

@@ -9,14 +9,17 @@ for the fixed part. Timing depends on shapes, not on weights, so the model's own
 never needed.
 
 Cache: one JSON file per key (machine, onnxruntime version, family, architecture, input size,
-batch, threads) in $DIMAP_CACHE/latency or ~/.cache/dimap_struct/latency; the report records
-the model and where it came from.
+batch, threads) in $DIMAP_CACHE/latency or ~/.cache/dimap_struct/latency, holding the model and
+the sha256 of its canonical JSON; the report records the model and where it came from. An entry
+is used only when its checksum, numbers and key check out; otherwise it is measured again and
+replaced. The cache is optional: where it cannot be written, the model is measured each time.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import statistics
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,12 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..files import atomic_output
 from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
 from .bench import _machine, _time_batch
 from .lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
 
-CACHE_VERSION = 2  # 2: the model records its own prediction of the unpruned plan
+CACHE_VERSION = 3  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256
 
 
 def cache_dir() -> Path:
@@ -67,25 +71,101 @@ def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threa
                     family: str = "", refresh: bool = False,
                     on_progress: Callable[[str], None] | None = None) -> tuple[LatencyModel, str]:
     """The latency model of `model` (eval mode) at `batch` and `threads`, from the cache or
-    measured now (then cached). Returns (model, 'cache' or 'measured')."""
+    measured now (then cached). Returns (model, source): source is 'cache', 'measured', or
+    'measured (cache entry NAME was damaged: WHY)' when the entry failed `_read_entry`'s checks
+    (that case also prints one warning line on stderr). The cache is optional: when its directory
+    cannot be made or written, one warning line on stderr, and the model is measured and not kept."""
     import onnxruntime
 
     spec = adapter.lean_spec(tuple(input_size))
-    blocks = [b for stage in spec.stages for b in stage.blocks]
     key = {"version": CACHE_VERSION, "machine": machine(), "runtime": f"onnxruntime {onnxruntime.__version__}",
            "family": family or adapter.family, "input_size": list(input_size), "batch": batch, "threads": threads,
            "architecture": [[[_heads(b), _mlp(b), _width(b), list(b.window), list(b.shift)] for b in stage.blocks]
                             for stage in spec.stages]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / f"{digest}.json"
-    if path.is_file() and not refresh:
-        try:
-            cached = LatencyModel.from_dict(json.loads(path.read_text()))
-            if cached.key == key:
-                return cached, "cache"
-        except (ValueError, TypeError, KeyError):
-            pass  # a damaged cache entry is measured again
-    notify = on_progress or (lambda text: None)
+    source = "measured"
+    if not refresh:
+        cached, damage = _read_entry(path, key)
+        if cached is not None:
+            return cached, "cache"
+        if damage is not None:
+            print(f"warning: latency cache entry {path} was damaged ({damage}); measuring again", file=sys.stderr)
+            source = f"measured (cache entry {path.name} was damaged: {damage})"
+    keep = _writable(path.parent)  # before the timing, so the warning comes before the wait
+    result = _measure(spec, tuple(input_size), batch, threads, key, on_progress or (lambda text: None))
+    if keep:
+        _write_entry(path, result)
+    return result, source
+
+
+def _read_entry(path: Path, key: dict) -> tuple[LatencyModel | None, str | None]:
+    """(model, None) for a sound cache entry at `path`; (None, None) when there is none;
+    (None, why) when it is damaged: unreadable, not JSON, a checksum that does not match its
+    model, a model `LatencyModel.from_dict` refuses, or made for another key."""
+    try:
+        entry = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: the cache is under a file
+        return None, None
+    except OSError as err:
+        return None, f"unreadable: {err.strerror}"
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(entry, dict) or "model" not in entry:
+        return None, "no model in it"
+    try:
+        checksum = _checksum(entry["model"])
+    except ValueError:
+        return None, "it holds NaN or infinite numbers"
+    if entry.get("sha256") != checksum:
+        return None, "its checksum does not match its contents"
+    try:
+        cached = LatencyModel.from_dict(entry["model"])
+    except ValueError as err:
+        return None, str(err)
+    if cached.key != key:
+        return None, "it was made for another machine, runtime, model or setting"
+    return cached, None
+
+
+def _checksum(payload) -> str:
+    """sha256 of the canonical JSON of `payload`; ValueError for NaN or infinity."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _writable(directory: Path) -> bool:
+    """Whether cache entries can be made in `directory` (made if missing); warns when not."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        _skip_cache(directory, err.strerror or str(err))
+        return False
+    return True
+
+
+def _write_entry(path: Path, result: LatencyModel) -> None:
+    """Store `result` with its checksum at `path`, atomically; a failure (a full disk) only warns."""
+    payload = result.to_dict()
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps({"sha256": _checksum(payload), "model": payload}, indent=1))
+    except UserError as err:  # atomic_output's one line: cannot write PATH: REASON
+        _skip_cache(path.parent, str(err))
+    except OSError as err:
+        _skip_cache(path.parent, err.strerror or str(err))
+
+
+def _skip_cache(directory: Path, why: str) -> None:
+    # print, not warnings.warn: the CLI drops library warnings, and this one the user must see
+    print(f"warning: latency cache {directory} is not writable ({why}); carrying on without it", file=sys.stderr)
+
+
+def _measure(spec, input_size: tuple, batch: int, threads: int, key: dict,
+             notify: Callable[[str], None]) -> LatencyModel:
+    """Time each stage's block at `configurations` and the whole lean model; fit the model."""
     stages, grid = [], spec.grid
     for s, stage in enumerate(spec.stages):
         if stage.merge is not None:
@@ -100,15 +180,12 @@ def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threa
                             "ms": _time_module(unit, (batch, tokens, c), threads)})
         stages.append(fit_stage(samples))
     notify("timing the unpruned model")
-    dense = _time_module(LeanSwin(spec, tuple(input_size)).eval(), (batch, *input_size), threads)
+    dense = _time_module(LeanSwin(spec, input_size).eval(), (batch, *input_size), threads)
+    blocks = [b for stage in spec.stages for b in stage.blocks]
     block_stages = [s for s, stage in enumerate(spec.stages) for _ in stage.blocks]
     widths = [_width(stage.blocks[0]) for stage in spec.stages]
-    result = with_fixed_part(key, stages, block_stages, widths, [_heads(b) for b in blocks],
-                             [_mlp(b) for b in blocks], dense)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(result.to_dict(), indent=1))
-    return result, "measured"
+    return with_fixed_part(key, stages, block_stages, widths, [_heads(b) for b in blocks],
+                           [_mlp(b) for b in blocks], dense)
 
 
 def _heads(block: LeanBlockSpec) -> int:

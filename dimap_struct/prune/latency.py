@@ -95,8 +95,44 @@ class LatencyModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LatencyModel":
-        stages = [StageLatency(**s) for s in data["stages"]]
-        return cls(**{**data, "stages": stages})
+        """The model `to_dict` wrote, or ValueError when it cannot be one: every number finite,
+        coefficients and sample timings >= 0, dense and unpruned latency > 0, fixed part >= 0,
+        one coefficient per feature, widths > 0, and each block's stage one of the stages.
+        (A cache entry is read by this; NaN coefficients once cut a model to NaN predictions.)"""
+        try:
+            stages = [StageLatency(**s) for s in data["stages"]]
+            model = cls(**{**data, "stages": stages})
+            model._check()
+        except (TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"not a latency model ({type(err).__name__}: {err})") from None
+        return model
+
+    def _check(self) -> None:
+        if not isinstance(self.key, dict) or not self.stages:
+            raise ValueError("a latency model needs its key and at least one stage")
+        for s, stage in enumerate(self.stages):
+            if len(stage.coefficients) != len(FEATURES):
+                raise ValueError(f"stage {s} has {len(stage.coefficients)} coefficients, not {len(FEATURES)}")
+            _require(stage.coefficients, f"stage {s} coefficients", minimum=0.0)
+            for sample in stage.samples:
+                _require([sample["ms"]], f"stage {s} timings", minimum=0.0)
+                _require([sample["heads"], sample["mlp"], sample["width"]], f"stage {s} timed widths", above=0)
+        _require(self.stage_widths, "stage widths", above=0)
+        if not all(isinstance(s, int) and 0 <= s < len(self.stages) for s in self.block_stages):
+            raise ValueError(f"block stages {self.block_stages} are not all among the {len(self.stages)} stages")
+        if len(self.stage_widths) != len(self.stages):
+            raise ValueError(f"{len(self.stage_widths)} stage widths for {len(self.stages)} stages")
+        _require([self.dense_ms, self.unpruned_ms], "dense and unpruned latency", above=0.0)
+        _require([self.fixed_ms], "fixed latency", minimum=0.0)
+
+
+def _require(values, what: str, minimum: float | None = None, above: float | None = None) -> None:
+    """ValueError unless every value is a finite real number (bool excluded), >= `minimum`, > `above`."""
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise ValueError(f"{what}: {v!r} is not a finite number")
+        if (minimum is not None and v < minimum) or (above is not None and v <= above):
+            raise ValueError(f"{what}: {v!r} is out of range")
 
 
 def with_fixed_part(key: dict, stages: list[StageLatency], block_stages: list[int], stage_widths: list[int],
