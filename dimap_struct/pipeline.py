@@ -271,7 +271,7 @@ def _calibration_images(loaded: LoadedModel, options: CompressOptions):
     from .data import build_dataset, num_classes
     from .recover.oneshot import calibration_images
 
-    dataset = build_dataset(options.calib_data, "train", loaded.data_config)
+    dataset = build_dataset(options.calib_data, "train", loaded.data_config, labels_required=False)
     classes = num_classes(dataset)
     if loaded.adapter.num_classes is not None and classes > loaded.adapter.num_classes:
         raise UserError(f"--calib-data {options.calib_data} has {classes} classes, the model predicts only "

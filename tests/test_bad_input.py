@@ -72,6 +72,9 @@ def place(tmp_path_factory):
     for label in range(10):
         (root / "ten" / f"c{label}").mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "ten" / f"c{label}" / "x.jpg")
+    (root / "flat").mkdir()  # ImageNet-style calibration images: no class folders
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "flat" / f"img{i}.jpg")
     for label in range(12):
         (root / "twelve" / f"c{label:02d}").mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L").save(root / "twelve" / f"c{label:02d}" / "x.png")
@@ -240,6 +243,13 @@ COMPRESS = {
     "r32-from-pt-is-a-directory": (["--from-pt", "{p}/adir.pth"], 2, ["is a directory, not a regular file"], [], []),
     "r32-checkpoint-under-a-file": (["reference", "--checkpoint", "{p}/afile/x.pth"], 2,
                                     ["afile is a file, not a directory"], [], []),
+    "r35-flat-folder-calibrates": (["reference", "--calib-data", "{p}/flat", "--calib-images", "4", "--json"], 0,
+                                   [], [], []),
+    "r35-flat-folder-int8-static": (["reference", "--calib-data", "{p}/flat", "--calib-images", "4", "--quantize",
+                                     "int8-static", "-o", "{p}/q35.onnx"], 0, [], [], ["{p}/q35.onnx"]),
+    "r35-flat-folder-for-taylor": (["reference", "--criterion", "taylor", "--calib-data", "{p}/flat",
+                                    "--calib-images", "4"], 2,
+                                   ["--criterion taylor needs labelled calibration data"], [], []),
     "r32-config-is-a-device": (["--config", "{p}/zero.yaml"], 2, ["is a character device, not a regular file"],
                                [], []),
     "bad-budget": (["reference", "--flops", "1.5"], 2, ["0 < R <= 1"], [], []),
@@ -272,6 +282,8 @@ EVAL = {
     "foreign-onnx": (["{p}/foreign.onnx", "--data", "{p}/photos"], 2, ["has no dimap_struct metadata"], [], []),
     "r23-metadata-of-another-form": (["{p}/wrong_schema.onnx", "--data", "{p}/photos"], 2,
                                      ["not written by dimap-struct, or is damaged"], [], []),
+    "r35-flat-folder-to-evaluate": (["{p}/gray.onnx", "--data", "{p}/flat"], 2,
+                                    ["holds images but no class folders"], [], []),
     "r13-model-is-a-fifo": (["{p}/fifo.pt"], 2, ["is a FIFO (named pipe), not a regular file"], [], []),
     "unknown-runtime": (["{p}/gray.onnx", "--runtime", "tensorrt"], 2, ["--runtime must be one of"], [], []),
     "openvino-on-a-model-name": (["reference", "--runtime", "openvino"], 2, ["runs .onnx files"], [], []),

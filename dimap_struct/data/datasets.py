@@ -15,8 +15,12 @@ for MNIST and a single folder: index % 5 == 4 is ``"eval"`` (MNIST: 2,000 digits
 measured on the images it saw.
 
 Images of a folder are converted to the model's channel count (greyscale, CMYK, palette and
-RGBA files beside RGB ones); a class folder without images, or an image that cannot be decoded,
-is a UserError naming it.
+RGBA files beside RGB ones; 16-bit greyscale scaled to 8 bits); a class folder without images,
+an image that cannot be decoded (or has more pixels than PIL allows), or a directory link that
+loops or reads a folder twice is a UserError naming it.
+
+Calibration needs no labels: with ``labels_required=False`` a flat folder of images (no class
+subfolders) is accepted too, its items labelled ``UNLABELLED`` (-1).
 
 Every item is ``(image, label)``: a float32 tensor of shape ``data_config["input_size"]``
 ``(C, H, W)`` normalised with ``data_config["mean"]`` / ``["std"]``, and an int label.
@@ -28,6 +32,7 @@ import functools
 import gzip
 import math
 import os
+import re
 import warnings
 import zlib
 from pathlib import Path
@@ -270,19 +275,27 @@ class FolderUnion(ConcatDataset):
         return self.datasets[0].classes
 
 
-def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool) -> Dataset:
+def _folder_reading(data_config: dict, train_augment: bool):
+    """(transform, loader) for image files: timm's transform for the data config and
+    :func:`read_image` in the model's channel count."""
     from timm.data import create_transform
-    from torchvision.datasets import ImageFolder
 
     config = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
                                          "crop_pct", "crop_mode") if k in data_config}
     channels = _input_size(data_config)[0]
     if channels not in IMAGE_MODES:
         raise UserError(f"image folders need a model with 1 or 3 input channels, this one has {channels}")
-    transform = create_transform(**config, is_training=train_augment)
+    return (create_transform(**config, is_training=train_augment),
+            functools.partial(read_image, mode=IMAGE_MODES[channels]))
+
+
+def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    transform, loader = _folder_reading(data_config, train_augment)
+    check_links(root)  # before torchvision's walk, which follows links into any loop
     try:
-        folder = ImageFolder(str(root), transform=transform, allow_empty=True,
-                             loader=functools.partial(read_image, mode=IMAGE_MODES[channels]))
+        folder = ImageFolder(str(root), transform=transform, allow_empty=True, loader=loader)
     except (FileNotFoundError, OSError) as exc:
         raise UserError(f"cannot read image folder {root}: {exc}") from None
     if not folder.samples:
@@ -293,6 +306,70 @@ def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool
         empty = folder.classes[int(np.argmin(counts))]
         raise UserError(f"class folder {root / empty} has no images ({', '.join(IMAGE_SUFFIXES)})")
     return FolderSplit(folder, split_indices(len(folder), split).tolist())
+
+
+def check_links(root: Path) -> None:
+    """Check that every folder under `root`, following directory links as torchvision's
+    ImageFolder does, is a different folder; UserError naming the link otherwise.
+
+    A link leading back up the tree (a loop) would be read until the OS gives up (copies of the
+    images under the wrong class) or, with two such links, forever; a link to a folder read
+    already would count its images twice. Links to folders elsewhere (a class folder kept on
+    other storage) are fine."""
+    root = Path(root)
+    seen = {os.path.realpath(root): "."}  # real path -> where the walk reached it first
+    stack = [(str(root), os.path.realpath(root))]
+    while stack:
+        folder, real = stack.pop()
+        try:  # is_dir follows links; a dangling link is no folder
+            entries = sorted((e for e in os.scandir(folder) if e.is_dir()), key=lambda e: e.name)
+        except OSError:  # unreadable: ImageFolder's own walk skips it, as before
+            continue
+        below = []
+        for entry in entries:
+            where, target = os.path.relpath(entry.path, root), os.path.realpath(entry.path)
+            if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+                back = root if target == os.path.realpath(root) else seen.get(target, target)
+                raise UserError(f"image folder {root}: link {where} leads back to {back} (a loop); remove it")
+            if target in seen:
+                raise UserError(f"image folder {root}: {seen[target]} and {where} are the same folder (through a "
+                                "link), so its images would count twice; remove the link")
+            seen[target] = where
+            below.append((entry.path, target))
+        stack.extend(reversed(below))  # depth first in name order: the first bad link is the one named
+
+
+UNLABELLED = -1
+"""The label of every image of an unlabelled (flat) folder: no class, so a loss that needs
+labels fails loudly instead of quietly learning class 0."""
+
+
+class UnlabelledFolder(Dataset):
+    """The images of a flat folder (no class subfolders), for calibration, which needs no labels.
+
+    ``files``: the image paths, sorted. Item ``i`` is ``(image, UNLABELLED)``; ``classes`` is
+    empty (so :func:`num_classes` is 0) and ``labelled`` is False (:func:`is_labelled`).
+    """
+
+    labelled = False
+
+    def __init__(self, files: list[str], transform, loader):
+        self.files, self.transform, self.loader = files, transform, loader
+
+    @property
+    def classes(self) -> list[str]:
+        return []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index):
+        return self.transform(self.loader(self.files[index])), UNLABELLED
+
+
+def _flat_images(root: Path) -> list[str]:
+    """The image files directly in `root` (by suffix, as ImageFolder picks them), sorted."""
+    return sorted(str(p) for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def split_folders(root: Path) -> dict[str, Path] | None:
@@ -307,16 +384,19 @@ def split_folders(root: Path) -> dict[str, Path] | None:
 
 def read_image(path: str, mode: str = "RGB"):
     """The image at `path` as a PIL image in `mode` ('RGB' or 'L'): greyscale, CMYK, palette
-    and RGBA files are converted, so a folder may mix them. UserError naming the file if it is
-    truncated or not an image."""
+    and RGBA files are converted, so a folder may mix them; 16-bit greyscale is scaled to 8 bits
+    (:func:`_to_8_bits`). UserError naming the file if it is truncated, not an image, has
+    floating-point pixels, or has more pixels than PIL decodes (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``; below that PIL's warning is silenced)."""
     from PIL import Image
 
     try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. "palette images with transparency"
-                return image.convert(mode)  # decodes the whole file: truncation shows here
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "palette images with transparency", DecompressionBombWarning
+            image = _to_8_bits(Image.open(f), path)
+            return image.convert(mode)  # decodes the whole file: truncation shows here
+    except Image.DecompressionBombError as err:  # not an OSError
+        raise UserError(f"cannot read image {path}: {_too_many_pixels(err)}") from None
     except Image.UnidentifiedImageError:
         raise UserError(f"cannot read image {path}: not an image file PIL can decode") from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for broken files
@@ -324,16 +404,43 @@ def read_image(path: str, mode: str = "RGB"):
         raise UserError(f"cannot read image {path}: {detail}") from None
 
 
+def _to_8_bits(image, path: str):
+    """`image`, or for 16-bit greyscale (PIL modes ``I;16*``, and ``I`` read as 0-65535) an
+    8-bit ``L`` image of value / 257, rounded: PIL's convert would clip every value past 255.
+    UserError for floating-point pixels (mode ``F``), which have no set range."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise UserError(f"cannot read image {path}: floating-point pixels (PIL mode F) have no set range; "
+                        "save it with 8 or 16 bits per channel")
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image
+    wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    return Image.fromarray(((wide + 128) // 257).astype(np.uint8))  # (v + 128) // 257 == round(v / 257)
+
+
+def _too_many_pixels(err: Exception) -> str:
+    """'N pixels, more than PIL's limit of M ...' from PIL's DecompressionBombError."""
+    found = re.search(r"\((\d+) pixels\).*?(\d+) pixels", str(err))
+    if found is None:
+        return str(err).strip().splitlines()[0][:160]
+    return (f"{found[1]} pixels, more than PIL's limit of {found[2]} (its guard against decompression "
+            "bombs); use a smaller image")
+
+
 # ------------------------------------------------------------------------------ public
 
 def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = False,
-                  seed: int = 0) -> Dataset:
+                  seed: int = 0, labels_required: bool = True) -> Dataset:
     """The ``split`` ("train", "eval", "all") of the dataset at ``path`` for ``data_config``.
 
     ``path`` None means ``$DIMAP_DATA`` (:func:`data_path`). ``data_config`` is timm's
     (``resolve_model_data_config``): ``input_size`` (C, H, W), ``mean``, ``std`` and, for
     image folders, ``interpolation`` / ``crop_pct`` / ``crop_mode``. ``train_augment``: random
     affine for MNIST (drawn from ``seed``), timm's training transform for image folders.
+    ``labels_required=False`` (calibration) also accepts a flat folder of images: an
+    :class:`UnlabelledFolder` (labels ``UNLABELLED``, no classes), split by the index % 5 rule;
+    with True (evaluation, training) such a folder is a UserError.
     """
     split_indices(0, split)  # validates the name
     root = data_path(path)
@@ -356,8 +463,16 @@ def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = 
         return _image_folder(folders[split], "all", data_config, train_augment)
     if any(p.is_dir() for p in root.iterdir()):
         return _image_folder(root, split, data_config, train_augment)
+    files = _flat_images(root)
+    if files and labels_required:
+        raise UserError(f"{root} holds images but no class folders: evaluation and training need one "
+                        "subfolder per class")
+    if files:
+        folder = UnlabelledFolder(files, *_folder_reading(data_config, train_augment))
+        return FolderSplit(folder, split_indices(len(folder), split).tolist())
+    flat = "" if labels_required else ", or, for calibration, a folder of images"
     raise UserError(f"{root} is neither MNIST (IDX files {MNIST_FILES[0]}[.gz] and "
-                    f"{MNIST_FILES[1]}[.gz]) nor an image folder (one subfolder per class)")
+                    f"{MNIST_FILES[1]}[.gz]) nor an image folder (one subfolder per class{flat})")
 
 
 def num_classes(dataset: Dataset) -> int:
@@ -369,13 +484,24 @@ def num_classes(dataset: Dataset) -> int:
     return len(dataset.classes)
 
 
+def is_labelled(dataset: Dataset) -> bool:
+    """False for a flat folder read with ``labels_required=False`` (every label is
+    ``UNLABELLED``); True for every other dataset of :func:`build_dataset` (or a Subset of one)."""
+    while not hasattr(dataset, "labelled") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return getattr(dataset, "labelled", True)
+
+
 def build_loader(path, split: str, data_config: dict, batch_size: int, *, shuffle: bool = False,
-                 seed: int = 0, train_augment: bool = False, num_workers: int = 0) -> DataLoader:
+                 seed: int = 0, train_augment: bool = False, num_workers: int = 0,
+                 labels_required: bool = True) -> DataLoader:
     """A DataLoader over :func:`build_dataset`; batches are ``(float32 (B, C, H, W), int64 (B,))``.
 
-    The order (with ``shuffle``) and the MNIST augmentation are fixed by ``seed``.
+    The order (with ``shuffle``) and the MNIST augmentation are fixed by ``seed``;
+    ``labels_required`` as for :func:`build_dataset`.
     """
-    dataset = build_dataset(path, split, data_config, train_augment=train_augment, seed=seed)
+    dataset = build_dataset(path, split, data_config, train_augment=train_augment, seed=seed,
+                            labels_required=labels_required)
     generator = torch.Generator().manual_seed(seed)
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, generator=generator)
     if isinstance(dataset, MNISTDataset):

@@ -175,22 +175,24 @@ def compare_outputs(float_path: Path, int8_path: Path, probe: torch.Tensor) -> f
 
 
 def labelled_sample(data: str | os.PathLike, data_config: dict, count: int, seed: int,
-                    skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` preprocessed images and labels of the train split of `data`: entries skip ..
+                    skip: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`count` preprocessed images and labels (None for a folder without class folders) of the
+    train split of `data`: entries skip ..
     skip+count of a seeded permutation (skip=0 gives `recover.oneshot.calibration_images`'
     images; skip=count the next, disjoint ones). UserError if the split holds too few."""
-    from ..data import build_dataset
+    from ..data import build_dataset, is_labelled
 
-    dataset = build_dataset(data, "train", data_config)
+    dataset = build_dataset(data, "train", data_config, labels_required=False)
+    labelled = is_labelled(dataset)  # a flat folder calibrates; its check then reports agreement only
     if skip + count > len(dataset):
         raise UserError(f"the calibration data has {len(dataset)} images in its train split; "
                         f"{skip + count} are needed (--calib-images {count}, calibration and check)")
     pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[skip:skip + count].tolist()
     if hasattr(dataset, "batch"):  # folder and MNIST data sets take a list of indices at once
         images, labels = dataset[pick][:2]
-        return images, torch.as_tensor(labels)
+        return images, torch.as_tensor(labels) if labelled else None
     pairs = [dataset[i] for i in pick]
-    return torch.stack([p[0] for p in pairs]), torch.tensor([int(p[1]) for p in pairs])
+    return torch.stack([p[0] for p in pairs]), torch.tensor([int(p[1]) for p in pairs]) if labelled else None
 
 
 def _input_name(path: Path) -> str:

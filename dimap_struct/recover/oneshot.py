@@ -230,7 +230,7 @@ def calibration_images(data: str, data_config: dict, count: int, seed: int = 0, 
     the model; UserError if the data holds fewer. `dataset`: that split, if already built."""
     from ..data import build_dataset
 
-    dataset = dataset if dataset is not None else build_dataset(data, "train", data_config)
+    dataset = dataset if dataset is not None else build_dataset(data, "train", data_config, labels_required=False)
     if count > len(dataset):
         raise UserError(f"--calib-images {count}: the calibration data has only {len(dataset)} images in its "
                         "train split")

@@ -18,9 +18,13 @@ def accumulate_gradients(model: nn.Module, calib: Calibration, batch_size: int =
     """Run `calib.batches` batches of the "train" split of `calib.data` through `model` and
     accumulate the gradient of the mean loss; return the number of images used. The model
     stays in eval mode (no dropout, fixed norms): the gradient describes the model to prune."""
-    from ...data import build_loader, num_classes
+    from ...data import build_loader, is_labelled, num_classes
 
-    loader = build_loader(calib.data, "train", calib.data_config, batch_size, shuffle=True, seed=calib.seed)
+    loader = build_loader(calib.data, "train", calib.data_config, batch_size, shuffle=True, seed=calib.seed,
+                          labels_required=False)
+    if not is_labelled(loader.dataset):
+        raise UserError(f"--criterion taylor needs labelled calibration data: {calib.data} has no class folders "
+                        "(one subfolder per class)")
     classes = num_classes(loader.dataset)
     if calib.num_classes is not None and classes > calib.num_classes:
         raise UserError(f"calibration data has {classes} classes but the model predicts {calib.num_classes}")
