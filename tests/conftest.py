@@ -4,7 +4,9 @@ import pytest
 import timm
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs two workers) each worker keeps to one intra-op thread, so
+# that two workers do not ask for four threads on a 2-core machine.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 MODELS = {
     "swin_t": "swin_tiny_patch4_window7_224",

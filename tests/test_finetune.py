@@ -14,6 +14,7 @@ from shared_data import mnist_dir
 
 pytestmark = pytest.mark.skipif(mnist_dir() is None, reason="needs ../shared/data/mnist")
 BASE = ["reference", "--no-pretrained", "--flops", "0.5", "--quiet"]
+LOUD = [*BASE, "--debug"]  # off a terminal, each rank prints its weights' digest only with --debug
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def _env():
 def test_two_gloo_processes_agree_and_match_the_log(tmp_path):
     out = tmp_path / "ft.onnx"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "dimap_struct.cli.finetune", *BASE, "--max-steps", "4", "--batch-size", "16", "-o", str(out)]
+           "-m", "dimap_struct.cli.finetune", *LOUD, "--max-steps", "4", "--batch-size", "16", "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", proc.stderr))
@@ -93,7 +94,8 @@ def test_resume_refuses_a_different_command(tmp_path, capsys):
     from dimap_struct.recover.finetune import save_state
 
     other = FinetuneOptions(model="reference", pretrained=False, flops="0.6").recipe()
-    save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), {}, {"recipe": other, "world_size": 1})
+    well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "epoch": 1, "step": 8}
+    save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), well_formed, {"recipe": other, "world_size": 1})
     code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
     assert code == 2 and "different command" in capsys.readouterr().err
 

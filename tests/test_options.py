@@ -97,7 +97,7 @@ def test_bad_recipes_are_one_line(tmp_path, capsys, text, words):
 
 def test_missing_recipe_is_one_line(tmp_path, capsys):
     assert cli.main(["--config", str(tmp_path / "none.yaml")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "--config not found" in capsys.readouterr().err
     assert cli.main(["--config", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
 

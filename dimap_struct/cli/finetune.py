@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"dimap-finetune: interrupted; rerun with --resume to continue from {resume}", file=sys.stderr)
         raise
     digest = weights_digest(student)
-    if not args.quiet:
+    if args.debug or not args.quiet:  # each rank's digest: the check that DDP ranks agree
         print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
     if ctx.is_main:
         after = evaluate(student)
@@ -151,7 +151,7 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
     student, report, rounds = prune_in_rounds(loaded, prune_options, k_steps, train, on_step=step)
     report.recipe = options.recipe()
     digest = weights_digest(student)
-    if not args.quiet:
+    if args.debug or not args.quiet:  # each rank's digest: the check that DDP ranks agree
         print(f"rank {ctx.rank}: weights sha256 {digest}", file=sys.stderr, flush=True)
     if ctx.is_main:
         after = rounds[-1]["training"]["top1"]
