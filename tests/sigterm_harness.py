@@ -5,11 +5,14 @@ forked children and sends each one SIGTERM at a random moment.
 
 The parent imports everything once, so each child starts at once and spends its time pruning
 and exporting; it keeps torch on one thread (no OpenMP pool exists before the fork, which
-keeps forked children safe). A first child runs to the end to measure the run time T; then
-trial i sends the i-th signal of SIGNALS to its child after a delay drawn uniformly from
-[0, 1.2 T] (so some runs finish first). Each trial writes into WORKDIR/i. Prints one JSON
-object: {"duration_s": T, "trials": [{"dir", "signal", "delay_s", "exit_code",
-"temps_at_kill"}]}; the test inspects the directories.
+keeps forked children safe). A first child runs to the end while the parent watches its
+directory: it measures the run time T and the moment W when the first temporary file appears
+(the export begins). The delays are stratified rather than drawn freely, so that few trials
+cover the run: half of the trials spread over [0, 1.2 T] (some runs finish first), one per
+equal slice at a random point inside it, and the other half over the writing window [W, T];
+the signals are dealt to the delays in random order. Each trial writes into WORKDIR/i. Prints
+one JSON object: {"duration_s": T, "writing_from_s": W, "trials": [{"dir", "signal",
+"delay_s", "exit_code", "temps_at_kill"}]}; the test inspects the directories.
 """
 from __future__ import annotations
 
@@ -55,28 +58,52 @@ def finish(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def watch(directory: Path) -> tuple[float, float]:
+    """Run one child to the end; return its run time and when its first temporary file appeared."""
+    began = time.perf_counter()
+    pid = start(directory)
+    writing_from = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        now = time.perf_counter() - began
+        if done:
+            break
+        if writing_from is None and any(p.name.startswith(files.TEMP_PREFIX) for p in directory.iterdir()):
+            writing_from = now
+        time.sleep(0.005)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the uninterrupted run failed with exit code {os.waitstatus_to_exitcode(status)}")
+    if writing_from is None:
+        raise SystemExit("the uninterrupted run wrote no temporary file that the harness could see")
+    return now, writing_from
+
+
+def stratified(rng: random.Random, n: int, low: float, high: float) -> list[float]:
+    """n points in [low, high], one at a random place inside each of n equal slices."""
+    width = (high - low) / max(n, 1)
+    return [low + width * (i + rng.random()) for i in range(n)]
+
+
 def main() -> None:
     workdir, names, seed = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3])
     signums = [getattr(signal, f"SIG{name}") for name in names]
     for signum in set(signums):  # a background job starts with SIGINT ignored, nohup with SIGHUP
         signal.signal(signum, signal.SIG_DFL)
     rng = random.Random(seed)
-    began = time.perf_counter()
-    code = finish(start(workdir / "full"))
-    duration = time.perf_counter() - began
-    if code != 0:
-        raise SystemExit(f"the uninterrupted run failed with exit code {code}")
+    duration, writing_from = watch(workdir / "full")
+    delays = stratified(rng, len(signums) - len(signums) // 2, 0.0, 1.2 * duration) + \
+        stratified(rng, len(signums) // 2, writing_from, duration)
+    rng.shuffle(delays)
     results = []
-    for i, signum in enumerate(signums):
+    for i, (signum, delay) in enumerate(zip(signums, delays)):
         directory = workdir / str(i)
-        delay = rng.uniform(0, 1.2 * duration)
         pid = start(directory)
         time.sleep(delay)
         temps = sorted(p.name for p in directory.iterdir() if p.name.startswith(files.TEMP_PREFIX))
         os.kill(pid, signum)
         results.append({"dir": str(directory), "signal": signal.Signals(signum).name, "delay_s": delay,
                         "exit_code": finish(pid), "temps_at_kill": temps})
-    print(json.dumps({"duration_s": duration, "trials": results}))
+    print(json.dumps({"duration_s": duration, "writing_from_s": writing_from, "trials": results}))
 
 
 if __name__ == "__main__":
