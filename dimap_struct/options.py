@@ -471,7 +471,7 @@ class TrainingOptions(Options):
     """Knowledge-distillation fine-tuning (see `recover.finetune`)."""
 
     data: str | None = option(None, "MNIST directory or ImageFolder; trains on its 'train' split, reports top-1 "
-                              "on 'eval' (default: $DIMAP_DATA, else ../shared/data/mnist)", metavar="PATH",
+                              "on 'eval' (default: $DIMAP_DATA)", metavar="PATH",
                               group="training")
     epochs: float = option(1.0, "epochs (fractions allowed)", kind=float, minimum=0, exclusive_minimum=True,
                            group="training")
@@ -539,8 +539,7 @@ class EvalOptions(SourceOptions):
 
     model: str | None = option(None, "an .onnx file (onnxruntime), a pruned checkpoint (--save-pt) or a model "
                                "name (reference, swin_t, timm names)", positional=True)
-    data: str | None = option(None, "MNIST directory (IDX files) or an ImageFolder (default: $DIMAP_DATA, "
-                              "else ../shared/data/mnist)", metavar="PATH")
+    data: str | None = option(None, "MNIST directory (IDX files) or an ImageFolder (default: $DIMAP_DATA)", metavar="PATH")
     split: str = option("eval", "index % 5 == 4 is 'eval', the rest 'train'; 'all' is everything",
                         choices=("eval", "train", "all"))
     batch_size: int = option(128, "images per batch", kind=int, minimum=1)

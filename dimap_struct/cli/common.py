@@ -13,12 +13,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
-"""The project's MNIST test set beside a source checkout: the CLIs' last-resort data default."""
-
 
 class Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one line, exit code 2 (argparse itself prints
@@ -47,10 +42,14 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
 
 
 def default_data(data: str | None) -> str:
-    """--data, else $DIMAP_DATA, else the shared MNIST beside a source checkout."""
+    """--data, else $DIMAP_DATA; a UserError (one line, exit code 2) when neither is given."""
     from ..data import DATA_ENV
+    from ..errors import UserError
 
-    return data or os.environ.get(DATA_ENV) or str(SHARED_DATA)
+    found = data or os.environ.get(DATA_ENV)
+    if not found:
+        raise UserError(f"no data directory: pass --data PATH or set {DATA_ENV}")
+    return found
 
 
 def main_of(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
