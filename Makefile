@@ -41,7 +41,7 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/compress_time.py
+	$(BIN)/python -m benchmarks.compress_time
 
 # docs/cli.md, generated from the commands' options (tests/test_cli_docs.py fails when it is stale)
 docs: install
