@@ -148,6 +148,12 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"sources": sources, "speed": speed, **decision},
                                                         indent=2) + "\n")
     print(text)
+    from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
+
+    if decision["winner"] != DEFAULT_RULE:
+        print(f"note: the package's default `dimap` stands for {DEFAULT_RULE}, not {decision['winner']}: if this "
+              "result is the one to keep, set DEFAULT_RULE in dimap_struct/prune/criteria/dimap.py "
+              "(tests/test_default_decision.py fails until they agree)")
 
 
 if __name__ == "__main__":
