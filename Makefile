@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2 --dist worksteal
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs clean
 
 install: $(STAMP)
 
@@ -41,7 +41,11 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/compress_time.py
+	$(BIN)/python -m benchmarks.compress_time
+
+# docs/cli.md, generated from the commands' options (tests/test_cli_docs.py fails when it is stale)
+docs: install
+	$(BIN)/python -m dimap_struct.cli.reference -o docs/cli.md
 
 clean:
 	rm -rf build .pytest_cache

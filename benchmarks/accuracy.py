@@ -13,9 +13,9 @@ of the train split. `dimap` is not run: it is an alias of the rule named in
 reuses them, or the rows of a finished OUT.json with the same settings (a run of fewer criteria), and
 skips the cells already there. Writes benchmarks/results/accuracy[_<model>].{md,json,png}.
 
-    .venv/bin/python benchmarks/accuracy.py                      # digits: the full grid (about 20-30 min)
-    .venv/bin/python benchmarks/accuracy.py --model reference-cifar10 --max-steps 100
-    .venv/bin/python benchmarks/accuracy.py --ratios 0.5 --criteria dimap l1 --epochs 0.2   # quick look
+    .venv/bin/python -m benchmarks.accuracy                      # digits: the full grid (about 20-30 min)
+    .venv/bin/python -m benchmarks.accuracy --model reference-cifar10 --max-steps 100
+    .venv/bin/python -m benchmarks.accuracy --ratios 0.5 --criteria dimap l1 --epochs 0.2   # quick look
 """
 from __future__ import annotations
 
@@ -24,28 +24,21 @@ import datetime as dt
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dimap_struct import compress, load_model
+from dimap_struct.deploy.evaluate import accuracy, torch_classifier
+from dimap_struct.options import TrainingOptions
+from dimap_struct.prune.criteria import CRITERIA
+from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
+from dimap_struct.recover.finetune import finetune
 
-from dimap_struct import compress, load_model  # noqa: E402
-from dimap_struct.prune.criteria import CRITERIA  # noqa: E402
-from dimap_struct.prune.criteria.dimap import DEFAULT_RULE  # noqa: E402
-from dimap_struct.cli.common import default_data  # noqa: E402
-from dimap_struct.deploy.evaluate import accuracy, torch_classifier  # noqa: E402
-from dimap_struct.options import TrainingOptions  # noqa: E402
-from dimap_struct.recover.finetune import finetune  # noqa: E402
+from .common import REFERENCE_DATA, RESULTS, command
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RANDOM_SEEDS = (0, 1, 2)
-
-
-CIFAR10 = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10")
-DEFAULT_DATA = {"reference-mnist": None, "reference-cifar10": CIFAR10, "reference-cifar10-v1": CIFAR10}
 
 
 def top1(model, data_config, data) -> float:
@@ -176,20 +169,20 @@ def plot(path: Path, summary: list[dict], reference_top1: float) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35])
     p.add_argument("--criteria", nargs="+", default=[c for c in CRITERIA if c != "dimap"] + ["weight"])
-    p.add_argument("--model", default="reference-mnist", choices=list(DEFAULT_DATA))
+    p.add_argument("--model", default="reference-mnist", choices=list(REFERENCE_DATA))
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, help="at most this many fine-tuning steps (batch 64)")
-    p.add_argument("--data", help="data directory (default: the shared MNIST or CIFAR-10 for --model)")
+    p.add_argument("--data", help="data directory (default: the shared MNIST or CIFAR-10 beside the checkout, for --model)")
     p.add_argument("--out", help="output stem (.md, .json, .png; default benchmarks/results/accuracy[_cifar10])")
     p.add_argument("--threads", type=int, default=2, help="torch threads (results do not depend on it)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the rows of OUT.partial.json written by an interrupted run with the same settings")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    args.data = args.data or DEFAULT_DATA[args.model] or default_data(None)
+    args.data = str(args.data or REFERENCE_DATA[args.model])
     args.out = args.out or str(RESULTS / ("accuracy" if args.model == "reference-mnist" else
                                           f"accuracy_{args.model.removeprefix('reference-')}"))
     start = time.perf_counter()
@@ -218,7 +211,7 @@ def main() -> None:
                       f"fine-tuned {row['finetuned']:6.2f}  "
                       f"({row['seconds']} s)", flush=True)
     summary = summarise(rows)
-    meta = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
+    meta = {"command": command("accuracy"), "date": dt.date.today().isoformat(),
             "model": args.model, "default_rule": DEFAULT_RULE,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             "wall_s": time.perf_counter() - start + earlier_s,

@@ -4,8 +4,8 @@ Runs the installed CLI as a child process several times and reports the median w
 the peak resident set size (ru_maxrss of the child; each repeat runs in a fresh process, so a
 repeat's peak is its own). Writes benchmarks/results/compress_time.{json,md}.
 
-    .venv/bin/python benchmarks/compress_time.py                 # swin_b, R = 0.5, 3 repeats
-    .venv/bin/python benchmarks/compress_time.py --model swin_large_patch4_window12_384 --repeats 1
+    .venv/bin/python -m benchmarks.compress_time                 # swin_b, R = 0.5, 3 repeats
+    .venv/bin/python -m benchmarks.compress_time --model swin_large_patch4_window12_384 --repeats 1
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS
 
 
 def run_once(cmd: list[str]) -> tuple[float, float]:
@@ -37,7 +37,7 @@ def run_once(cmd: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compress_time", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="swin_b")
     p.add_argument("--flops", default="0.5")
     p.add_argument("--repeats", type=int, default=3)

@@ -1,19 +1,19 @@
 """Apply the decision rule for the default criterion (docs/method.md section 4) to accuracy results.
 
-Reads the JSON that `benchmarks/accuracy.py` wrote for each reference model, ranks the candidate
+Reads the JSON that `benchmarks.accuracy` wrote for each reference model, ranks the candidate
 rules in every cell (model x R x {zero-shot, after KD}; rank 1 = highest top-1, equal top-1 share
 the mean of their ranks), and orders the rules by mean rank, ties to the higher mean top-1. With `--speed`, only the rules
 whose median batch-1 efficiency over the run's models (swin_t, swin_s, swin_b) reaches
-`--min-efficiency` in that `benchmarks/speed_by_criterion.py` run are ranked (the speed-aware
+`--min-efficiency` in that `benchmarks.speed_by_criterion` run are ranked (the speed-aware
 rule of docs/method.md section 4). Writes benchmarks/results/decision.{md,json} and prints the table.
 
-    .venv/bin/python benchmarks/decide.py
-    .venv/bin/python benchmarks/decide.py --results benchmarks/results/accuracy_rules.json other.json
-    .venv/bin/python benchmarks/decide.py --speed benchmarks/results/speed_candidates.json
+    .venv/bin/python -m benchmarks.decide
+    .venv/bin/python -m benchmarks.decide --results benchmarks/results/accuracy_rules.json other.json
+    .venv/bin/python -m benchmarks.decide --speed benchmarks/results/speed_candidates.json
 
-The digits results come from `benchmarks/accuracy.py --criteria <the candidates> --out
+The digits results come from `python -m benchmarks.accuracy --criteria <the candidates> --out
 benchmarks/results/accuracy_rules` (the candidates only, with today's code); the CIFAR-10 ones
-from `benchmarks/accuracy.py --model reference-cifar10`.
+from `python -m benchmarks.accuracy --model reference-cifar10`.
 """
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
-from latency import _row  # the row lookup the speed benchmarks use (benchmarks/ is on sys.path)
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS, ROOT, row
 CANDIDATES = ("dimap-paper", "lamp-global", "dimap-cost", "dimap-bound", "dimap-bound-sq", "magnitude-global",
               "l1", "l2", "dimap-cost-global", "dimap-split")
 """The data-free rules the decision rule names (docs/method.md section 4)."""
@@ -72,7 +70,7 @@ def efficiencies(speed: dict, candidates: tuple[str, ...], batch: int = 1) -> di
                          f"{', '.join(speed['models'])} at R = {speed.get('ratio')}")
     out = {}
     for c in candidates:
-        rows = [_row(res, f"{name}_{c}.onnx", batch) for name, res in speed["models"].items()]
+        rows = [row(res, f"{name}_{c}.onnx", batch) for name, res in speed["models"].items()]
         if any(r is None or r["efficiency"] is None for r in rows):
             raise SystemExit(f"speed run: no batch-{batch} efficiency for {c} on every model")
         out[c] = statistics.median(r["efficiency"] for r in rows)
@@ -112,12 +110,12 @@ def markdown(decision: dict, sources: list[str], speed: dict | None = None) -> s
 
 
 def _relative(path: Path) -> str:
-    root, full = RESULTS.parent.parent, path.resolve()
+    root, full = ROOT, path.resolve()
     return str(full.relative_to(root)) if full.is_relative_to(root) else str(path)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decide", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", nargs="+", type=Path,
                    default=[RESULTS / "accuracy_rules.json", RESULTS / "accuracy_cifar10.json"],
                    help="accuracy.py results, one per reference model (default: the digits run of the "
@@ -129,7 +127,8 @@ def main() -> None:
     args = p.parse_args()
     for path in args.results + ([args.speed] if args.speed else []):
         if not path.exists():
-            raise SystemExit(f"{path}: not found; run benchmarks/accuracy.py (or speed_by_criterion.py) first")
+            raise SystemExit(f"{path}: not found; run python -m benchmarks.accuracy "
+                             "(or python -m benchmarks.speed_by_criterion) first")
     results = [json.loads(path.read_text()) for path in args.results]
     decision, speed = decide(results, CANDIDATES), None
     if args.speed:
@@ -149,6 +148,12 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"sources": sources, "speed": speed, **decision},
                                                         indent=2) + "\n")
     print(text)
+    from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
+
+    if decision["winner"] != DEFAULT_RULE:
+        print(f"note: the package's default `dimap` stands for {DEFAULT_RULE}, not {decision['winner']}: if this "
+              "result is the one to keep, set DEFAULT_RULE in dimap_struct/prune/criteria/dimap.py "
+              "(tests/test_default_decision.py fails until they agree)")
 
 
 if __name__ == "__main__":

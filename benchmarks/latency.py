@@ -15,48 +15,22 @@ against top-1. `--runtimes onnxruntime openvino` adds OpenVINO rows.
 Writes benchmarks/results/latency.{md,json} and latency_top1.png (`--out`); `--criterion` prunes with
 another criterion than the default.
 
-    .venv/bin/python benchmarks/latency.py                                   # everything (about 15 min here)
-    .venv/bin/python benchmarks/latency.py --models swin_t --ratios 0.5 --min-time 1 --skip-cifar   # a quick look
+    .venv/bin/python -m benchmarks.latency                                   # everything (about 15 min here)
+    .venv/bin/python -m benchmarks.latency --models swin_t --ratios 0.5 --min-time 1 --skip-cifar   # a quick look
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import json
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dimap_struct import load_model
+from dimap_struct.deploy.evaluate import accuracy, onnx_classifier
+from dimap_struct.deploy.onnx_file import read_report
+from dimap_struct.prune.criteria import criterion_names
 
-from dimap_struct import compress, load_model  # noqa: E402
-from dimap_struct.deploy.bench import benchmark  # noqa: E402
-from dimap_struct.deploy.evaluate import accuracy, onnx_classifier  # noqa: E402
-from dimap_struct.deploy.onnx_file import read_report  # noqa: E402
-from dimap_struct.prune.criteria import criterion_names  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-
-
-def export(loaded, path: Path, budget=None, **options) -> Path:
-    compress(loaded, budget, output=path, force=True, **options)
-    return path
-
-
-def timed(paths: list[Path], args) -> dict:
-    return benchmark([str(p) for p in paths], batches=args.batches, threads=args.threads, warmup=args.warmup,
-                     min_iters=args.min_iters, min_time=args.min_time, runtimes=args.runtimes)
-
-
-def _row(result: dict, name: str, batch: int, runtime: str = "onnxruntime") -> dict | None:
-    for r in result["rows"]:
-        label = r["model"]
-        if r["batch"] == batch and (label == name or label == f"{name} ({runtime})"):
-            return r
-    return None
+from .common import CIFAR10, RESULTS, command, export, large_vs_small_files, row, table, timed, work_folder, write_json
 
 
 def goals(results: dict, args) -> list[str]:
@@ -73,8 +47,8 @@ def goals(results: dict, args) -> list[str]:
 
     for model, res in results["models"].items():
         for batch in args.batches:
-            plain, lean = _row(res, f"{model}_plain_dense.onnx", batch), _row(res, f"{model}_lean_dense.onnx", batch)
-            fp32, int8 = _row(res, f"{model}_050_fp32.onnx", batch), _row(res, f"{model}_050_int8.onnx", batch)
+            plain, lean = row(res, f"{model}_plain_dense.onnx", batch), row(res, f"{model}_lean_dense.onnx", batch)
+            fp32, int8 = row(res, f"{model}_050_fp32.onnx", batch), row(res, f"{model}_050_int8.onnx", batch)
             if plain and lean:
                 add("lean export: speed-up over the plain export (dense)", model, batch,
                     plain["median_ms"] / lean["median_ms"], 1.15)
@@ -88,7 +62,7 @@ def goals(results: dict, args) -> list[str]:
             if plain and int8:
                 add("deploy speed-up at R = 0.5, INT8 (plain dense -> lean pruned INT8)", model, batch,
                     plain["median_ms"] / int8["median_ms"], 2.6)
-            target = _row(res, f"{model}_latency050.onnx", batch)
+            target = row(res, f"{model}_latency050.onnx", batch)
             if lean and target and batch == 1:
                 ratio = target["median_ms"] / lean["median_ms"]
                 miss = abs(ratio / 0.5 - 1)
@@ -96,7 +70,7 @@ def goals(results: dict, args) -> list[str]:
                              f"{'yes' if miss <= 0.10 else f'no (off by {100 * miss:.0f}%)'} |")
     extra = results["extras"].get("large_vs_small")
     for batch in args.batches if extra else []:
-        small, large = _row(extra, "swin_t_lean_dense.onnx", batch), _row(extra, "swin_s_to_t.onnx", batch)
+        small, large = row(extra, "swin_t_lean_dense.onnx", batch), row(extra, "swin_s_to_t.onnx", batch)
         if small and large:
             add("large pruned beats small dense (swin_s at swin_t's MACs / dense swin_t)", "swin_s", batch,
                 large["median_ms"] / small["median_ms"], 1.0, higher=False)
@@ -107,17 +81,6 @@ def goals(results: dict, args) -> list[str]:
                 fp = next(x for x in cifar["top1"] if x["form"] == r["form"].replace("int8", "fp32"))
                 add("INT8 top-1 loss (points), CIFAR-10 reference", r["form"].replace("_int8", ""), "-",
                     fp["top1"] - r["top1"], 0.5, higher=False)
-    return lines + [""]
-
-
-def table(result: dict, title: str) -> list[str]:
-    lines = [f"### {title}", "", "| model | batch | median ms | p10 | p90 | img/s | speed-up | ideal | efficiency |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-"
-        ideal = f"{r['ideal_speedup']:.2f}x" if r["ideal_speedup"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['batch']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['images_per_s']:.1f} | {r['speedup']:.2f}x | {ideal} | {eff} |")
     return lines + [""]
 
 
@@ -139,39 +102,6 @@ def cifar_section(tmp: Path, args) -> dict:
                      "macs_ratio": report.achieved.ratio if report.achieved else 1.0})
         print(f"cifar {path.stem}: top-1 {acc['top1']:.2f}%", flush=True)
     return {"top1": top1, "latency": timed(files, args)}
-
-
-@contextlib.contextmanager
-def work_folder(keep: Path | None):
-    """`keep` (created if missing) when given, else a temporary folder removed afterwards."""
-    if keep is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            yield Path(tmp)
-    else:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-
-
-def large_vs_small_files(folder: Path, loaded: dict, small: Path, small_written: bool,
-                         pruned: dict[str, str]) -> list[Path]:
-    """Dense swin_t's lean export `small` (exported here unless `small_written`: this run already
-    wrote it) and swin_s pruned to its MACs, one file per {file name: criterion}. `loaded` caches
-    models by name (random weights)."""
-    for name in ("swin_t", "swin_s"):
-        if name not in loaded:
-            loaded[name] = load_model(name, pretrained=False)
-    files = [small if small_written else export(loaded["swin_t"], small, 1.0)]
-    budget = f"{read_report(small).original.macs / 1e9:.4f}G"
-    return files + [export(loaded["swin_s"], folder / file, budget, criterion=c) for file, c in pruned.items()]
-
-
-def write_json(results: dict, out: str, start: float) -> Path:
-    """Record the wall time since `start` in `results` and write OUT.json; returns OUT as a Path."""
-    results["wall_s"] = time.perf_counter() - start
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return path
 
 
 def plot(cifar: dict, path: Path) -> None:
@@ -201,7 +131,7 @@ def plot(cifar: dict, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["swin_t", "swin_s", "swin_b"])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.5, 0.35])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -212,14 +142,14 @@ def main() -> None:
     p.add_argument("--runtimes", nargs="+", default=["onnxruntime"], help="onnxruntime and/or openvino")
     p.add_argument("--criterion", default="dimap", choices=criterion_names(),
                    help="criterion of every pruned row (default: the default)")
-    p.add_argument("--cifar", type=Path, default=CIFAR, help="CIFAR-10 folder for the reference's top-1")
+    p.add_argument("--cifar", type=Path, default=CIFAR10, help="CIFAR-10 folder for the reference's top-1")
     p.add_argument("--skip-cifar", action="store_true")
     p.add_argument("--skip-extras", action="store_true", help="no large-versus-small run")
     p.add_argument("--out", default=str(RESULTS / "latency"))
     p.add_argument("--keep", type=Path, help="write the ONNX files here and keep them (default: a temporary folder)")
     args = p.parse_args()
     start = time.perf_counter()
-    results = {"command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
+    results = {"command": command("latency"), "date": dt.date.today().isoformat(),
                "threads": args.threads, "criterion": args.criterion, "models": {}, "extras": {}}
     with work_folder(args.keep) as tmp:
         loaded = {}

@@ -31,8 +31,8 @@ is from PyTorch, the first-block widths of each stage, torch-pruning's warnings,
 failure the stage ("prune", "forward", "onnx export", "onnxruntime") and the exception.
 Params are sum(p.numel()); accuracy is not measured (random weights).
 
-    .venv/bin/python benchmarks/peers.py
-    .venv/bin/python benchmarks/peers.py --models swin_tiny_patch4_window7_224 swin_small_patch4_window7_224
+    .venv/bin/python -m benchmarks.peers
+    .venv/bin/python -m benchmarks.peers --models swin_tiny_patch4_window7_224 swin_small_patch4_window7_224
 """
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -58,7 +57,9 @@ import torch
 import torch_pruning as tp
 from timm.models.swin_transformer import PatchMerging, WindowAttention
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS
+from .common import command as recorded_command
+
 ACCURACY = "n/a (random weights; see accuracy benchmark)"
 CONFIGS = ("tp-basic", "tp-heads", "tp-swin-recipe")
 
@@ -292,7 +293,7 @@ def dimap_row(base, x, target) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["swin_tiny_patch4_window7_224"])
     p.add_argument("--flops", type=float, default=0.5, help="fraction of the MACs to keep")
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
@@ -304,7 +305,7 @@ def main() -> None:
     if args.hf:
         args.models, args.configs = ["hf:swin-tiny-config"], ["tp-hf-swin-recipe"]
     torch.set_num_threads(2)
-    command = " ".join([".venv/bin/python", "benchmarks/peers.py", *sys.argv[1:]])
+    command = recorded_command("peers")
 
     runs = []
     for name in args.models:

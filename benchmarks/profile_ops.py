@@ -7,7 +7,7 @@ per-op-type kernel time of each remaining run is summed, then the median over ru
 The table's last columns are the ratio of the first file's time to each other file's (for a dense
 file first and a pruned one second: how much each op type shrank).
 
-    .venv/bin/python benchmarks/profile_ops.py dense.onnx pruned.onnx --batch 1 --runs 20 \\
+    .venv/bin/python -m benchmarks.profile_ops dense.onnx pruned.onnx --batch 1 --runs 20 \\
         --out benchmarks/results/profile_swin_t
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dimap_struct.deploy.onnx_file import open_session
+from dimap_struct.errors import UserError
+from dimap_struct.files import atomic_output
 
-from dimap_struct.deploy.onnx_file import open_session  # noqa: E402
-from dimap_struct.errors import UserError  # noqa: E402
-from dimap_struct.files import atomic_output  # noqa: E402
+from .common import command as recorded_command
 
 
 def split_runs(events: list[dict], warmup: int) -> tuple[list[dict], list[int], list[tuple[float, float]]]:
@@ -102,7 +102,7 @@ def table(files: list[Path], results: list[dict], top: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_ops", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("files", type=Path, nargs="+", help="ONNX files; ratios are against the first")
     p.add_argument("--batch", type=int, default=1)
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
             return 2
         print(f"{f.name}: {results[-1]['total_ms']:.1f} ms kernel time per run", file=sys.stderr, flush=True)
     lines = table(args.files, results, args.top)
-    command = "python benchmarks/profile_ops.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = recorded_command("profile_ops", argv)
     print("\n".join(lines))
     if args.out:
         with atomic_output(args.out.with_suffix(".md")) as tmp:

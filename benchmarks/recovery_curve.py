@@ -12,8 +12,8 @@ Every point is a run of the public commands, as a user would type them:
 Rows are saved as they finish (OUT.partial.json, `--resume` skips them). Writes
 benchmarks/results/recovery_curve_<model>.{md,json,png}.
 
-    .venv/bin/python benchmarks/recovery_curve.py --model reference-cifar10
-    .venv/bin/python benchmarks/recovery_curve.py --model reference-mnist --epochs 0 0.25 1 --steps
+    .venv/bin/python -m benchmarks.recovery_curve --model reference-cifar10
+    .venv/bin/python -m benchmarks.recovery_curve --model reference-mnist --epochs 0 0.25 1 --steps
 """
 from __future__ import annotations
 
@@ -27,12 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from .common import REFERENCE_DATA, RESULTS, command
+
 BIN = Path(sys.executable).parent
-DEFAULT_DATA = {"reference-mnist": ROOT.parent / "shared" / "data" / "mnist",
-                "reference-cifar10": ROOT.parent / "shared" / "data" / "cifar10",
-                "reference-cifar10-v1": ROOT.parent / "shared" / "data" / "cifar10"}
 
 
 def run(command: list[str]) -> float:
@@ -111,8 +108,8 @@ def plot(path: Path, meta: dict, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="reference-cifar10", choices=list(DEFAULT_DATA))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recovery_curve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="reference-cifar10", choices=list(REFERENCE_DATA))
     p.add_argument("--data", type=Path, help="data directory (default: the shared data set of --model)")
     p.add_argument("--criterion", default="dimap")
     p.add_argument("--ratio", type=float, default=0.5)
@@ -124,7 +121,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="output stem (default benchmarks/results/recovery_curve_<model>)")
     p.add_argument("--resume", action="store_true", help="reuse the rows of OUT.partial.json")
     args = p.parse_args()
-    args.data = args.data or DEFAULT_DATA[args.model]
+    args.data = args.data or REFERENCE_DATA[args.model]
     out = args.out or RESULTS / f"recovery_curve_{args.model.removeprefix('reference-')}"
     partial = out.with_suffix(".partial.json")
     setup = {"model": args.model, "data": str(args.data), "criterion": args.criterion}
@@ -151,7 +148,7 @@ def main() -> None:
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({"setup": setup, "runs": rows}, indent=1) + "\n")
     teacher = next((r["teacher_top1"] for r in rows if "teacher_top1" in r), None)
-    meta = {"command": "python benchmarks/recovery_curve.py " + " ".join(sys.argv[1:]),
+    meta = {"command": command("recovery_curve"),
             "date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor() or 'CPU'}",
             "wall_s": time.perf_counter() - start + earlier_s, "model": args.model, "data": str(args.data),
             "criterion": args.criterion, "ratio": args.ratio, "teacher_top1": teacher}

@@ -9,13 +9,13 @@ loaded with its trained weights), one interleaved `deploy.bench.benchmark` run
 (batch 1 and 8) of the lean dense export and the lean export pruned to `--ratio` of the MACs by
 each criterion. Efficiency = speed-up / MACs ratio. Then, per criterion, swin_s pruned to
 swin_t's MACs against dense swin_t. Accuracy is not re-measured here: the table quotes, from
-benchmarks/results/decision.json (benchmarks/decide.py over benchmarks/accuracy.py's runs), the
+benchmarks/results/decision.json (benchmarks.decide over benchmarks.accuracy's runs), the
 CIFAR-10 reference's top-1 at R = 0.5 and each criterion's mean rank.
 Writes benchmarks/results/speed_by_criterion.{md,json}.
 
-    .venv/bin/python benchmarks/speed_by_criterion.py                 # about 15 min
-    .venv/bin/python benchmarks/speed_by_criterion.py --models swin_t --criteria dimap dimap-cost --min-time 1
-    .venv/bin/python benchmarks/speed_by_criterion.py --models reference-cifar10 --batches 1 64 --skip-extras \\
+    .venv/bin/python -m benchmarks.speed_by_criterion                 # about 15 min
+    .venv/bin/python -m benchmarks.speed_by_criterion --models swin_t --criteria dimap dimap-cost --min-time 1
+    .venv/bin/python -m benchmarks.speed_by_criterion --models reference-cifar10 --batches 1 64 --skip-extras \\
         --out benchmarks/results/speed_by_criterion_cifar10   # the plans of the trained reference
 """
 from __future__ import annotations
@@ -23,19 +23,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dimap_struct import load_model
+from dimap_struct.prune.criteria import criterion_names
 
-from latency import _row, export, large_vs_small_files, table, timed, work_folder, write_json  # noqa: E402
+from .common import RESULTS, command, export, large_vs_small_files, row, table, timed, work_folder, write_json
 
-from dimap_struct import load_model  # noqa: E402
-from dimap_struct.prune.criteria import criterion_names  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 DATA_FREE = ["dimap", "lamp-global", "dimap-cost", "dimap-paper", "dimap-bound", "l1", "l2", "magnitude-global"]
 
 
@@ -89,12 +84,12 @@ def summary(results: dict, args) -> list[str]:
         cells = []
         for name, res in results["models"].items():
             for batch in args.batches:
-                r = _row(res, f"{name}_{criterion}.onnx", batch)
+                r = row(res, f"{name}_{criterion}.onnx", batch)
                 cells.append(f"{r['efficiency']:.2f}" if r and r["efficiency"] is not None else "-")
         large, ratios = results["large_vs_small"], []
         for batch in args.batches:
-            small = _row(large, "swin_t_dense.onnx", batch) if large else None
-            big = _row(large, f"swin_s_to_t_{criterion}.onnx", batch) if large else None
+            small = row(large, "swin_t_dense.onnx", batch) if large else None
+            big = row(large, f"swin_s_to_t_{criterion}.onnx", batch) if large else None
             ratios.append(f"{big['median_ms'] / small['median_ms']:.2f}" if small and big else "-")
         ratio = f" {' / '.join(ratios)} |" if large else ""
         acc = results["accuracy"].get(criterion, {})
@@ -106,7 +101,7 @@ def summary(results: dict, args) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed_by_criterion", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["swin_t", "swin_s", "swin_b"])
     p.add_argument("--criteria", nargs="+", default=DATA_FREE, choices=criterion_names())
     p.add_argument("--ratio", type=float, default=0.5)
@@ -122,7 +117,7 @@ def main() -> None:
     args = p.parse_args()
     args.runtimes = ["onnxruntime"]
     start = time.perf_counter()
-    results = {"command": "python benchmarks/speed_by_criterion.py " + " ".join(sys.argv[1:]),
+    results = {"command": command("speed_by_criterion"),
                "date": dt.date.today().isoformat(), "ratio": args.ratio, "threads": args.threads, "models": {},
                "large_vs_small": None, "plans": {},
                "accuracy": {c: accuracy_columns(args.decision, c) for c in args.criteria}}

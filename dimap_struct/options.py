@@ -251,13 +251,19 @@ def _coerce(f: dataclasses.Field, value):
     return value
 
 
-def _range(spec: Spec) -> str:
+def range_text(spec: Spec) -> str:
+    """The allowed range of a number, e.g. '> 0 and <= 1'; '' if it has none."""
     parts = []
     if spec.minimum is not None:
         parts.append(f"{'>' if spec.exclusive_minimum else '>='} {_num(spec.minimum)}")
     if spec.maximum is not None:
         parts.append(f"<= {_num(spec.maximum)}")
-    return (" " + " and ".join(parts)) if parts else ""
+    return " and ".join(parts)
+
+
+def _range(spec: Spec) -> str:
+    text = range_text(spec)
+    return f" {text}" if text else ""
 
 
 def _num(x: float) -> str:
@@ -399,7 +405,7 @@ class PruneOptions(SourceOptions):
             check_fraction(self.flops)
         if self.granularity == "weight":
             defaults = PruneOptions.__dataclass_fields__
-            given = [flag_of(defaults[k]) for k in self.STRUCTURED_ONLY if getattr(self, k) != _default(defaults[k])]
+            given = [flag_of(defaults[k]) for k in self.STRUCTURED_ONLY if getattr(self, k) != default_of(defaults[k])]
             if given:
                 raise UserError(f"{', '.join(given)} only apply to structured pruning, not to --granularity weight")
             if self.flops is not None and self.params is not None:
@@ -426,7 +432,8 @@ class PruneOptions(SourceOptions):
         return self.flops if self.flops is not None else "0.5"
 
 
-def _default(f: dataclasses.Field):
+def default_of(f: dataclasses.Field):
+    """The default value of an option's field (a fresh copy for lists and mappings)."""
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
@@ -471,7 +478,7 @@ class TrainingOptions(Options):
     """Knowledge-distillation fine-tuning (see `recover.finetune`)."""
 
     data: str | None = option(None, "MNIST directory or ImageFolder; trains on its 'train' split, reports top-1 "
-                              "on 'eval' (default: $DIMAP_DATA, else ../shared/data/mnist)", metavar="PATH",
+                              "on 'eval' (default: $DIMAP_DATA)", metavar="PATH",
                               group="training")
     epochs: float = option(1.0, "epochs (fractions allowed)", kind=float, minimum=0, exclusive_minimum=True,
                            group="training")
@@ -539,8 +546,7 @@ class EvalOptions(SourceOptions):
 
     model: str | None = option(None, "an .onnx file (onnxruntime), a pruned checkpoint (--save-pt) or a model "
                                "name (reference, swin_t, timm names)", positional=True)
-    data: str | None = option(None, "MNIST directory (IDX files) or an ImageFolder (default: $DIMAP_DATA, "
-                              "else ../shared/data/mnist)", metavar="PATH")
+    data: str | None = option(None, "MNIST directory (IDX files) or an ImageFolder (default: $DIMAP_DATA)", metavar="PATH")
     split: str = option("eval", "index % 5 == 4 is 'eval', the rest 'train'; 'all' is everything",
                         choices=("eval", "train", "all"))
     batch_size: int = option(128, "images per batch", kind=int, minimum=1)

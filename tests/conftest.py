@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -7,6 +8,12 @@ import torch
 # Under pytest-xdist (`make test` runs two workers) each worker keeps to one intra-op thread, so
 # that two workers do not ask for four threads on a 2-core machine.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+
+# The commands read data from --data or $DIMAP_DATA only; the tests use the project's shared
+# MNIST beside the checkout (../shared/data/mnist) when it is there and DIMAP_DATA is not set.
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+if SHARED_MNIST.is_dir():
+    os.environ.setdefault("DIMAP_DATA", str(SHARED_MNIST))
 
 MODELS = {
     "swin_t": "swin_tiny_patch4_window7_224",

@@ -104,15 +104,14 @@ def test_cifar_reference_recognises_real_photographs(tmp_path):
     assert result["images"] == 50 and result["top1"] >= 70.0, result
 
 
-def test_both_cifar10_weights_load_against_their_recipes():
-    """`reference-cifar10` and the first weights, `reference-cifar10-v1`: one architecture, two
-    committed weight files, each checked against its recipe's SHA-256 when loaded."""
-    from dimap_struct.models.reference import REFERENCES, build_reference
+def test_the_removed_v1_weights_are_named_with_where_to_find_them():
+    """`reference-cifar10-v1` left the package: asking for it is one UserError that gives the git
+    command that restores its weights and the flag that loads them."""
+    from dimap_struct.models import load_model
+    from dimap_struct.models.reference import REFERENCES, V1_COMMIT
 
-    names = ("reference-cifar10", "reference-cifar10-v1")
-    if not all(REFERENCES[n].weights.is_file() for n in names):
-        pytest.skip("CIFAR-10 reference weights not committed")
-    new, old = (build_reference(n) for n in names)
-    assert REFERENCES[names[0]].weights != REFERENCES[names[1]].weights
-    assert new.state_dict().keys() == old.state_dict().keys()
-    assert not torch.equal(new.head.fc.weight, old.head.fc.weight)
+    assert "reference-cifar10-v1" not in REFERENCES
+    with pytest.raises(UserError, match=f"git show {V1_COMMIT}:dimap_struct/models/weights/"
+                                        "reference_cifar10_v1.safetensors") as err:
+        load_model("reference-cifar10-v1")
+    assert "--checkpoint" in str(err.value) and "\n" not in str(err.value)

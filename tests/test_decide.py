@@ -2,12 +2,10 @@
 import json
 import random
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import decide  # noqa: E402
+from benchmarks import decide
 
 
 def test_ranks_match_the_counting_definition():

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import profile_ops  # noqa: E402
+from benchmarks import profile_ops
 
 
 def _export(path: Path, width: int) -> Path:

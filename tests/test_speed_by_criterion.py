@@ -2,13 +2,11 @@
 decide.py's accuracy cells."""
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import speed_by_criterion as sbc  # noqa: E402
+from benchmarks import speed_by_criterion as sbc
 
-from dimap_struct.prune.criteria.dimap import DEFAULT_RULE  # noqa: E402
+from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
 
 
 def _row(model, batch, ms, efficiency=None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -26,7 +27,6 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dimap_struct.cli.common import default_data  # noqa: E402
 from dimap_struct.data import build_loader  # noqa: E402
 from dimap_struct.deploy.evaluate import accuracy, torch_classifier  # noqa: E402
 from dimap_struct.files import atomic_output  # noqa: E402
@@ -50,7 +50,8 @@ def lr_factor(step: int, warm: int, steps: int, floor: float) -> float:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--data", type=Path, default=Path(default_data(None)), help="MNIST directory")
+    p.add_argument("--data", type=Path, default=os.environ.get("DIMAP_DATA"),
+                   help="MNIST directory (default: $DIMAP_DATA)")
     p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights .safetensors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=HYPER["lr"])
@@ -59,7 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=HYPER["batch_size"])
     p.add_argument("--warmup-epochs", type=float, default=HYPER["warmup_epochs"])
     p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a busy machine)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data is None:
+        p.error("pass --data PATH (an MNIST directory) or set DIMAP_DATA")
+    args.data = Path(args.data)
+    return args
 
 
 def main(argv=None) -> int:

@@ -13,23 +13,49 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
-"""The project's MNIST test set beside a source checkout: the CLIs' last-resort data default."""
-
 
 class Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one line, exit code 2 (argparse itself prints
-    the whole usage block first)."""
+    the whole usage block first).
+
+    It also keeps `arguments`: every `add_argument` call made on it or on its argument groups, in
+    order, as `Argument(group, names, kwargs)`: what `cli.reference` renders docs/cli.md from."""
 
     def __init__(self, prog: str, description: str, epilog: str | None = None):
+        self.arguments: list[Argument] = []
         super().__init__(prog=prog, description=description, epilog=epilog,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    def add_argument(self, *names, **kwargs):
+        action = super().add_argument(*names, **kwargs)
+        self.arguments.append(Argument("options", names, kwargs))
+        return action
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        add, title = group.add_argument, group.title
+
+        def recorded(*names, **kw):
+            action = add(*names, **kw)
+            self.arguments.append(Argument(title, names, kw))
+            return action
+
+        group.add_argument = recorded
+        return group
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One `add_argument` call of a `Parser`: the group it went into, its names, its keywords."""
+
+    group: str
+    names: tuple[str, ...]
+    kwargs: dict
 
 
 def add_common_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -47,10 +73,14 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
 
 
 def default_data(data: str | None) -> str:
-    """--data, else $DIMAP_DATA, else the shared MNIST beside a source checkout."""
+    """--data, else $DIMAP_DATA; a UserError (one line, exit code 2) when neither is given."""
     from ..data import DATA_ENV
+    from ..errors import UserError
 
-    return data or os.environ.get(DATA_ENV) or str(SHARED_DATA)
+    found = data or os.environ.get(DATA_ENV)
+    if not found:
+        raise UserError(f"no data directory: pass --data PATH or set {DATA_ENV}")
+    return found
 
 
 def main_of(prog: str, build_parser: Callable[[], argparse.ArgumentParser],

@@ -11,13 +11,13 @@ from .common import Parser, add_common_flags, add_config_flag, default_data, mai
 
 EPILOG = """\
 examples:
-  dimap-eval reference                              # the trained reference Swin, shared MNIST
-  dimap-eval /tmp/r.onnx --data ../shared/data/mnist
+  dimap-eval reference --data mnist/                # the trained reference Swin, MNIST's IDX files
+  DIMAP_DATA=mnist/ dimap-eval /tmp/r.onnx
   dimap-eval swin_t --checkpoint swin_tiny.pth --data /data/imagenet/val --split all
 
 ONNX files take their preprocessing from the metadata dimap-compress writes. Splits: index % 5
-== 4 is "eval" (MNIST: 2,000 digits), the rest "train"; "all" is everything. Data defaults to
-$DIMAP_DATA, else ../shared/data/mnist beside the source checkout.
+== 4 is "eval" (MNIST: 2,000 digits), the rest "train"; "all" is everything. Without --data
+the directory in $DIMAP_DATA is read.
 """
 
 

@@ -97,21 +97,25 @@ CIFAR10_DATA_CONFIG = {
 }
 
 CIFAR10_WEIGHTS_PATH = WEIGHTS_PATH.with_name("reference_cifar10.safetensors")
-CIFAR10_V1_WEIGHTS_PATH = WEIGHTS_PATH.with_name("reference_cifar10_v1.safetensors")
-"""The previous CIFAR-10 weights (79.60% top-1), kept so that the results measured on them can be
-reproduced (`reference-cifar10-v1`); the same architecture."""
 
 REFERENCES = {
     "reference-mnist": ReferenceModel("swin_reference_mnist", REFERENCE_KWARGS, REFERENCE_DATA_CONFIG, WEIGHTS_PATH,
                                       RECIPE_PATH),
     "reference-cifar10": ReferenceModel("swin_reference_cifar10", CIFAR10_KWARGS, CIFAR10_DATA_CONFIG,
                                         CIFAR10_WEIGHTS_PATH, CIFAR10_WEIGHTS_PATH.with_suffix(".json")),
-    "reference-cifar10-v1": ReferenceModel("swin_reference_cifar10", CIFAR10_KWARGS, CIFAR10_DATA_CONFIG,
-                                           CIFAR10_V1_WEIGHTS_PATH, CIFAR10_V1_WEIGHTS_PATH.with_suffix(".json")),
 }
 """Built-in reference models by name: the digits model (MNIST, 1 x 32 x 32) and the CIFAR-10
-model (real photographs, 3 x 32 x 32; `-v1` is its first, less trained weights), all trained by
-this project (recipes in `weights/`)."""
+model (real photographs, 3 x 32 x 32), all trained by this project (recipes in `weights/`)."""
+
+V1_COMMIT = "c50a670c8377"
+"""The commit that named the first CIFAR-10 weights `reference-cifar10-v1`; its tree holds them."""
+REMOVED = {
+    "reference-cifar10-v1": "'reference-cifar10-v1' was removed from the package (the first, less trained CIFAR-10 "
+    "weights, superseded by 'reference-cifar10'); they are in the "
+    f"repository's history: git show {V1_COMMIT}:dimap_struct/models/weights/reference_cifar10_v1.safetensors "
+    "> reference_cifar10_v1.safetensors, then use reference-cifar10 --checkpoint reference_cifar10_v1.safetensors",
+}
+"""Names of reference models no longer shipped, and the one line that says where they went."""
 
 ALIASES = {"reference": "reference-mnist"}
 """'reference' was the digits model's only name; commands that use it keep working."""

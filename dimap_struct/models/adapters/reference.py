@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ...errors import UserError
-from ..reference import ALIASES, REFERENCES, build_reference
+from ..reference import ALIASES, REFERENCES, REMOVED, build_reference
 from .base import register_adapter
 from .timm_swin import TimmSwinV1Adapter
 
@@ -22,6 +22,8 @@ class ReferenceAdapter(TimmSwinV1Adapter):
 
     @classmethod
     def resolve_name(cls, name: str) -> str | None:
+        if name in REMOVED:
+            raise UserError(REMOVED[name])
         name = ALIASES.get(name, name)
         return name if name in REFERENCES else None
 

@@ -93,7 +93,9 @@ register(Criterion("dimap-split", split_scores, "bound-split",
 
 
 DEFAULT_RULE = "dimap-cost-global"
-"""The rule the default criterion `dimap` stands for: the winner of the measurement whose decision
-rule docs/method.md section 4 states."""
+"""The rule the default criterion `dimap` stands for (its scores and its selection policy), and the
+one place that says so: the winner of the measurement whose decision rule docs/method.md section 4
+states, as `python -m benchmarks.decide` wrote it to benchmarks/results/decision.json ("winner").
+tests/test_default_decision.py fails while the two differ."""
 register(dataclasses.replace(CRITERIA[DEFAULT_RULE], name="dimap",
                              summary=f"the default: {DEFAULT_RULE} ({CRITERIA[DEFAULT_RULE].summary})"))
