@@ -88,7 +88,7 @@ def export_onnx(model: nn.Module, path: Path, input_size, metadata: dict, *, ops
 
 def _slim(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Simplify the graph with onnxslim (constant folding, fused reshapes): measured 4% faster
-    for dense swin_t and 7-9% for a pruned one in onnxruntime (README, latency section).
+    for dense swin_t and 7-9% for a pruned one in onnxruntime (docs/decisions.md, timing).
     Parity is checked after it like for any export; if onnxslim fails, the plain graph is kept."""
     try:
         import onnxslim
