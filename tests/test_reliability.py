@@ -126,6 +126,26 @@ def test_r21_out_of_memory_is_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("prog: error: out of memory"), err
 
 
+def test_r21_an_address_space_too_small_for_torch_is_one_line_not_an_abort():
+    """ulimit -v 3000000 made `import torch` (CUDA build) abort with std::bad_alloc, exit 134;
+    the launcher checks the limit before it imports anything."""
+    import resource
+
+    from dimap_struct.cli import launch
+
+    roots = launch.find_spec("torch").submodule_search_locations
+    if not any((Path(root) / "lib" / "libtorch_cuda.so").exists() for root in roots):
+        pytest.skip("the CPU-only torch build is not checked")
+    limit = 3_000_000 * 1024
+    code = "import sys; from dimap_struct.cli.launch import compress; sys.argv[0] = 'dimap-compress'; sys.exit(compress())"
+    proc = subprocess.run([sys.executable, "-c", code, "swin_t", "-o", "x.onnx"], capture_output=True, text=True,
+                          timeout=60, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "dimap-compress: error: out of memory while loading the libraries: the address-space limit (ulimit -v) is "
+        "2.86 GiB and this torch build needs about 3.2 GiB; raise it"]
+
+
 def test_r34_library_warnings_stay_off_stderr_without_debug(capsys):
     def run(args):
         warnings.warn("a library's advice", UserWarning)
