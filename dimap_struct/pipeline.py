@@ -254,7 +254,7 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
     """(`prune.latency.LatencyModel`, its source: 'cache', 'measured' or 'measured (cache entry ... was
     damaged: ...)') for `loaded` (`deploy.latency_probe`);
     UserError when its family or input size has no lean form to time."""
-    from .deploy.lean import LeanUnsupported
+    from .models.lean import LeanUnsupported
     from .deploy.latency_probe import load_or_measure
 
     try:

@@ -20,7 +20,7 @@ from .onnx_file import METADATA_KEY
 
 PARITY_TOLERANCE = 1e-3
 LEAN_TOLERANCE = 1e-4
-"""The lean form (deploy/lean.py) against the model's own forward, in PyTorch."""
+"""The lean form (models/lean.py) against the model's own forward, in PyTorch."""
 
 
 class ParityError(RuntimeError):
@@ -28,13 +28,13 @@ class ParityError(RuntimeError):
 
 
 def export_form(model: nn.Module, input_size, plain: bool = False) -> tuple[nn.Module, str, str | None]:
-    """The module whose trace becomes the ONNX graph: the lean form of `model` (`deploy.lean`)
+    """The module whose trace becomes the ONNX graph: the lean form of `model` (`models.lean`)
     unless `plain`, or when its family or input size has none. Returns (module, 'lean' or
     'plain', why plain when lean was asked for). The lean form must match the model on a seeded
     batch of 3 within LEAN_TOLERANCE x max(1, max |output|), else the plain graph is exported
     (and the reason noted: tests require the lean form for every family)."""
     from ..models.adapters import adapter_for_model
-    from .lean import LeanUnsupported, lean_model
+    from ..models.lean import LeanUnsupported, lean_model
 
     if plain:
         return model, "plain", None

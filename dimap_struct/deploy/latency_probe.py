@@ -1,6 +1,6 @@
 """Measure the per-block latency model of `prune.latency` on this machine and runtime, and cache it.
 
-For each stage, one block of the model's lean form (deploy/lean.py: same window, shift and
+For each stage, one block of the model's lean form (models/lean.py: same window, shift and
 attention kind) is rebuilt with random weights at a few (heads, MLP width, residual width)
 configurations, preceded by the token gather a block pays, exported alone with a static batch
 and timed in onnxruntime (median of at least 15 runs and 0.5 s, after 3 warm-up runs). The
@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..files import atomic_output
 from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
 from .bench import _machine, _time_batch
-from .lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
+from ..models.lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
 
 CACHE_VERSION = 3  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256
 

@@ -99,7 +99,7 @@ class OnnxInfo:
     parity_max_abs_diff: float
     bytes: int
     graph: str = "plain"
-    """'lean' (deploy/lean.py) or 'plain' (the model's own forward traced)."""
+    """'lean' (models/lean.py) or 'plain' (the model's own forward traced)."""
 
 
 @dataclass

@@ -14,6 +14,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ...errors import UserError
+from ..lean import LeanUnsupported
+
 MAX_LOGIT_SCALE = math.log(100.0)
 """Swin v2's cosine attention clamps each head's learned log-temperature here (timm and
 torchvision alike); the adapters' attention forwards do the same."""
@@ -279,11 +282,9 @@ class FamilyAdapter(ABC):
         return set(own()) if callable(own) else set()
 
     def lean_spec(self, input_size: tuple[int, int, int]):
-        """The model as a `deploy.lean.LeanSpec` for images of `input_size` (C, H, W), the
-        modules shared with the model. Raises `deploy.lean.LeanUnsupported` when the family or
+        """The model as a `models.lean.LeanSpec` for images of `input_size` (C, H, W), the
+        modules shared with the model. Raises `models.lean.LeanUnsupported` when the family or
         this size has no lean form."""
-        from ...deploy.lean import LeanUnsupported
-
         raise LeanUnsupported(f"{self.family} has no lean export")
 
 
@@ -306,10 +307,8 @@ def supported_families() -> str:
     return ", ".join(cls.family for cls in _REGISTRY)
 
 
-def fetch_error(name: str, err: Exception) -> "UserError":
+def fetch_error(name: str, err: Exception) -> UserError:
     """One line for a failed download of pretrained weights, naming the ways around it."""
-    from ...errors import UserError
-
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     first = first.split(". ")[0].rstrip(".")  # first sentence: the Hub's messages run long
     return UserError(f"could not fetch pretrained weights for '{name}' ({first[:200]}); "
