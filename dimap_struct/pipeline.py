@@ -20,11 +20,11 @@ from .errors import UserError
 from .models import LoadedModel, load_any
 from .options import CompressOptions
 from .prune.budget import target_macs
-from .prune.costs import CostModel, Counts, build_cost_model
+from .prune.costs import CostModel, build_cost_model
 from .prune.criteria import Calibration, ScoreContext, get_criterion
 from .prune.select import Selection, select_to_budget
-from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Report, ResidualRow,
-                            Source, Target, plain_config)
+from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Counts, Report,
+                            ResidualRow, Source, Target, plain_config)
 
 current_stage: str | None = None
 """The label of the stage running now (for the CLI's one-line error, e.g. when memory runs out)."""

@@ -11,8 +11,7 @@ from torch import nn
 
 from dimap_struct.cli import bench as cli_bench
 from dimap_struct.deploy import bench
-from dimap_struct.prune.costs import Counts
-from dimap_struct.report.schema import Achieved, Architecture, Report, Source, Target
+from dimap_struct.report.schema import Achieved, Architecture, Counts, Report, Source, Target
 
 FAST = dict(warmup=0.0, min_iters=5, min_time=0.01)
 CLI_FAST = ["--warmup", "0", "--min-iters", "5", "--min-time", "0.01", "--quiet"]

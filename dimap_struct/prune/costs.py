@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.adapters import BlockSite, FamilyAdapter
+from ..report.schema import Counts
 
 @dataclass
 class BlockCost:
@@ -75,17 +76,6 @@ class Term:
             num, den = num * widths[s], den * full[s]
         return self.amount * num // den
 
-
-@dataclass
-class Counts:
-    """A MACs / params breakdown: totals, per stage and per module kind."""
-
-    macs: int
-    params: int
-    macs_by_stage: dict[str, int] = field(default_factory=dict)
-    macs_by_module: dict[str, int] = field(default_factory=dict)
-    params_by_stage: dict[str, int] = field(default_factory=dict)
-    params_by_module: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -12,10 +12,22 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..prune.costs import Counts
 
 REPORT_FORMAT = 2
 """Bumped when a field changes meaning; `Report.from_dict` refuses other formats."""
+
+
+@dataclass
+class Counts:
+    """A MACs / params breakdown: totals, per stage and per module kind (`prune.costs` counts
+    them; the report's `original` and `pruned` hold one each)."""
+
+    macs: int
+    params: int
+    macs_by_stage: dict[str, int] = field(default_factory=dict)
+    macs_by_module: dict[str, int] = field(default_factory=dict)
+    params_by_stage: dict[str, int] = field(default_factory=dict)
+    params_by_module: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
