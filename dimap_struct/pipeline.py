@@ -190,7 +190,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
 
     stats = None
     if options.calib_data is not None and (options.recovery != "none" or criterion.needs_stats):
-        from .recover.oneshot import collect_stats
+        from .prune.calibration import collect_stats
 
         # statistics of the unpruned model: what recovery refits to, and what `needs_stats` criteria score
         with steps(f"calibration statistics ({options.calib_images} images)"):
@@ -269,7 +269,7 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
 
 def _calibration_images(loaded: LoadedModel, options: CompressOptions):
     from .data import build_dataset, num_classes
-    from .recover.oneshot import calibration_images
+    from .prune.calibration import calibration_images
 
     dataset = build_dataset(options.calib_data, "train", loaded.data_config, labels_required=False)
     classes = num_classes(dataset)
@@ -282,7 +282,9 @@ def _calibration_images(loaded: LoadedModel, options: CompressOptions):
 
 def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
     """Correct the cut model's proj and fc2 layers in place (docs/method.md section 8)."""
-    from .recover.oneshot import RIDGE, RecoveryReport, data_fingerprint, recover
+    from .data import data_fingerprint
+    from .prune.calibration import RIDGE
+    from .recover.oneshot import RecoveryReport, recover
 
     start = time.perf_counter()
     layers = recover(adapter.blocks(), plan, stats, options.recovery, RIDGE, plan.residual)

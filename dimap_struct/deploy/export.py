@@ -157,7 +157,7 @@ def _quantize_in_place(path: Path, report, request) -> None:
             result.evaluation = {**compare(float_path, path, request.check_images, request.check_labels),
                                  "source": request.source}
         if request.calibration is not None:
-            from ..recover.oneshot import data_fingerprint
+            from ..data import data_fingerprint
 
             result.calibration.update(data=request.data, data_sha256=data_fingerprint(request.data))
         report.quantization = result.to_dict()

@@ -178,7 +178,7 @@ def labelled_sample(data: str | os.PathLike, data_config: dict, count: int, seed
                     skip: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`count` preprocessed images and labels (None for a folder without class folders) of the
     train split of `data`: entries skip ..
-    skip+count of a seeded permutation (skip=0 gives `recover.oneshot.calibration_images`'
+    skip+count of a seeded permutation (skip=0 gives `prune.calibration.calibration_images`'
     images; skip=count the next, disjoint ones). UserError if the split holds too few."""
     from ..data import build_dataset, is_labelled
 

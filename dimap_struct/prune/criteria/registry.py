@@ -47,7 +47,7 @@ class ScoreContext:
     costs: object | None = None
     """The `prune.costs.CostModel` of the unpruned model."""
     stats: dict | None = None
-    """Calibration statistics of the unpruned model (`recover.oneshot.collect_stats`), for
+    """Calibration statistics of the unpruned model (`prune.calibration.collect_stats`), for
     criteria with `needs_stats`."""
 
 
