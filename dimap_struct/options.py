@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
+from .deploy.choices import QUANTIZE_SCHEMES, RUNTIMES, resolve_scheme
 from .errors import UserError
 
 RECIPE_VERSION = 1
@@ -437,18 +438,10 @@ def default_of(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-RUNTIMES = ("onnxruntime", "openvino")
-"""CPU runtimes that dimap-bench and dimap-eval run ONNX files in (`deploy.runtimes`)."""
-QUANTIZE_SCHEMES = ("int8", "int8-dynamic", "int8-static")
 QUANTIZE_HELP = ("write an INT8 model (onnxruntime.quantization): int8-dynamic quantizes activations at run time "
                  "(no data); int8-static calibrates them on --calib-data (QDQ); int8 = static with --calib-data, "
                  "else dynamic")
 
-
-def _check_quantize(scheme: str | None, data) -> None:
-    from .deploy.quantize import resolve_scheme
-
-    resolve_scheme(scheme, data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,7 +463,7 @@ class CompressOptions(PruneOptions):
 
     def check(self) -> None:
         super().check()
-        _check_quantize(self.quantize, self.calib_data)
+        resolve_scheme(self.quantize, self.calib_data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -518,7 +511,7 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
         super().check()
         if self.granularity != "structured":
             raise UserError("dimap-finetune prunes structurally; --granularity weight is for dimap-compress")
-        _check_quantize(self.quantize, self.calib_data or self.data or "training data")
+        resolve_scheme(self.quantize, self.calib_data or self.data or "training data")
         if self.prune_steps > 1 and self.latency is not None:
             raise UserError("--steps reaches a MACs target in rounds; it does not work with --latency (use --flops)")
         if self.prune_steps > 1 and self.resume:

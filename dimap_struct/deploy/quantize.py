@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..options import QUANTIZE_SCHEMES as SCHEMES
+from .choices import resolve_scheme
+
 OP_TYPES = ["MatMul", "Gemm"]
 """The linear layers; the patch embedding's Conv and attention's softmax stay float."""
 
@@ -81,19 +82,6 @@ def make_request(scheme: str | None, data, data_config: dict, count: int, seed: 
     source = f"train split of {data}" + (", images not used to calibrate" if static else "")
     return QuantizeRequest(scheme, calibration, check_images, check_labels, str(data), source)
 
-
-def resolve_scheme(scheme: str | None, calib_data) -> str | None:
-    """The scheme to run ('int8-dynamic' or 'int8-static'), or None for no quantization."""
-    if scheme in (None, "none"):
-        return None
-    if scheme not in SCHEMES:
-        raise UserError(f"--quantize {scheme}: unknown scheme; choose from: {', '.join(SCHEMES)}")
-    if scheme == "int8":
-        return "int8-static" if calib_data is not None else "int8-dynamic"
-    if scheme == "int8-static" and calib_data is None:
-        raise UserError("--quantize int8-static calibrates activation ranges on images: give --calib-data PATH "
-                        "(or use --quantize int8-dynamic, which needs none)")
-    return scheme
 
 
 class _Reader:

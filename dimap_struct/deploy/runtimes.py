@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
-from ..options import RUNTIMES
+from .choices import RUNTIMES
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,21 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from ..options import TrainingOptions
+class TrainingConfig(Protocol):
+    """The training settings `finetune` reads: `options.TrainingOptions` has them (recovery sits
+    below the options in the layers, so it names what it needs instead of importing them)."""
+
+    epochs: float
+    max_steps: int | None
+    batch_size: int
+    lr: float
+    min_lr: float
+    warmup_fraction: float
+    weight_decay: float
+    alpha: float
+    temperature: float
+
+    def as_dict(self) -> dict: ...
 
 
 @dataclass
@@ -78,7 +92,7 @@ def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: f
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def lr_at(step: int, total: int, cfg: TrainingOptions) -> float:
+def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
     warm = max(1, int(cfg.warmup_fraction * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -86,7 +100,7 @@ def lr_at(step: int, total: int, cfg: TrainingOptions) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def train_loader(data, data_config: dict, cfg: TrainingOptions, ctx: DistContext,
+def train_loader(data, data_config: dict, cfg: TrainingConfig, ctx: DistContext,
                  seed: int = 0) -> tuple[DataLoader, DistributedSampler]:
     from ..data import build_dataset
 
@@ -107,7 +121,7 @@ def decay_groups(student: nn.Module, weight_decay: float) -> list[dict]:
     return param_groups_weight_decay(student, weight_decay, no_weight_decay_list=skip)
 
 
-def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cfg: TrainingOptions,
+def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cfg: TrainingConfig,
              ctx: DistContext | None = None, *, seed: int = 0, state: dict | None = None,
              on_epoch_end: Callable[[int, dict], None] | None = None,
              on_step: Callable[[int, int, float], None] | None = None,
