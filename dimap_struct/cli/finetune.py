@@ -131,10 +131,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step,
                    quantize) -> int:
-    """--steps K: K rounds of prune + KD (`recover.iterative`), each with 1/K of the budget."""
+    """--steps K: K rounds of prune + KD (`pipeline.prune_in_rounds`), each with 1/K of the budget."""
     from ..deploy.export import write_model_and_report
+    from ..pipeline import prune_in_rounds
     from ..recover.finetune import finetune, weights_digest
-    from ..recover.iterative import prune_in_rounds
 
     k_steps = options.prune_steps
     per_round = cfg.replace(epochs=cfg.epochs / k_steps,

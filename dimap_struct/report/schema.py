@@ -148,7 +148,7 @@ class Report:
     plot: str | None = None
     finetune: dict | None = None
     iterative: dict | None = None
-    """`dimap-finetune --steps K`: each round's MACs target and result (`recover.iterative`)."""
+    """`dimap-finetune --steps K`: each round's MACs target and result (`pipeline.prune_in_rounds`)."""
     recovery: dict | None = None
     """One-shot recovery from calibration images (`recover.oneshot.RecoveryReport.to_dict`)."""
     quantization: dict | None = None
