@@ -20,11 +20,12 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError
-from .models import LoadedModel, load_any
+from .models import LoadedModel
 from .options import CompressOptions
 from .prune.budget import target_macs
 from .prune.costs import CostModel, build_cost_model
 from .prune.criteria import Calibration, ScoreContext, get_criterion
+from .prune.replay import load_any
 from .prune.select import Selection, select_to_budget
 from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Counts, Report,
                             ResidualRow, Source, Target, plain_config)

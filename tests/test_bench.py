@@ -185,7 +185,7 @@ def test_cli_torch_times_the_rebuilt_modules(tmp_path, capsys):
     """--torch rebuilds each exported model from its metadata: same structure (parameter count,
     MACs) as the file, timed in eager PyTorch in a second table."""
     import dimap_struct
-    from dimap_struct.models.checkpoint import build_architecture
+    from dimap_struct.prune.replay import build_architecture
     from dimap_struct.deploy.onnx_file import read_report
 
     dense, half = tmp_path / "dense.onnx", tmp_path / "half.onnx"

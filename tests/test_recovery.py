@@ -105,7 +105,7 @@ def test_report_and_metadata_record_the_recovery(tmp_path):
 
 
 def _tiny_swin():
-    from dimap_struct.models import load_any
+    from dimap_struct.prune.replay import load_any
 
     return load_any("swin_tiny_patch4_window7_224", pretrained=False,
                     model_kwargs=dict(img_size=64, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 4),

@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
     from ..files import check_output
-    from ..models import load_any
+    from ..prune.replay import load_any
     from ..pipeline import check_outputs, compress
     from ..prune.criteria import get_criterion
 

@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..deploy.evaluate import accuracy, torch_classifier
     from ..deploy.export import write_model_and_report
     from ..errors import UserError
-    from ..models import load_any
+    from ..prune.replay import load_any
     from ..pipeline import check_outputs, compress
     from ..recover.finetune import finetune, init_distributed, read_state, save_state, weights_digest
 

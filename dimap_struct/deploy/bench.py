@@ -140,10 +140,10 @@ def benchmark_torch(modules: dict, input_size: Sequence[int], batches: Sequence[
 
 def torch_models_for(paths: Sequence[str | os.PathLike]) -> tuple[dict, dict, tuple[int, ...]]:
     """The PyTorch module behind each ONNX file, rebuilt from the architecture its stored report
-    records (`models.build_architecture`) with random weights, which latency does not depend
+    records (`prune.replay.build_architecture`) with random weights, which latency does not depend
     on. Returns (label -> module, label -> MACs, common input size (C, H, W)); labels as in
     `benchmark`. UserError for files without a report or with differing inputs."""
-    from ..models import build_architecture
+    from ..prune.replay import build_architecture
     from .onnx_file import read_report
 
     names = [Path(p).name for p in paths]

@@ -64,10 +64,10 @@ def torch_classifier(model: nn.Module, data_config: dict, description: str,
 
 def load_classifier(spec: str, *, checkpoint=None, pretrained: bool = True, seed: int = 0,
                     threads: int | None = None, runtime: str = "onnxruntime") -> Classifier:
-    """`spec`: a path ending in .onnx, a pruned checkpoint, or a model name (`models.load_any`)."""
+    """`spec`: a path ending in .onnx, a pruned checkpoint, or a model name (`prune.replay.load_any`)."""
     if str(spec).lower().endswith(".onnx"):
         return onnx_classifier(spec, threads, runtime)
-    from ..models import load_any
+    from ..prune.replay import load_any
 
     loaded = load_any(spec, checkpoint=checkpoint, pretrained=pretrained, seed=seed)
     return torch_classifier(loaded.model, loaded.data_config, f"{loaded.name} ({loaded.weights})",

@@ -1,11 +1,10 @@
-"""Pruned PyTorch checkpoints that reload without pickled code (`--save-pt`, `load_pruned`).
+"""Pruned PyTorch checkpoints that reload without pickled code (`--save-pt`): the file format.
 
 The file is a safetensors file: the pruned model's state dict as tensors, and in its header
 metadata (key 'dimap_struct') a JSON spec: the `report.Architecture` (source model name,
 constructor options, kept heads / MLP widths / residual widths), the preprocessing and the
-weights' provenance. `build_architecture` builds the source model and shrinks it to those
-widths with the same `prune.cut.cut` that `compress` uses (keeping the first k of everything);
-`load_pruned` then loads the tensors: the result is the exact module that was saved.
+weights' provenance. This module writes the file and reads its spec back; rebuilding the
+module from the spec replays the cut, which is `prune.replay.load_pruned`'s.
 """
 from __future__ import annotations
 
@@ -90,48 +89,6 @@ def is_pruned_path(path) -> bool:
     with a checkpoint suffix): such a file is read with `read_spec`, whose errors say what is
     wrong, rather than taken for an unknown model name."""
     return str(path).lower().endswith(SUFFIXES + (".pth", ".bin")) and os.path.lexists(path)
-
-
-def build_architecture(architecture) -> nn.Module:
-    """The module `architecture` (a `report.Architecture` or its dict) describes, with random
-    weights (eval mode): the source model cut to its widths, keeping the first k of every
-    structure."""
-    from ..prune.cut import cut
-    from ..prune.select import Plan
-    from .load import load_model
-
-    arch = architecture if isinstance(architecture, dict) else dataclasses.asdict(architecture)
-    loaded = load_model(arch["source_model"], pretrained=False, **arch.get("model_kwargs", {}))
-    if arch["heads"] is not None:
-        residual = arch["residual_widths"]
-        plan = Plan([b.name for b in loaded.adapter.blocks()], [list(range(h)) for h in arch["heads"]],
-                    [list(range(m)) for m in arch["mlp_widths"]],
-                    None if residual is None else [list(range(r)) for r in residual])
-        cut(loaded.model, loaded.adapter, plan, tuple(loaded.data_config["input_size"]))
-    return loaded.model.eval()
-
-
-def load_pruned(path: str | os.PathLike, *, with_spec: bool = False):
-    """Rebuild the pruned module saved at `path` (eval mode). With `with_spec`, return
-    (module, spec); the spec's 'data_config' gives the preprocessing."""
-    from ..untrusted import check_tensors, safetensors_load
-
-    spec = read_spec(path)
-    try:
-        net = build_architecture(spec["architecture"])
-    except UserError:
-        raise
-    except Exception as err:  # a spec of the right form whose values no builder accepts
-        raise UserError(f"pruned checkpoint {path} was not written by dimap-struct, or is damaged (its architecture "
-                        f"cannot be built: {type(err).__name__})") from None
-    state = safetensors_load(path, "pruned checkpoint")
-    check_tensors(state, f"pruned checkpoint {path}", net.state_dict())
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{path}: tensors do not fit the rebuilt architecture ({str(err).splitlines()[0]})") from err
-    net.eval()
-    return (net, spec) if with_spec else net
 
 
 def is_pruned_checkpoint(path) -> bool:

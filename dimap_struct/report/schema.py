@@ -49,7 +49,7 @@ class Source:
 
 @dataclass
 class Architecture:
-    """How to rebuild the pruned module (`models.checkpoint.build_architecture`): the source
+    """How to rebuild the pruned module (`prune.replay.build_architecture`): the source
     model and its constructor options, and the kept widths (None: unpruned)."""
 
     source_model: str
