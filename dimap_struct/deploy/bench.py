@@ -347,13 +347,13 @@ def _run_all(models: list[_Model], shape, batches, warmup, min_iters, min_time, 
         x = to_input(np.random.default_rng(SEED).standard_normal((batch, *shape), dtype=np.float32))
         runners = [lambda m=m, x=x: m.runner(x) for m in models]
         gc.collect()
-        times = _time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run)
+        times = time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run)
         iterations[str(batch)] = len(times[0])
         rows += _rows(models, batch, times)
     notes = _notes(models)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_record(),
         "input_shape": list(shape),
         "batches": [int(b) for b in batches],
         "warmup_s": warmup, "min_iters": min_iters, "min_time_s": min_time, "max_iters": max_iters,
@@ -365,8 +365,9 @@ def _run_all(models: list[_Model], shape, batches, warmup, min_iters, min_time, 
     }
 
 
-def _time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run) -> list[list[float]]:
-    """Warm each runner up on its own, then time them in turn; seconds per run, per runner."""
+def time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run) -> list[list[float]]:
+    """Warm each runner up on its own, then time them in turn; seconds per run, per runner
+    (`latency_probe` times its blocks with it too)."""
     notify = on_run or (lambda run: None)
     for i, run in enumerate(runners):
         start, n = time.perf_counter(), 0
@@ -412,7 +413,8 @@ def _notes(models: list[_Model]) -> list[str]:
     return notes
 
 
-def _machine() -> dict:
+def machine_record() -> dict:
+    """The machine the timings ran on: platform, processor, Python, CPUs (all and usable)."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import UserError
 from ..files import atomic_output
 from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
-from .bench import _machine, _time_batch
+from .bench import machine_record, time_batch
 from ..models.lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
 
 CACHE_VERSION = 3  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256
@@ -47,7 +47,7 @@ def cache_dir() -> Path:
 def machine() -> str:
     """CPU model, logical CPUs usable and the platform (`bench`'s machine record): what the
     timings depend on."""
-    info = _machine()
+    info = machine_record()
     cpu = info["processor"]
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -229,6 +229,6 @@ def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min
                               input_names=["input"])
         session = open_session(path, threads, tuned=True)
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        times = _time_batch([lambda: session.run(None, {"input": x})], shape[0], warmup=0.0, min_iters=min_runs,
+        times = time_batch([lambda: session.run(None, {"input": x})], shape[0], warmup=0.0, min_iters=min_runs,
                             min_time=min_time, max_iters=10_000, on_run=None)[0]
     return 1e3 * statistics.median(times)

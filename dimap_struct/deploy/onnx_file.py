@@ -12,7 +12,8 @@ METADATA_KEY = "dimap_struct"
 """ONNX metadata key under which dimap-compress stores the report (`Report.metadata`)."""
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """UserError unless `path` is an existing, readable model file (`files.check_input`)."""
     from ..files import check_input
 
     check_input(path, "model file")
@@ -31,7 +32,7 @@ def read_report(path: str | os.PathLike):
     from ..report.schema import Report
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises its own types (protobuf DecodeError, ...)
@@ -57,7 +58,7 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
     import onnxruntime as ort
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

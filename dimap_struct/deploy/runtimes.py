@@ -56,9 +56,9 @@ def _openvino():
 
 def _openvino_runner(path: Path, threads: int | None) -> tuple[Runner, dict]:
     ov = _openvino()
-    from .onnx_file import _check_file
+    from .onnx_file import check_file
 
-    _check_file(path)
+    check_file(path)
     core = ov.Core()
     try:
         network = core.read_model(str(path))
