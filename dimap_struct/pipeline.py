@@ -19,14 +19,27 @@ from typing import Callable, Iterator
 from torch import nn
 
 from . import __version__
+from .data import build_dataset, data_fingerprint, num_classes
+from .deploy.export import write_model_and_report
+from .deploy.latency_probe import load_or_measure
+from .deploy.quantize import make_request
 from .errors import UserError
+from .files import check_output, same_file, staged
 from .models import LoadedModel
+from .models.checkpoint import pruned_bytes
+from .models.lean import LeanUnsupported
 from .options import CompressOptions
 from .prune.budget import target_macs
+from .prune.calibration import RIDGE, calibration_images, collect_stats
 from .prune.costs import CostModel, build_cost_model
 from .prune.criteria import Calibration, ScoreContext, get_criterion
+from .prune.cut import cut
 from .prune.replay import load_any
+from .prune.residual import residual_options
 from .prune.select import Selection, select_to_budget
+from .prune.unstructured import prune_weights
+from .prune.verify import mask, max_abs_diff, probe_input
+from .recover.oneshot import RecoveryReport, recover
 from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Counts, Report,
                             ResidualRow, Source, Target, plain_config)
 
@@ -107,14 +120,10 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
                           model_kwargs=options.model_kwargs)
     quantize = None
     if paths is not None and options.quantize is not None:
-        from .deploy.quantize import make_request
-
         with steps("read quantization images"):  # before the work, so bad data fails at once
             quantize = make_request(options.quantize, options.calib_data, loaded.data_config, options.calib_images,
                                     options.seed)
     if options.granularity == "weight":
-        from .prune.unstructured import prune_weights
-
         with steps("score and mask single weights"):
             net, report = prune_weights(loaded, options)
         selection = None
@@ -123,8 +132,6 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
     result = CompressionResult(net, selection, report, options)
     also = []  # the .pt is published with the ONNX file and its report, as one set
     if options.save_pt is not None:
-        from .models.checkpoint import pruned_bytes
-
         with steps("serialise pruned checkpoint"):
             payload = pruned_bytes(net, report.architecture, report.data_config, report.source.weights)
         also.append((Path(options.save_pt), lambda tmp: tmp.write_bytes(payload)))
@@ -132,16 +139,12 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
         report.pruned_checkpoint = str(options.save_pt)
     report.timings_s = steps.seconds
     if paths is not None:
-        from .deploy.export import write_model_and_report
-
         label = "export ONNX and check parity" + (f", quantize ({quantize.scheme})" if quantize else "")
         with steps(label):
             write_model_and_report(net, report, paths, options.opset, force=options.force,
                                    plain=options.plain_export, quantize=quantize, also=also)
         result.onnx_path, result.json_path = paths
     elif also:
-        from .files import staged
-
         with steps("save pruned checkpoint"), staged([also[0][0]], options.force) as (tmp,):
             also[0][1](tmp)
     return result
@@ -150,8 +153,6 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
 def check_outputs(options, inputs: tuple = ()) -> tuple[Path, Path] | None:
     """Check every output path before any work (`files.check_output`: none may be an input,
     the model file, the checkpoint or `inputs`); return (ONNX path, JSON report path) or None."""
-    from .files import check_output
-
     sources = (*input_files(options), *inputs)
     if getattr(options, "save_pt", None) is not None:
         check_output(options.save_pt, options.force, (".pt", ".safetensors"), "--save-pt", sources)
@@ -160,8 +161,6 @@ def check_outputs(options, inputs: tuple = ()) -> tuple[Path, Path] | None:
     path = check_output(options.output, options.force, (".onnx",), inputs=sources)
     json_path = check_output(path.with_suffix(".json"), options.force, what="report", inputs=sources)
     if getattr(options, "save_pt", None) is not None:
-        from .files import same_file
-
         if same_file(options.save_pt, path) or same_file(options.save_pt, json_path):
             raise UserError(f"--save-pt {options.save_pt} names the ONNX output or its report; give another name")
     return path, json_path
@@ -179,10 +178,6 @@ def input_files(options) -> tuple[str, ...]:
 
 
 def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Steps):
-    from .prune.cut import cut
-    from .prune.residual import residual_options
-    from .prune.verify import mask, max_abs_diff, probe_input
-
     net, adapter = loaded.model, loaded.adapter
     input_size = tuple(loaded.data_config["input_size"])
     criterion = get_criterion(options.criterion)
@@ -194,8 +189,6 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
 
     stats = None
     if options.calib_data is not None and (options.recovery != "none" or criterion.needs_stats):
-        from .prune.calibration import collect_stats
-
         # statistics of the unpruned model: what recovery refits to, and what `needs_stats` criteria score
         with steps(f"calibration statistics ({options.calib_images} images)"):
             stats = collect_stats(net, blocks, _calibration_images(loaded, options), seed=options.seed)
@@ -258,9 +251,6 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
     """(`prune.latency.LatencyModel`, its source: 'cache', 'measured' or 'measured (cache entry ... was
     damaged: ...)') for `loaded` (`deploy.latency_probe`);
     UserError when its family or input size has no lean form to time."""
-    from .models.lean import LeanUnsupported
-    from .deploy.latency_probe import load_or_measure
-
     try:
         model, source = load_or_measure(loaded.model.eval(), loaded.adapter, tuple(loaded.data_config["input_size"]),
                                         options.latency_batch, options.latency_threads, family=loaded.adapter.family)
@@ -272,9 +262,6 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
 
 
 def _calibration_images(loaded: LoadedModel, options: CompressOptions):
-    from .data import build_dataset, num_classes
-    from .prune.calibration import calibration_images
-
     dataset = build_dataset(options.calib_data, "train", loaded.data_config, labels_required=False)
     classes = num_classes(dataset)
     if loaded.adapter.num_classes is not None and classes > loaded.adapter.num_classes:
@@ -286,10 +273,6 @@ def _calibration_images(loaded: LoadedModel, options: CompressOptions):
 
 def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
     """Correct the cut model's proj and fc2 layers in place (docs/method.md section 8)."""
-    from .data import data_fingerprint
-    from .prune.calibration import RIDGE
-    from .recover.oneshot import RecoveryReport, recover
-
     start = time.perf_counter()
     layers = recover(adapter.blocks(), plan, stats, options.recovery, RIDGE, plan.residual)
     result = RecoveryReport(options.recovery, options.calib_images, str(options.calib_data),

@@ -13,9 +13,13 @@ import json
 import os
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
 from ..errors import UserError
+from ..files import atomic_output, check_input
+from ..untrusted import check_shape
 
 SPEC_KEY = "dimap_struct"
 FORMAT = 2
@@ -24,8 +28,6 @@ FORMAT = 2
 def pruned_bytes(model: nn.Module, architecture, data_config: dict, weights: str) -> bytes:
     """The pruned checkpoint of `model` as the bytes of a safetensors file (see the module
     docstring); `architecture` is a `report.Architecture`."""
-    from safetensors.torch import save
-
     spec = {"format": FORMAT, "architecture": dataclasses.asdict(architecture), "data_config": data_config,
             "weights": weights}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -36,8 +38,6 @@ def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str,
                 force: bool = True) -> None:
     """Write `model`'s tensors and its spec to `path` (atomically; an existing file is replaced
     only with `force`)."""
-    from ..files import atomic_output
-
     payload = pruned_bytes(model, architecture, data_config, weights)
     with atomic_output(Path(path), force) as tmp:
         # bytes written by Python, so a full disk raises OSError (files.staged names the output)
@@ -56,11 +56,6 @@ def read_spec(path: str | os.PathLike) -> dict:
     """The spec stored in a pruned checkpoint; UserError (one line) if `path` is not one: not
     a regular file, not safetensors, a state dict without our spec, another format version, or
     a spec of the wrong form."""
-    from safetensors import safe_open
-
-    from ..files import check_input
-    from ..untrusted import check_shape
-
     path = check_input(path, "pruned checkpoint")
     hint = "a plain state dict goes in --checkpoint, beside the MODEL name it fits"
     try:

@@ -127,6 +127,19 @@ class CostModel:
                            for b, h, m in zip(self.blocks, heads, widths))
 
 
+def residual_channel_macs(costs: CostModel) -> list[int]:
+    """MACs one residual channel of each stage costs in the unpruned model (every block, norm,
+    patch embedding and merging of the stage that touches it)."""
+    full = list(costs.residual_widths)
+    before = costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks], full)
+    out = []
+    for s in range(len(full)):
+        fewer = full[:s] + [full[s] - 1] + full[s + 1:]
+        out.append(before - costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks],
+                                       fewer))
+    return out
+
+
 def _residual_scaling(adapter: FamilyAdapter) -> tuple[dict[int, tuple[int, ...]], list[int]]:
     """id(parameter) -> stages whose residual width it is proportional to; full widths."""
     try:

@@ -6,7 +6,9 @@ returns, so supporting a new Swin family means adding one adapter and registerin
 """
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -250,8 +252,6 @@ class FamilyAdapter(ABC):
     def describe_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> str | None:
         """The architecture a state dict holds, in words ('depths (2, 2, 6, 2), width 96'), to
         explain a checkpoint that does not fit; None if the keys are not this family's."""
-        import re
-
         if cls.block_key is None:
             return None
         stages: dict[int, set[int]] = {}
@@ -326,8 +326,6 @@ def family_for_name(name: str) -> tuple[type[FamilyAdapter], str] | None:
 
 def suggestions(name: str) -> list[str]:
     """Known names close to `name`, over every family."""
-    import difflib
-
     known = [n for cls in _REGISTRY for n in cls.known_names()]
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     # a family's own spelling of the same base name (e.g. torchvision:swin_v2_t for swin_v2_t)

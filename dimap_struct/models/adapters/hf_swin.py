@@ -30,9 +30,11 @@ import re
 from pathlib import Path
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
 from ...errors import UserError
+from ...untrusted import check_tensors
 from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
 from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, ResidualSite,
                    parameters_named,
@@ -47,7 +49,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _transformers():
-    try:
+    try:  # deferred: an optional dependency (the hf extra), loaded only for hf: models
         import transformers
     except ImportError:
         raise UserError(f"hf: models need the transformers package: {INSTALL}") from None
@@ -110,8 +112,6 @@ class HfSwinAdapter(FamilyAdapter):
                     raise
                 raise _fetch_error(target, err) from err
         if pretrained:
-            from ...untrusted import check_tensors
-
             check_tensors(hf.state_dict(), f"the weights in {target}")
         return HfImageModel(hf, _preprocessing(transformers, target))
 
@@ -370,8 +370,6 @@ def _class_for(config) -> str:
 
 
 def _read_config(transformers, target: str):
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     path = Path(target)
     if not os.path.lexists(target):  # then a hub id: 'owner/name', at most 96 characters
         try:

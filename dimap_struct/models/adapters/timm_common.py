@@ -9,6 +9,7 @@ the Hugging Face Hub (its cache and HF_HUB_OFFLINE are honoured).
 """
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from abc import abstractmethod
@@ -18,7 +19,9 @@ from typing import ClassVar, Iterator
 from urllib.parse import urlparse
 
 import timm
+import timm.data
 import torch
+from huggingface_hub import constants
 from torch import nn
 
 from ..lean import ChannelsLast, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
@@ -108,8 +111,6 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
         channels the model was really built for (a model built with another img_size or
         in_chans keeps its pretrained config's). A 1-channel model gets the mean of the RGB
         means and standard deviations."""
-        import timm.data
-
         config = dict(timm.data.resolve_model_data_config(self.model))
         embed = getattr(self.model, "patch_embed", None)
         size = getattr(embed, "img_size", None) or config["input_size"][1:]
@@ -166,10 +167,6 @@ def hub_session() -> Iterator[None]:
     backs off for about 25 s per file before giving up, so when the Hub's host does not even
     resolve (no network) use its offline mode (local cache only) for this fetch; the failure
     then becomes our one-line error at once."""
-    import logging
-
-    from huggingface_hub import constants
-
     hub_logger = logging.getLogger("huggingface_hub")
     level, offline = hub_logger.level, constants.HF_HUB_OFFLINE
     hub_logger.setLevel(logging.ERROR)
