@@ -26,21 +26,22 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnxruntime
 import torch
 from torch import nn
 
+from ..data.decoded import cache_dir as user_cache
 from ..errors import UserError
 from ..files import atomic_output
+from ..models.lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
 from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
 from .bench import machine_record, time_batch
-from ..models.lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
+from .onnx_file import open_session
 
 CACHE_VERSION = 3  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256
 
 
 def cache_dir() -> Path:
-    from ..data.decoded import cache_dir as user_cache
-
     return user_cache() / "latency"
 
 
@@ -75,8 +76,6 @@ def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threa
     'measured (cache entry NAME was damaged: WHY)' when the entry failed `_read_entry`'s checks
     (that case also prints one warning line on stderr). The cache is optional: when its directory
     cannot be made or written, one warning line on stderr, and the model is measured and not kept."""
-    import onnxruntime
-
     spec = adapter.lean_spec(tuple(input_size))
     key = {"version": CACHE_VERSION, "machine": machine(), "runtime": f"onnxruntime {onnxruntime.__version__}",
            "family": family or adapter.family, "input_size": list(input_size), "batch": batch, "threads": threads,
@@ -219,8 +218,6 @@ def _block_unit(template: LeanBlockSpec, grid, heads: int, mlp: int, width: int)
 
 def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min_time: float = 0.5) -> float:
     """Median ms of `module` exported alone (static shape) in onnxruntime, timed like dimap-bench."""
-    from .onnx_file import open_session
-
     with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
         path = Path(tmp) / "unit.onnx"
         with warnings.catch_warnings(), torch.no_grad():
