@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__
 from .data import build_dataset, data_fingerprint, num_classes
 from .deploy.export import write_model_and_report
-from .deploy.latency_probe import load_or_measure
+from .deploy import latency_probe
 from .deploy.quantize import make_request
 from .errors import UserError
 from .files import check_output, same_file, staged
@@ -252,8 +252,9 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
     damaged: ...)') for `loaded` (`deploy.latency_probe`);
     UserError when its family or input size has no lean form to time."""
     try:
-        model, source = load_or_measure(loaded.model.eval(), loaded.adapter, tuple(loaded.data_config["input_size"]),
-                                        options.latency_batch, options.latency_threads, family=loaded.adapter.family)
+        model, source = latency_probe.load_or_measure(  # looked up on the module: tests replace it
+            loaded.model.eval(), loaded.adapter, tuple(loaded.data_config["input_size"]), options.latency_batch,
+            options.latency_threads, family=loaded.adapter.family)
     except LeanUnsupported as err:
         raise UserError(f"--latency times the lean export, and this model has none: {err}") from None
     except ValueError as err:  # too few distinct widths in a stage to fit its latency model
