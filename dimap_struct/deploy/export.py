@@ -1,4 +1,4 @@
-"""Stage 7, export: ONNX with a dynamic batch axis, checked, compared with PyTorch, atomic.
+"""Export: ONNX with a dynamic batch axis, checked, compared with PyTorch, atomic.
 
 The file appears at its final path only after onnx.checker and the onnxruntime parity check
 passed; until then it lives in a temporary file beside it, removed on any failure or Ctrl-C.

@@ -1,4 +1,4 @@
-"""Stage 7b, INT8: quantize an exported float ONNX file with onnxruntime.quantization, and measure
+"""INT8: quantize an exported float ONNX file with onnxruntime.quantization, and measure
 what it costs in accuracy (docs/method.md section 10).
 
 Schemes (`--quantize`):

@@ -1,4 +1,4 @@
-"""Stage 1, load: resolve a model name through the family registry, build the model and load
+"""Load: resolve a model name through the family registry, build the model and load
 its weights. Everything family-specific (names, aliases, builders, pretrained weights,
 preprocessing, classifier width) is the family adapter's (`models.adapters`).
 

@@ -1,4 +1,4 @@
-"""Stage 2, costs: MACs and parameter counts, analytic, for any choice of kept heads and MLP widths.
+"""Costs: MACs and parameter counts, analytic, for any choice of kept heads and MLP widths.
 
 Counted: every Linear and Conv2d (multiply-accumulates of the weight; biases, norms,
 activations and softmax are not counted) plus the two window-attention matmuls q.k^T and

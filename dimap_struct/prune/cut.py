@@ -1,4 +1,4 @@
-"""Stage 5, cut: physically remove attention heads, MLP channels and residual channels.
+"""Cut: physically remove attention heads, MLP channels and residual channels.
 
 `cut(model, adapter, plan, input_size)` is the one entry point: the pipeline and the
 checkpoint rebuild (`prune.replay.build_architecture`) both call it.

@@ -1,4 +1,4 @@
-"""Stage 4, select: module-aware thresholds that hit a MACs budget.
+"""Select: module-aware thresholds that hit a MACs budget.
 
 Modules (docs/method.md section 4): all attention heads of the model form one module, all MLP
 channels another. Within a module, groups are ranked by score across every block and stage;
