@@ -37,7 +37,9 @@ demo: install
 	fi
 	$(BIN)/dimap-bench build/demo/cifar_dense.onnx build/demo/cifar_050.onnx --batch 1 8 --warmup 0.5 --min-time 2
 
+# lint-imports first: the import layers of pyproject.toml ([tool.importlinter]; README.md, Architecture)
 test: install
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -15,8 +15,8 @@ import importlib
 
 from .errors import UserError  # noqa: E402
 
-_LAZY = {"CompressOptions": "options", "load_recipe": "options", "load_model": "models", "load_pruned": "models",
-         "CompressionResult": "pipeline", "compress": "pipeline", "Report": "report"}
+_LAZY = {"CompressOptions": "options", "load_recipe": "options", "load_model": "models",
+         "load_pruned": "prune.replay", "CompressionResult": "pipeline", "compress": "pipeline", "Report": "report"}
 """Imported on first use: the command-line entry points import this package, and loading torch
 here would make Ctrl-C during start-up a traceback and slow every --help."""
 

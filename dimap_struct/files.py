@@ -245,7 +245,7 @@ def _locked(directories) -> Iterator[None]:
     concurrent runs writing the same names (with --force) publish one whole set after the other,
     never a mix. flock on the directory itself leaves no lock file behind; where the file system
     cannot lock, publishing goes on unlocked."""
-    import fcntl
+    import fcntl  # here, not at the top: fcntl is POSIX-only, and the rest of this module is not
 
     handles = []
     try:

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
+from . import __version__
+from .deploy.choices import QUANTIZE_SCHEMES, RUNTIMES, resolve_scheme
 from .errors import UserError
+from .prune.budget import check_fraction, check_weight_fraction
 
 RECIPE_VERSION = 1
 """Format of recipe files; a newer one is refused with one line."""
@@ -118,8 +121,6 @@ class Options:
 
     def recipe(self) -> dict:
         """The options that determine the result, as a recipe mapping (JSON-ready)."""
-        from . import __version__
-
         values = {f.name: _plain(getattr(self, f.name)) for f in self.specs() if f.metadata["spec"].recipe}
         return {"recipe_version": RECIPE_VERSION, "dimap_struct_version": __version__,
                 "command": self.command, **values}
@@ -282,13 +283,13 @@ def _check_range(name: str, spec: Spec, value, what: str) -> None:
 def load_recipe(path: str | os.PathLike, command: str = "") -> dict:
     """The option mapping of a recipe file (.yaml, .yml or .json). A JSON report written by a
     dimap-struct command holds its recipe under 'recipe': that is read instead."""
-    from .files import check_input
+    from .files import check_input  # deferred: start-up (tempfile, threading), as in cli.common
 
     path = check_input(path, "--config")
     text = path.read_text(errors="replace")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+            import yaml  # deferred: start-up (45 ms on every --help); only YAML recipes need it
 
             data = yaml.safe_load(text)
         elif path.suffix.lower() == ".json":
@@ -318,6 +319,8 @@ def load_recipe(path: str | os.PathLike, command: str = "") -> dict:
 # --------------------------------------------------------------------------- the options
 
 def _criteria() -> list[str]:
+    # deferred: start-up; the criteria load torch and timm, which only dimap-compress and
+    # dimap-finetune need (their --help lists the criteria, so they load them there)
     from .prune.criteria import criterion_names
 
     return criterion_names()
@@ -398,8 +401,7 @@ class PruneOptions(SourceOptions):
 
     def check(self) -> None:
         super().check()
-        from .prune.budget import check_fraction, check_weight_fraction
-        from .prune.criteria import get_criterion
+        from .prune.criteria import get_criterion  # deferred: start-up (torch, timm), as in _criteria
 
         if self.flops is not None:
             check_fraction(self.flops)
@@ -437,18 +439,10 @@ def default_of(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-RUNTIMES = ("onnxruntime", "openvino")
-"""CPU runtimes that dimap-bench and dimap-eval run ONNX files in (`deploy.runtimes`)."""
-QUANTIZE_SCHEMES = ("int8", "int8-dynamic", "int8-static")
 QUANTIZE_HELP = ("write an INT8 model (onnxruntime.quantization): int8-dynamic quantizes activations at run time "
                  "(no data); int8-static calibrates them on --calib-data (QDQ); int8 = static with --calib-data, "
                  "else dynamic")
 
-
-def _check_quantize(scheme: str | None, data) -> None:
-    from .deploy.quantize import resolve_scheme
-
-    resolve_scheme(scheme, data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,7 +464,7 @@ class CompressOptions(PruneOptions):
 
     def check(self) -> None:
         super().check()
-        _check_quantize(self.quantize, self.calib_data)
+        resolve_scheme(self.quantize, self.calib_data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -518,7 +512,7 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
         super().check()
         if self.granularity != "structured":
             raise UserError("dimap-finetune prunes structurally; --granularity weight is for dimap-compress")
-        _check_quantize(self.quantize, self.calib_data or self.data or "training data")
+        resolve_scheme(self.quantize, self.calib_data or self.data or "training data")
         if self.prune_steps > 1 and self.latency is not None:
             raise UserError("--steps reaches a MACs target in rounds; it does not work with --latency (use --flops)")
         if self.prune_steps > 1 and self.resume:

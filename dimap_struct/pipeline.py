@@ -1,11 +1,14 @@
 """The whole job: load -> groups -> score -> select -> cut -> verify -> export -> report.
 
 `compress` is the Python API behind the `dimap-compress` command; every stage lives in its
-own package (`models`, `prune`, `deploy`, `report`) and this module only runs them in order.
+own package (`models`, `prune`, `recover`, `deploy`, `report`) and this module only runs them in
+order. `prune_in_rounds` runs `compress` K times with training between the cuts
+(`dimap-finetune --steps K`).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from contextlib import contextmanager, nullcontext
@@ -16,15 +19,29 @@ from typing import Callable, Iterator
 from torch import nn
 
 from . import __version__
+from .data import build_dataset, data_fingerprint, num_classes
+from .deploy.export import write_model_and_report
+from .deploy import latency_probe
+from .deploy.quantize import make_request
 from .errors import UserError
-from .models import LoadedModel, load_any
+from .files import check_output, same_file, staged
+from .models import LoadedModel
+from .models.checkpoint import pruned_bytes
+from .models.lean import LeanUnsupported
 from .options import CompressOptions
 from .prune.budget import target_macs
-from .prune.costs import CostModel, Counts, build_cost_model
+from .prune.calibration import RIDGE, calibration_images, collect_stats
+from .prune.costs import CostModel, build_cost_model
 from .prune.criteria import Calibration, ScoreContext, get_criterion
+from .prune.cut import cut
+from .prune.replay import load_any
+from .prune.residual import residual_options
 from .prune.select import Selection, select_to_budget
-from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Report, ResidualRow,
-                            Source, Target, plain_config)
+from .prune.unstructured import prune_weights
+from .prune.verify import mask, max_abs_diff, probe_input
+from .recover.oneshot import RecoveryReport, recover
+from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Counts, Report,
+                            ResidualRow, Source, Target, plain_config)
 
 current_stage: str | None = None
 """The label of the stage running now (for the CLI's one-line error, e.g. when memory runs out)."""
@@ -103,14 +120,10 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
                           model_kwargs=options.model_kwargs)
     quantize = None
     if paths is not None and options.quantize is not None:
-        from .deploy.quantize import make_request
-
         with steps("read quantization images"):  # before the work, so bad data fails at once
             quantize = make_request(options.quantize, options.calib_data, loaded.data_config, options.calib_images,
                                     options.seed)
     if options.granularity == "weight":
-        from .prune.unstructured import prune_weights
-
         with steps("score and mask single weights"):
             net, report = prune_weights(loaded, options)
         selection = None
@@ -119,8 +132,6 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
     result = CompressionResult(net, selection, report, options)
     also = []  # the .pt is published with the ONNX file and its report, as one set
     if options.save_pt is not None:
-        from .models.checkpoint import pruned_bytes
-
         with steps("serialise pruned checkpoint"):
             payload = pruned_bytes(net, report.architecture, report.data_config, report.source.weights)
         also.append((Path(options.save_pt), lambda tmp: tmp.write_bytes(payload)))
@@ -128,16 +139,12 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
         report.pruned_checkpoint = str(options.save_pt)
     report.timings_s = steps.seconds
     if paths is not None:
-        from .deploy.export import write_model_and_report
-
         label = "export ONNX and check parity" + (f", quantize ({quantize.scheme})" if quantize else "")
         with steps(label):
             write_model_and_report(net, report, paths, options.opset, force=options.force,
                                    plain=options.plain_export, quantize=quantize, also=also)
         result.onnx_path, result.json_path = paths
     elif also:
-        from .files import staged
-
         with steps("save pruned checkpoint"), staged([also[0][0]], options.force) as (tmp,):
             also[0][1](tmp)
     return result
@@ -146,8 +153,6 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
 def check_outputs(options, inputs: tuple = ()) -> tuple[Path, Path] | None:
     """Check every output path before any work (`files.check_output`: none may be an input,
     the model file, the checkpoint or `inputs`); return (ONNX path, JSON report path) or None."""
-    from .files import check_output
-
     sources = (*input_files(options), *inputs)
     if getattr(options, "save_pt", None) is not None:
         check_output(options.save_pt, options.force, (".pt", ".safetensors"), "--save-pt", sources)
@@ -156,8 +161,6 @@ def check_outputs(options, inputs: tuple = ()) -> tuple[Path, Path] | None:
     path = check_output(options.output, options.force, (".onnx",), inputs=sources)
     json_path = check_output(path.with_suffix(".json"), options.force, what="report", inputs=sources)
     if getattr(options, "save_pt", None) is not None:
-        from .files import same_file
-
         if same_file(options.save_pt, path) or same_file(options.save_pt, json_path):
             raise UserError(f"--save-pt {options.save_pt} names the ONNX output or its report; give another name")
     return path, json_path
@@ -175,10 +178,6 @@ def input_files(options) -> tuple[str, ...]:
 
 
 def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Steps):
-    from .prune.cut import cut
-    from .prune.residual import residual_options
-    from .prune.verify import mask, max_abs_diff, probe_input
-
     net, adapter = loaded.model, loaded.adapter
     input_size = tuple(loaded.data_config["input_size"])
     criterion = get_criterion(options.criterion)
@@ -190,8 +189,6 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
 
     stats = None
     if options.calib_data is not None and (options.recovery != "none" or criterion.needs_stats):
-        from .recover.oneshot import collect_stats
-
         # statistics of the unpruned model: what recovery refits to, and what `needs_stats` criteria score
         with steps(f"calibration statistics ({options.calib_images} images)"):
             stats = collect_stats(net, blocks, _calibration_images(loaded, options), seed=options.seed)
@@ -254,12 +251,10 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
     """(`prune.latency.LatencyModel`, its source: 'cache', 'measured' or 'measured (cache entry ... was
     damaged: ...)') for `loaded` (`deploy.latency_probe`);
     UserError when its family or input size has no lean form to time."""
-    from .deploy.lean import LeanUnsupported
-    from .deploy.latency_probe import load_or_measure
-
     try:
-        model, source = load_or_measure(loaded.model.eval(), loaded.adapter, tuple(loaded.data_config["input_size"]),
-                                        options.latency_batch, options.latency_threads, family=loaded.adapter.family)
+        model, source = latency_probe.load_or_measure(  # looked up on the module: tests replace it
+            loaded.model.eval(), loaded.adapter, tuple(loaded.data_config["input_size"]), options.latency_batch,
+            options.latency_threads, family=loaded.adapter.family)
     except LeanUnsupported as err:
         raise UserError(f"--latency times the lean export, and this model has none: {err}") from None
     except ValueError as err:  # too few distinct widths in a stage to fit its latency model
@@ -268,9 +263,6 @@ def _latency_model(loaded: LoadedModel, options: CompressOptions):
 
 
 def _calibration_images(loaded: LoadedModel, options: CompressOptions):
-    from .data import build_dataset, num_classes
-    from .recover.oneshot import calibration_images
-
     dataset = build_dataset(options.calib_data, "train", loaded.data_config, labels_required=False)
     classes = num_classes(dataset)
     if loaded.adapter.num_classes is not None and classes > loaded.adapter.num_classes:
@@ -282,8 +274,6 @@ def _calibration_images(loaded: LoadedModel, options: CompressOptions):
 
 def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
     """Correct the cut model's proj and fc2 layers in place (docs/method.md section 8)."""
-    from .recover.oneshot import RIDGE, RecoveryReport, data_fingerprint, recover
-
     start = time.perf_counter()
     layers = recover(adapter.blocks(), plan, stats, options.recovery, RIDGE, plan.residual)
     result = RecoveryReport(options.recovery, options.calib_images, str(options.calib_data),
@@ -322,3 +312,78 @@ def _structured_report(loaded: LoadedModel, options: CompressOptions, costs: Cos
                                    "round_to": options.round_to,
                                    "min_embed": options.min_embed if options.prune_embed else None}},
         verification={"mask_equivalence_max_abs_diff": mask_diff}, notes=notes)
+
+
+# --------------------------------------------------------------------------- iterative pruning
+# `dimap-finetune --steps K` reaches a MACs target in K rounds of prune + knowledge distillation
+# instead of one cut. Round k (1..K) prunes the current model to the fraction R^(k/K) of the
+# original MACs (a geometric schedule: every round removes the same fraction of what is left) and
+# then trains it with 1/K of the KD budget, always distilling from the unpruned model. The report
+# is the last round's, restated against the original model. The original model is the source,
+# and the blocks' kept heads are traced back to the original's indices. `iterative` records each
+# round.
+def schedule(ratio: float, steps: int) -> list[float]:
+    """The MACs fraction after each round: ratio ** (k / steps), k = 1..steps."""
+    return [ratio ** (k / steps) for k in range(1, steps + 1)]
+
+
+def prune_in_rounds(loaded, options, steps: int, train: Callable[[nn.Module, int], dict],
+                    on_step=None) -> tuple[nn.Module, Report, list[dict]]:
+    """Prune `loaded` (a `models.LoadedModel`) to `options`' target (a `CompressOptions`) in
+    `steps` rounds; `train(model, round)` fine-tunes the model in place after each cut and
+    returns a summary. Returns the final model, its report and one record per round."""
+    original_macs = build_cost_model(loaded.model, loaded.adapter, loaded.adapter.blocks(),
+                                     tuple(loaded.data_config["input_size"])).count().macs
+    final = target_macs(options.target, original_macs)
+    ratios = schedule(final / original_macs, steps)
+    model, first, report, kept, rounds = loaded, None, None, None, []
+    for k, ratio in enumerate(ratios, 1):
+        current = report.pruned.macs if report is not None else original_macs
+        if report is not None and ratio * original_macs >= current and k < steps:
+            # an earlier round already went this far (its cut overshot): train, cut next round
+            rounds.append({"round": k, "target_ratio": ratio, "achieved_ratio": current / original_macs,
+                           "training": train(model, k)})
+            continue
+        budget = f"{min(ratio * original_macs, current) / 1e9:.12g}G"
+        try:
+            result = compress(model, options.replace(flops=budget, output=None, save_pt=None), on_step=on_step)
+        except UserError as err:
+            raise UserError(f"--steps {steps}, round {k} (to {ratio:.3f} of the MACs): {err}") from None
+        first = first or result.report
+        kept = _compose(kept, result.selection.plan.heads)
+        summary = train(result.model, k)
+        rounds.append({"round": k, "target_ratio": ratio, "achieved_ratio": result.report.pruned.macs / original_macs,
+                       "training": summary})
+        model, report = result.model, result.report
+    return model, _against_original(first, report, kept, options, final, original_macs, steps, rounds), rounds
+
+
+def _compose(kept: list[list[int]] | None, plan_heads: list[list[int]]) -> list[list[int]]:
+    """Original head indices kept after this round (`plan_heads` index the previous model)."""
+    if kept is None:
+        return [list(h) for h in plan_heads]
+    return [[before[i] for i in now] for before, now in zip(kept, plan_heads)]
+
+
+def _against_original(first: Report, last: Report, kept_heads, options, final: int, original_macs: int,
+                      steps: int, rounds: list[dict]) -> Report:
+    ratio = last.pruned.macs / original_macs
+    blocks = [BlockRow(name=a.name, stage=a.stage, heads_before=a.heads_before, heads=b.heads,
+                       mlp_width_before=a.mlp_width_before, mlp_width=b.mlp_width,
+                       attention_kept=b.heads / a.heads_before, mlp_kept=b.mlp_width / a.mlp_width_before,
+                       kept_heads=heads)
+              for a, b, heads in zip(first.blocks, last.blocks, kept_heads)]
+    residual = None if last.residual is None else [
+        ResidualRow(stage=b.stage, width_before=a.width_before if first.residual else b.width_before, width=b.width)
+        for a, b in zip(first.residual or last.residual, last.residual)]
+    return dataclasses.replace(
+        last, source=first.source,
+        architecture=Architecture(first.architecture.source_model, first.architecture.model_kwargs,
+                                  last.architecture.heads, last.architecture.mlp_widths,
+                                  last.architecture.residual_widths),
+        target=Target(flops=str(options.target), macs=final, ratio=final / original_macs),
+        achieved=Achieved(macs=last.pruned.macs, ratio=ratio, params=last.pruned.params,
+                          params_ratio=last.pruned.params / first.original.params,
+                          on_target=abs(last.pruned.macs - final) <= 0.01 * original_macs),
+        original=first.original, blocks=blocks, residual=residual,
+        iterative={"steps": steps, "rounds": [{k: v for k, v in r.items() if k != "training"} for r in rounds]})

@@ -11,8 +11,12 @@
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file
 
 from .errors import UserError
 from .files import check_input
@@ -21,10 +25,6 @@ from .files import check_input
 def torch_load(path: str | os.PathLike, what: str = "checkpoint", allowed: tuple = ()) -> Any:
     """`torch.load(path, weights_only=True)` with `allowed` extra classes, or UserError (one
     line naming `path`). Library warnings (e.g. about the pickle protocol) are not shown."""
-    import pickle
-
-    import torch
-
     path = check_input(path, what)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed)):
@@ -45,8 +45,6 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint", allowed: tuple
 
 def safetensors_load(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     """A safetensors file as a dict of tensors, or UserError (one line naming `path`)."""
-    from safetensors.torch import load_file
-
     path = check_input(path, what)
     try:
         return load_file(str(path))
@@ -58,8 +56,6 @@ def check_tensors(state: Mapping, where: str, reference: Mapping | None = None) 
     """UserError unless every tensor of `state` is finite and, where `reference` (the model's
     own state dict) holds a floating-point tensor of that name, floating point too: integer
     weights would be cast silently and give a useless model."""
-    import torch
-
     if reference is not None:
         for key, own in reference.items():
             theirs = state.get(key)

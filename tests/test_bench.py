@@ -11,8 +11,7 @@ from torch import nn
 
 from dimap_struct.cli import bench as cli_bench
 from dimap_struct.deploy import bench
-from dimap_struct.prune.costs import Counts
-from dimap_struct.report.schema import Achieved, Architecture, Report, Source, Target
+from dimap_struct.report.schema import Achieved, Architecture, Counts, Report, Source, Target
 
 FAST = dict(warmup=0.0, min_iters=5, min_time=0.01)
 CLI_FAST = ["--warmup", "0", "--min-iters", "5", "--min-time", "0.01", "--quiet"]
@@ -186,7 +185,7 @@ def test_cli_torch_times_the_rebuilt_modules(tmp_path, capsys):
     """--torch rebuilds each exported model from its metadata: same structure (parameter count,
     MACs) as the file, timed in eager PyTorch in a second table."""
     import dimap_struct
-    from dimap_struct.models.checkpoint import build_architecture
+    from dimap_struct.prune.replay import build_architecture
     from dimap_struct.deploy.onnx_file import read_report
 
     dense, half = tmp_path / "dense.onnx", tmp_path / "half.onnx"

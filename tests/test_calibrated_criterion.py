@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dimap_struct.prune.criteria.calibrated import greedy_refit_costs, greedy_removal, in_float32
-from dimap_struct.recover.oneshot import LayerStats, solve
+from dimap_struct.prune.calibration import LayerStats
+from dimap_struct.recover.oneshot import solve
 from shared_data import mnist_dir
 
 

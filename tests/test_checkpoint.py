@@ -6,7 +6,8 @@ import torch
 
 import dimap_struct
 from dimap_struct.cli import compress as cli
-from dimap_struct.models.checkpoint import SPEC_KEY, load_pruned
+from dimap_struct.models.checkpoint import SPEC_KEY
+from dimap_struct.prune.replay import load_pruned
 
 
 @pytest.mark.parametrize("embed", [False, True])

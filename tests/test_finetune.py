@@ -104,7 +104,7 @@ def test_iterative_rounds_reach_the_target_and_trace_heads_back(tmp_path, small_
     """--steps 2: two prune + KD rounds on the geometric schedule; the report is stated against
     the original model (its kept heads are original indices) and the ONNX file is exported."""
     from dimap_struct.cli import finetune as cli_finetune
-    from dimap_struct.recover.iterative import schedule
+    from dimap_struct.pipeline import schedule
 
     assert schedule(0.25, 2) == [0.5, 0.25]
     out = tmp_path / "it.onnx"

@@ -1,4 +1,4 @@
-"""The lean export (deploy/lean.py): the same function as each family's own forward, dense and
+"""The lean export (models/lean.py): the same function as each family's own forward, dense and
 pruned, at batch 1 and 3; its index formulas against brute force; no shape arithmetic in the
 graph; the plain graph, with a note, where no lean form exists."""
 import collections
@@ -11,7 +11,7 @@ import torchvision
 
 import dimap_struct
 from dimap_struct.deploy.export import export_form
-from dimap_struct.deploy.lean import LeanUnsupported, lean_model, shift_mask, window_order
+from dimap_struct.models.lean import LeanUnsupported, lean_model, shift_mask, window_order
 from dimap_struct.models.adapters import adapter_for_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

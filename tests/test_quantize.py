@@ -13,8 +13,9 @@ import torch
 
 import dimap_struct
 from dimap_struct.cli import bench, eval as eval_cli
+from dimap_struct.deploy.choices import resolve_scheme
 from dimap_struct.deploy.onnx_file import read_report
-from dimap_struct.deploy.quantize import labelled_sample, resolve_scheme
+from dimap_struct.deploy.quantize import labelled_sample
 from dimap_struct.errors import UserError
 from shared_data import mnist_dir
 

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from dimap_struct.recover.oneshot import LayerStats, collect_stats, layer_seed, recover, solve
+from dimap_struct.prune.calibration import LayerStats, collect_stats, layer_seed
+from dimap_struct.recover.oneshot import recover, solve
 from shared_data import mnist_dir
 
 
@@ -68,7 +69,7 @@ def test_a_degenerate_refit_is_refused():
 def test_recovery_lowers_the_error_on_held_out_images():
     from dimap_struct.models import load_model
     from dimap_struct.pipeline import compress
-    from dimap_struct.recover.oneshot import calibration_images
+    from dimap_struct.prune.calibration import calibration_images
 
     loaded = load_model("reference")
     images = calibration_images(str(mnist_dir()), loaded.data_config, 384, seed=0)
@@ -104,7 +105,7 @@ def test_report_and_metadata_record_the_recovery(tmp_path):
 
 
 def _tiny_swin():
-    from dimap_struct.models import load_any
+    from dimap_struct.prune.replay import load_any
 
     return load_any("swin_tiny_patch4_window7_224", pretrained=False,
                     model_kwargs=dict(img_size=64, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 4),
@@ -170,7 +171,7 @@ def test_sampled_tokens_are_rows_of_their_own_image():
 def test_data_fingerprint_follows_file_names_and_sizes(tmp_path):
     import hashlib
 
-    from dimap_struct.recover.oneshot import data_fingerprint
+    from dimap_struct.data import data_fingerprint
 
     for relative, size in (("b/2.jpg", 3), ("a/1.jpg", 5), ("a-b/x.jpg", 1), ("a/sub/y.jpg", 2), (".hidden", 4)):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,7 @@ def test_dimap_split_orders_by_dimap_per_mac_and_weighs_by_energy_fractions(rand
     from dimap_struct.prune.costs import build_cost_model
     from dimap_struct.prune.criteria import score
 
-    from dimap_struct.models import load_any
+    from dimap_struct.prune.replay import load_any
 
     loaded = load_any(random_model("swin_t"))
     blocks = loaded.adapter.blocks()

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .. import __version__
+from ..errors import UserError
 from ..options import BenchOptions
 from .common import Parser, add_common_flags, add_config_flag, main_of
 
@@ -43,11 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # deferred (also below): start-up; --help and bad flags load neither onnxruntime nor rich
     from rich.console import Console
 
-    from .. import __version__
     from ..deploy.bench import benchmark, benchmark_torch, torch_models_for
-    from ..errors import UserError
 
     options = BenchOptions.from_args(args, args.config)
     if not options.models:
@@ -81,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_outputs(options: BenchOptions, inputs) -> None:
     """Fail before timing anything if an output cannot be written or is one of the `inputs`
     (each output's extension differs, so no two outputs can be one file)."""
-    from ..files import check_output
+    from ..files import check_output  # deferred: start-up (tempfile, threading), as in cli.common
 
     for flag, path, suffixes in (("--md", options.md, (".md",)), ("--json-out", options.json_out, (".json",)),
                                  ("--plot", options.plot, (".png",))):
@@ -92,9 +93,9 @@ def _check_outputs(options: BenchOptions, inputs) -> None:
 def _check_plottable(paths: list[str]) -> None:
     """--plot places models by their MACs: every readable file must carry them. Missing or
     unreadable files are left to `benchmark`, which reports them."""
+    # deferred: start-up, as in _run
     from ..deploy.bench import model_macs
     from ..deploy.onnx_file import read_report
-    from ..errors import UserError
 
     for path in paths:
         try:
@@ -109,7 +110,7 @@ class _progress:
     """Context manager yielding an `on_run` callback that drives a rich progress bar on stderr."""
 
     def __init__(self, console, paths, quiet: bool, runtimes=("onnxruntime",)):
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn  # deferred: as in _run
 
         self.names = [Path(p).name if list(runtimes) == ["onnxruntime"] else f"{Path(p).name} ({rt})"
                       for p in paths for rt in runtimes]
@@ -161,6 +162,7 @@ def _headline(result: dict) -> str:
 
 
 def _print_table(result: dict, console) -> None:
+    # deferred: start-up, as in _run
     from rich import box
     from rich.table import Table
 
@@ -195,6 +197,7 @@ def markdown(result: dict, level: int = 1) -> str:
 def plot(result: dict, path) -> None:
     """Median latency (p10-p90 error bars) against MACs, one panel per batch size; the dashed
     line is latency proportional to MACs through the first model (the ideal)."""
+    # deferred: start-up (matplotlib takes about 1 s), loaded only for --plot
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +227,7 @@ def plot(result: dict, path) -> None:
 
 
 def _write_outputs(options: BenchOptions, result: dict) -> None:
-    from ..files import staged
+    from ..files import staged  # deferred: start-up (tempfile, threading), as in cli.common
 
     writers = [(path, write) for path, write in (
         (options.md, lambda tmp: tmp.write_text(markdown(result))),

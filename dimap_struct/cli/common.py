@@ -12,9 +12,14 @@ import os
 import re
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
+
+from .. import __version__
+from ..errors import UserError
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one line, exit code 2 (argparse itself prints
@@ -60,8 +65,6 @@ class Argument:
 
 def add_common_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--quiet, --debug and --version."""
-    from .. import __version__
-
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -74,8 +77,7 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
 
 def default_data(data: str | None) -> str:
     """--data, else $DIMAP_DATA; a UserError (one line, exit code 2) when neither is given."""
-    from ..data import DATA_ENV
-    from ..errors import UserError
+    from ..data import DATA_ENV  # deferred: start-up (the data package loads torch)
 
     found = data or os.environ.get(DATA_ENV)
     if not found:
@@ -108,6 +110,7 @@ def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Nam
     is gone by then (`files.remove_pending`). Progress goes to stderr only when it is a terminal
     (`args.quiet` is set otherwise); library warnings and progress bars reach it only with
     `--debug`."""
+    # deferred: start-up; files and signals load tempfile and threading, which --help never needs
     from .. import files, signals
 
     if not sys.stderr.isatty():
@@ -131,8 +134,6 @@ def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Nam
 def _library_output(args: argparse.Namespace):
     """Without --debug, Python warnings from libraries (torch, PIL, transformers) are dropped, and
     the Hugging Face libraries draw no progress bars when stderr is not a terminal."""
-    import warnings
-
     if args.quiet and not args.debug:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -179,7 +180,7 @@ def _watched_stdout():
 
 
 def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int], stdout: _Stdout) -> int:
-    from .. import signals
+    from .. import signals  # deferred: start-up (see run_command)
 
     try:
         code = run(args)
@@ -206,8 +207,7 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
 
 def _failed(prog: str, args: argparse.Namespace, err: Exception) -> int:
     """Report `err` in one line (2 for a UserError or a lack of memory, else 1)."""
-    from .. import files, signals
-    from ..errors import UserError
+    from .. import files, signals  # deferred: start-up (see run_command)
 
     with signals.deferred():
         files.remove_pending()
@@ -243,7 +243,7 @@ def _while() -> str:
 
 def _stopped(prog: str, err: KeyboardInterrupt) -> int:
     """Clean up after Ctrl-C or a termination signal, say what was written, return the exit code."""
-    from .. import files, signals
+    from .. import files, signals  # deferred: start-up (see run_command)
 
     code = getattr(err, "exit_code", 130)
     with signals.deferred():

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from ..errors import UserError
 from ..options import CompressOptions
 from .common import Parser, add_common_flags, add_config_flag, main_of, progress
 
@@ -50,14 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_options(args: argparse.Namespace) -> CompressOptions:
     """The validated options of a command line (recipe first, then flags)."""
-    from ..errors import UserError
-
     if getattr(args, "from_pt", None) is not None:
         if getattr(args, "model", None) is not None:
             raise UserError("give a MODEL or --from-pt PRUNED.pt (exactly one)")
         if getattr(args, "checkpoint", None) is not None:
             raise UserError("--from-pt PRUNED.pt holds its own weights; --checkpoint does not apply to it")
-        from ..models.checkpoint import read_spec
+        from ..models.checkpoint import read_spec  # deferred: start-up (models load torch and timm)
 
         read_spec(args.from_pt)  # one clear line if it is not a pruned checkpoint
         args.model = args.from_pt
@@ -68,13 +67,14 @@ def parse_options(args: argparse.Namespace) -> CompressOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # deferred: start-up; --help and bad flags load none of these (torch, timm, onnxruntime, rich)
     from rich.console import Console
 
-    from ..errors import UserError
     from ..files import check_output
-    from ..models import load_any
-    from ..pipeline import check_outputs, compress
+    from ..pipeline import check_outputs, compress, input_files
     from ..prune.criteria import get_criterion
+    from ..prune.replay import load_any
+    from ..report.tables import print_report
 
     options = parse_options(args)  # cheap checks first, so bad input fails in well under a second
     compare = [c.strip() for c in args.compare.split(",") if c.strip()] if args.compare else []
@@ -87,8 +87,6 @@ def _run(args: argparse.Namespace) -> int:
     inputs = (args.config,) if args.config else ()
     check_outputs(options, inputs)
     if args.plot:
-        from ..pipeline import input_files
-
         check_output(args.plot, options.force, (".png",), "--plot", (*input_files(options), *inputs))
 
     on_step = None if args.quiet else progress(Console(stderr=True))
@@ -102,14 +100,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.report.to_dict(), indent=2))
     else:
-        from ..report.tables import print_report
-
         print_report(result.report, Console(), blocks=args.blocks)
     return 0
 
 
 def _plot(path: str, source, options: CompressOptions, report, compare: list[str]) -> None:
     """Draw this run and, for --compare, the same target under other criteria (no export)."""
+    # deferred: start-up, as in _run (and matplotlib, loaded only for --plot)
     from ..files import atomic_output
     from ..pipeline import compress
     from ..report.plot import plot_blocks

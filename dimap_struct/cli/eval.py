@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from ..options import EvalOptions
 from .common import Parser, add_common_flags, add_config_flag, default_data, main_of
 
@@ -35,17 +36,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # deferred: start-up; --help and bad flags load none of these (torch, onnxruntime, rich)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ..deploy.evaluate import accuracy, load_classifier
-    from ..errors import UserError
 
     options = EvalOptions.from_args(args, args.config)
     if options.model is None:
         raise UserError("give a MODEL: an .onnx file, a pruned checkpoint or a model name")
     if options.threads:
-        import torch
+        import torch  # deferred: start-up, as above
 
         torch.set_num_threads(options.threads)
     data = default_data(options.data)

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from ..options import FinetuneOptions
 from .common import Parser, add_common_flags, add_config_flag, default_data, main_of, progress
 
@@ -37,13 +38,14 @@ def resume_path(output: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # deferred (also below): start-up; --help and bad flags load none of these (torch, timm,
+    # onnxruntime, rich)
     from rich.console import Console
 
     from ..deploy.evaluate import accuracy, torch_classifier
     from ..deploy.export import write_model_and_report
-    from ..errors import UserError
-    from ..models import load_any
     from ..pipeline import check_outputs, compress
+    from ..prune.replay import load_any
     from ..recover.finetune import finetune, init_distributed, read_state, save_state, weights_digest
 
     options = FinetuneOptions.from_args(args, args.config)
@@ -122,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"fine-tuned {f['finetuned_top1']:.2f}%  ({f['steps']} steps x {cfg.batch_size} x "
                   f"{ctx.world_size} process(es))")
     if ctx.distributed:
-        import torch.distributed as dist
+        import torch.distributed as dist  # deferred: start-up, as in _run
 
         dist.barrier()
         dist.destroy_process_group()
@@ -131,10 +133,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, evaluate, step, on_step,
                    quantize) -> int:
-    """--steps K: K rounds of prune + KD (`recover.iterative`), each with 1/K of the budget."""
+    """--steps K: K rounds of prune + KD (`pipeline.prune_in_rounds`), each with 1/K of the budget."""
+    # deferred: start-up, as in _run
     from ..deploy.export import write_model_and_report
+    from ..pipeline import prune_in_rounds
     from ..recover.finetune import finetune, weights_digest
-    from ..recover.iterative import prune_in_rounds
 
     k_steps = options.prune_steps
     per_round = cfg.replace(epochs=cfg.epochs / k_steps,
@@ -169,7 +172,7 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
             print(f"{report.source.model} -> {paths[0]} ({report.achieved.ratio:.3f} of the MACs in {k_steps} rounds, "
                   f"criterion {report.criterion})\n  top-1: unpruned {teacher_top1:.2f}%  after each round {trail}")
     if ctx.distributed:
-        import torch.distributed as dist
+        import torch.distributed as dist  # deferred: start-up, as in _run
 
         dist.barrier()
         dist.destroy_process_group()
@@ -178,6 +181,7 @@ def _run_in_rounds(args, options, loaded, prune_options, cfg, ctx, data, paths, 
 
 def _train_progress(console):
     """A bar over all optimiser steps: loss, steps done, steps per second, elapsed time, ETA."""
+    # deferred: start-up, as in _run
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
     from rich.text import Text
@@ -206,7 +210,7 @@ def _train_progress(console):
 
 def _quantize_request(options, data_config, data):
     """`--quantize` of dimap-finetune: static INT8 calibrates on --calib-data, else on the training data."""
-    from ..deploy.quantize import make_request
+    from ..deploy.quantize import make_request  # deferred: start-up, as in _run
 
     return make_request(options.quantize, options.calib_data or data, data_config, options.calib_images,
                         options.seed)

@@ -278,6 +278,8 @@ class FolderUnion(ConcatDataset):
 def _folder_reading(data_config: dict, train_augment: bool):
     """(transform, loader) for image files: timm's transform for the data config and
     :func:`read_image` in the model's channel count."""
+    # deferred (also below): image folders only; MNIST's IDX files (dimap-eval of an ONNX file on
+    # MNIST) start without timm, torchvision and PIL
     from timm.data import create_transform
 
     config = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
@@ -290,7 +292,7 @@ def _folder_reading(data_config: dict, train_augment: bool):
 
 
 def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool) -> Dataset:
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # deferred: image folders only (see _folder_reading)
 
     transform, loader = _folder_reading(data_config, train_augment)
     check_links(root)  # before torchvision's walk, which follows links into any loop
@@ -388,7 +390,7 @@ def read_image(path: str, mode: str = "RGB"):
     (:func:`_to_8_bits`). UserError naming the file if it is truncated, not an image, has
     floating-point pixels, or has more pixels than PIL decodes (twice
     ``PIL.Image.MAX_IMAGE_PIXELS``; below that PIL's warning is silenced)."""
-    from PIL import Image
+    from PIL import Image  # deferred: image folders only (see _folder_reading)
 
     try:
         with open(path, "rb") as f, warnings.catch_warnings():
@@ -408,7 +410,7 @@ def _to_8_bits(image, path: str):
     """`image`, or for 16-bit greyscale (PIL modes ``I;16*``, and ``I`` read as 0-65535) an
     8-bit ``L`` image of value / 257, rounded: PIL's convert would clip every value past 255.
     UserError for floating-point pixels (mode ``F``), which have no set range."""
-    from PIL import Image
+    from PIL import Image  # deferred: image folders only (see _folder_reading)
 
     if image.mode == "F":
         raise UserError(f"cannot read image {path}: floating-point pixels (PIL mode F) have no set range; "

@@ -17,8 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from torchvision.datasets import ImageFolder
+from tqdm import tqdm
 
 from ..errors import UserError
+from ..files import atomic_output
+from .datasets import check_links, read_image
 
 CACHE_ENV = "DIMAP_CACHE"
 
@@ -39,11 +44,6 @@ def cache_dir() -> Path:
 def decoded_folder(root: str | os.PathLike, mode: str = "RGB", *, progress: bool = False) -> DecodedFolder:
     """Every image of the ImageFolder `root` as one array (see the module docstring); UserError if
     the folder is empty, an image cannot be read, or the images differ in size."""
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
-
-    from .datasets import check_links, read_image
-
     root = Path(root)
     check_links(root)  # before torchvision's walk, which follows links into any loop
     folder = ImageFolder(str(root), allow_empty=True)
@@ -60,8 +60,6 @@ def decoded_folder(root: str | os.PathLike, mode: str = "RGB", *, progress: bool
         return DecodedFolder(images, labels, list(folder.classes))
     samples = folder.samples
     if progress:
-        from tqdm import tqdm
-
         samples = tqdm(samples, desc=f"decoding {root}", unit="img", leave=False)
     first = None
     images = None
@@ -105,8 +103,6 @@ def _load(path: Path, key: str, labels: np.ndarray, channels: int) -> np.ndarray
 
 
 def _store(path: Path, key: str, images: np.ndarray, labels: np.ndarray) -> None:
-    from ..files import atomic_output
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp:

@@ -1,1 +1,1 @@
-"""Stages 7-8, deploy: ONNX export with parity, reading ONNX files back, accuracy and latency."""
+"""Deploy: ONNX export with parity, INT8, runtimes, reading ONNX files back, accuracy and latency."""

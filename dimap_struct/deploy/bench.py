@@ -26,8 +26,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 from ..errors import UserError
+from .onnx_file import open_session, read_report
+from .runtimes import open_runner, runtime_version
 
 WARMUP_MIN_RUNS = 2
 SEED = 0
@@ -67,8 +71,6 @@ def model_macs(report) -> tuple[int | None, str | None]:
 
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build has it, then CPU."""
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
 
@@ -83,10 +85,6 @@ def benchmark(paths: Sequence[str | os.PathLike], batches: Sequence[int] = (1, 8
     docstring. `warmup` and `min_time` are seconds per model and batch; `threads` is the
     intra-op thread count (onnxruntime: inter-op 1, sequential execution, all graph
     optimisations). Returns the result dict (`rows`: one per batch and model, batch-major)."""
-    import onnxruntime as ort
-
-    from .runtimes import runtime_version
-
     _check_settings(batches, threads, warmup, min_iters, min_time)
     if not paths:
         raise UserError("no model given")
@@ -109,7 +107,7 @@ def benchmark_torch(modules: dict, input_size: Sequence[int], batches: Sequence[
     `torch.inference_mode` with `threads` intra-op threads, same schedule and statistics as
     `benchmark`. `input_size` is (C, H, W); `macs` (name -> MACs) enables the ideal speed-up.
     torch's thread count is restored afterwards."""
-    import torch
+    import torch  # deferred: start-up; dimap-bench of ONNX files runs without loading torch
 
     _check_settings(batches, threads, warmup, min_iters, min_time)
     if not modules:
@@ -140,11 +138,10 @@ def benchmark_torch(modules: dict, input_size: Sequence[int], batches: Sequence[
 
 def torch_models_for(paths: Sequence[str | os.PathLike]) -> tuple[dict, dict, tuple[int, ...]]:
     """The PyTorch module behind each ONNX file, rebuilt from the architecture its stored report
-    records (`models.build_architecture`) with random weights, which latency does not depend
+    records (`prune.replay.build_architecture`) with random weights, which latency does not depend
     on. Returns (label -> module, label -> MACs, common input size (C, H, W)); labels as in
     `benchmark`. UserError for files without a report or with differing inputs."""
-    from ..models import build_architecture
-    from .onnx_file import read_report
+    from ..prune.replay import build_architecture  # deferred: start-up (torch, timm), for --torch only
 
     names = [Path(p).name for p in paths]
     modules, macs, size = {}, {}, None
@@ -175,9 +172,6 @@ def _check_settings(batches, threads, warmup, min_iters, min_time) -> None:
 def _open_onnx(paths, batches, threads, providers, runtimes=("onnxruntime",)) -> tuple[list[_Model], tuple[int, ...]]:
     """Open every file in every runtime (UserError for missing, unreadable or mismatched ones)
     and return the models, file-major, with their common input shape without the batch axis."""
-    from .onnx_file import open_session, read_report
-    from .runtimes import open_runner
-
     names = [Path(p).name for p in paths]
     models, shape, first = [], None, None
     for path, name in zip(paths, names):
@@ -249,8 +243,6 @@ def bytes_per_image(path: str | os.PathLike, shape) -> int:
     it, both live while that tensor is made. Shapes come from onnx shape inference at batch 1;
     tensors it cannot size, and those that do not depend on the input (weights, constants), are
     left out, so the bound never refuses a batch that fits."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)  # shapes need no weight data
     weights = {t.name for t in model.graph.initializer}
     graph_input = next(i for i in model.graph.input if i.name not in weights)
@@ -272,8 +264,6 @@ def _weights_as_inputs(graph, largest: int = 1024) -> None:
     """Turn every initializer of more than `largest` elements into a graph input of its type and
     shape. Shape inference then copies no weight data (0.03 s instead of 0.7 s on swin_t); the small
     ones stay, as Reshape targets need their values."""
-    import onnx
-
     small = []
     for tensor in graph.initializer:
         if int(np.prod(tensor.dims)) > largest:
@@ -296,8 +286,6 @@ def _made_from(graph, name: str) -> set[str]:
 
 def _tensor_bytes(value) -> int:
     """Bytes of a tensor ValueInfo whose every dimension is known, else 0."""
-    import onnx
-
     tensor = value.type.tensor_type
     if not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
         return 0
@@ -347,13 +335,13 @@ def _run_all(models: list[_Model], shape, batches, warmup, min_iters, min_time, 
         x = to_input(np.random.default_rng(SEED).standard_normal((batch, *shape), dtype=np.float32))
         runners = [lambda m=m, x=x: m.runner(x) for m in models]
         gc.collect()
-        times = _time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run)
+        times = time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run)
         iterations[str(batch)] = len(times[0])
         rows += _rows(models, batch, times)
     notes = _notes(models)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_record(),
         "input_shape": list(shape),
         "batches": [int(b) for b in batches],
         "warmup_s": warmup, "min_iters": min_iters, "min_time_s": min_time, "max_iters": max_iters,
@@ -365,8 +353,9 @@ def _run_all(models: list[_Model], shape, batches, warmup, min_iters, min_time, 
     }
 
 
-def _time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run) -> list[list[float]]:
-    """Warm each runner up on its own, then time them in turn; seconds per run, per runner."""
+def time_batch(runners, batch, warmup, min_iters, min_time, max_iters, on_run) -> list[list[float]]:
+    """Warm each runner up on its own, then time them in turn; seconds per run, per runner
+    (`latency_probe` times its blocks with it too)."""
     notify = on_run or (lambda run: None)
     for i, run in enumerate(runners):
         start, n = time.perf_counter(), 0
@@ -412,7 +401,8 @@ def _notes(models: list[_Model]) -> list[str]:
     return notes
 
 
-def _machine() -> dict:
+def machine_record() -> dict:
+    """The machine the timings ran on: platform, processor, Python, CPUs (all and usable)."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

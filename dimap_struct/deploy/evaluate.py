@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..data import build_loader, num_classes
 from ..errors import UserError
+from .onnx_file import output_width, read_report
+from .runtimes import open_runner
 
 
 @dataclass
@@ -30,11 +34,6 @@ class Classifier:
 def onnx_classifier(path: str | os.PathLike, threads: int | None = None, runtime: str = "onnxruntime") -> Classifier:
     """An ONNX file in `runtime` (onnxruntime or openvino, `deploy.runtimes`), preprocessed as
     its stored report says."""
-    import numpy as np
-
-    from .onnx_file import output_width, read_report
-    from .runtimes import open_runner
-
     path = Path(path)
     report = read_report(path)
     if report is None:
@@ -64,10 +63,10 @@ def torch_classifier(model: nn.Module, data_config: dict, description: str,
 
 def load_classifier(spec: str, *, checkpoint=None, pretrained: bool = True, seed: int = 0,
                     threads: int | None = None, runtime: str = "onnxruntime") -> Classifier:
-    """`spec`: a path ending in .onnx, a pruned checkpoint, or a model name (`models.load_any`)."""
+    """`spec`: a path ending in .onnx, a pruned checkpoint, or a model name (`prune.replay.load_any`)."""
     if str(spec).lower().endswith(".onnx"):
         return onnx_classifier(spec, threads, runtime)
-    from ..models import load_any
+    from ..prune.replay import load_any  # deferred: start-up; ONNX files evaluate without timm and the models
 
     loaded = load_any(spec, checkpoint=checkpoint, pretrained=pretrained, seed=seed)
     return torch_classifier(loaded.model, loaded.data_config, f"{loaded.name} ({loaded.weights})",
@@ -80,8 +79,6 @@ def accuracy(classifier: Classifier, data: str | os.PathLike | None, *, split: s
     """Top-1 and top-5 (percent) of `classifier` on `split` of `data` (None: the directory in $DIMAP_DATA).
     `on_batch(done, total)` reports progress in images. The result's "warnings" list says when
     the model has more outputs than the data has classes (a likely mix-up, not an error)."""
-    from ..data import build_loader, num_classes
-
     loader = build_loader(data, split, classifier.data_config, batch_size)
     classes = num_classes(loader.dataset)
     if classifier.num_classes is not None and classes > classifier.num_classes:

@@ -1,4 +1,4 @@
-"""Stage 7, export: ONNX with a dynamic batch axis, checked, compared with PyTorch, atomic.
+"""Export: ONNX with a dynamic batch axis, checked, compared with PyTorch, atomic.
 
 The file appears at its final path only after onnx.checker and the onnxruntime parity check
 passed; until then it lives in a temporary file beside it, removed on any failure or Ctrl-C.
@@ -7,6 +7,8 @@ passed; until then it lives in a temporary file beside it, removed on any failur
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,11 +18,17 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from ..data import data_fingerprint
+from ..files import TEMP_PREFIX, staged
+from ..models.adapters import adapter_for_model
+from ..models.lean import LeanUnsupported, lean_model
+from ..report.schema import OnnxInfo
 from .onnx_file import METADATA_KEY
+from .quantize import compare, compare_outputs, quantize_file
 
 PARITY_TOLERANCE = 1e-3
 LEAN_TOLERANCE = 1e-4
-"""The lean form (deploy/lean.py) against the model's own forward, in PyTorch."""
+"""The lean form (models/lean.py) against the model's own forward, in PyTorch."""
 
 
 class ParityError(RuntimeError):
@@ -28,14 +36,11 @@ class ParityError(RuntimeError):
 
 
 def export_form(model: nn.Module, input_size, plain: bool = False) -> tuple[nn.Module, str, str | None]:
-    """The module whose trace becomes the ONNX graph: the lean form of `model` (`deploy.lean`)
+    """The module whose trace becomes the ONNX graph: the lean form of `model` (`models.lean`)
     unless `plain`, or when its family or input size has none. Returns (module, 'lean' or
     'plain', why plain when lean was asked for). The lean form must match the model on a seeded
     batch of 3 within LEAN_TOLERANCE x max(1, max |output|), else the plain graph is exported
     (and the reason noted: tests require the lean form for every family)."""
-    from ..models.adapters import adapter_for_model
-    from .lean import LeanUnsupported, lean_model
-
     if plain:
         return model, "plain", None
     model.eval()
@@ -90,7 +95,7 @@ def _slim(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Simplify the graph with onnxslim (constant folding, fused reshapes): measured 4% faster
     for dense swin_t and 7-9% for a pruned one in onnxruntime (docs/decisions.md, timing).
     Parity is checked after it like for any export; if onnxslim fails, the plain graph is kept."""
-    try:
+    try:  # the import too: a broken onnxslim install costs only this optimisation, never the export
         import onnxslim
 
         with warnings.catch_warnings():
@@ -117,9 +122,6 @@ def write_model_and_report(net: nn.Module, report, paths: tuple[Path, Path], ops
     `quantize` (a `deploy.quantize.QuantizeRequest`): the file written is the INT8 form of the
     parity-checked float export, and `report.quantization` says how it was made and measured.
     `also`: more (path, write(temporary path)) outputs published in the same set (`--save-pt`)."""
-    from ..files import staged
-    from ..report.schema import OnnxInfo
-
     onnx_path, json_path = paths
     traced, graph, why = export_form(net, report.input_size, plain)
     if why is not None:
@@ -139,12 +141,6 @@ def _quantize_in_place(path: Path, report, request) -> None:
     """Replace the float ONNX file at `path` by its INT8 form (same folder, a temporary name for
     the float file, removed whatever happens), measured against the float file when the request
     has images; stores `report.quantization` and rewrites the metadata."""
-    import os
-    import tempfile
-
-    from ..files import TEMP_PREFIX
-    from .quantize import compare, compare_outputs, quantize_file
-
     handle, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".float.onnx", dir=path.parent)
     os.close(handle)
     float_path = Path(name)
@@ -157,8 +153,6 @@ def _quantize_in_place(path: Path, report, request) -> None:
             result.evaluation = {**compare(float_path, path, request.check_images, request.check_labels),
                                  "source": request.source}
         if request.calibration is not None:
-            from ..recover.oneshot import data_fingerprint
-
             result.calibration.update(data=request.data, data_sha256=data_fingerprint(request.data))
         report.quantization = result.to_dict()
         proto = onnx.load(str(path))

@@ -1,6 +1,6 @@
 """Measure the per-block latency model of `prune.latency` on this machine and runtime, and cache it.
 
-For each stage, one block of the model's lean form (deploy/lean.py: same window, shift and
+For each stage, one block of the model's lean form (models/lean.py: same window, shift and
 attention kind) is rebuilt with random weights at a few (heads, MLP width, residual width)
 configurations, preceded by the token gather a block pays, exported alone with a static batch
 and timed in onnxruntime (median of at least 15 runs and 0.5 s, after 3 warm-up runs). The
@@ -26,28 +26,29 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnxruntime
 import torch
 from torch import nn
 
+from ..data.decoded import cache_dir as user_cache
 from ..errors import UserError
 from ..files import atomic_output
+from ..models.lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
 from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
-from .bench import _machine, _time_batch
-from .lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
+from .bench import machine_record, time_batch
+from .onnx_file import open_session
 
 CACHE_VERSION = 3  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256
 
 
 def cache_dir() -> Path:
-    from ..data.decoded import cache_dir as user_cache
-
     return user_cache() / "latency"
 
 
 def machine() -> str:
     """CPU model, logical CPUs usable and the platform (`bench`'s machine record): what the
     timings depend on."""
-    info = _machine()
+    info = machine_record()
     cpu = info["processor"]
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -75,8 +76,6 @@ def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threa
     'measured (cache entry NAME was damaged: WHY)' when the entry failed `_read_entry`'s checks
     (that case also prints one warning line on stderr). The cache is optional: when its directory
     cannot be made or written, one warning line on stderr, and the model is measured and not kept."""
-    import onnxruntime
-
     spec = adapter.lean_spec(tuple(input_size))
     key = {"version": CACHE_VERSION, "machine": machine(), "runtime": f"onnxruntime {onnxruntime.__version__}",
            "family": family or adapter.family, "input_size": list(input_size), "batch": batch, "threads": threads,
@@ -219,8 +218,6 @@ def _block_unit(template: LeanBlockSpec, grid, heads: int, mlp: int, width: int)
 
 def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min_time: float = 0.5) -> float:
     """Median ms of `module` exported alone (static shape) in onnxruntime, timed like dimap-bench."""
-    from .onnx_file import open_session
-
     with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
         path = Path(tmp) / "unit.onnx"
         with warnings.catch_warnings(), torch.no_grad():
@@ -229,6 +226,6 @@ def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min
                               input_names=["input"])
         session = open_session(path, threads, tuned=True)
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        times = _time_batch([lambda: session.run(None, {"input": x})], shape[0], warmup=0.0, min_iters=min_runs,
+        times = time_batch([lambda: session.run(None, {"input": x})], shape[0], warmup=0.0, min_iters=min_runs,
                             min_time=min_time, max_iters=10_000, on_run=None)[0]
     return 1e3 * statistics.median(times)

@@ -6,15 +6,19 @@ import json
 import os
 from pathlib import Path
 
+import onnx
+import onnxruntime as ort
+
 from ..errors import UserError
+from ..files import check_input
+from ..report.schema import Report
 
 METADATA_KEY = "dimap_struct"
 """ONNX metadata key under which dimap-compress stores the report (`Report.metadata`)."""
 
 
-def _check_file(path: Path) -> None:
-    from ..files import check_input
-
+def check_file(path: Path) -> None:
+    """UserError unless `path` is an existing, readable model file (`files.check_input`)."""
     check_input(path, "model file")
 
 
@@ -26,12 +30,8 @@ def _unreadable(path: Path, err: Exception) -> UserError:
 def read_report(path: str | os.PathLike):
     """The `report.schema.Report` stored in an ONNX file, or None if it holds none. UserError
     for a missing or unreadable file, or a report of another format."""
-    import onnx
-
-    from ..report.schema import Report
-
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises its own types (protobuf DecodeError, ...)
@@ -54,10 +54,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
     `threads`: intra-op threads; `tuned`: the benchmark's settings (inter-op 1, sequential
     execution, all graph optimisations, warnings off stderr, worker threads that stop spinning
     when a run returns); `profile_prefix`: onnxruntime's profiler on, its trace file named so."""
-    import onnxruntime as ort
-
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -83,8 +81,6 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
 
 def output_width(path: str | os.PathLike) -> int | None:
     """The static last dimension of the file's first output (the classes), None if dynamic."""
-    import onnx
-
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:

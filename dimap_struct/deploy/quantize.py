@@ -1,4 +1,4 @@
-"""Stage 7b, INT8: quantize an exported float ONNX file with onnxruntime.quantization, and measure
+"""INT8: quantize an exported float ONNX file with onnxruntime.quantization, and measure
 what it costs in accuracy (docs/method.md section 10).
 
 Schemes (`--quantize`):
@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
+from ..data import build_dataset, is_labelled
 from ..errors import UserError
-from ..options import QUANTIZE_SCHEMES as SCHEMES
+from .choices import resolve_scheme
+from .onnx_file import open_session
+
 OP_TYPES = ["MatMul", "Gemm"]
 """The linear layers; the patch embedding's Conv and attention's softmax stay float."""
 
@@ -82,19 +88,6 @@ def make_request(scheme: str | None, data, data_config: dict, count: int, seed: 
     return QuantizeRequest(scheme, calibration, check_images, check_labels, str(data), source)
 
 
-def resolve_scheme(scheme: str | None, calib_data) -> str | None:
-    """The scheme to run ('int8-dynamic' or 'int8-static'), or None for no quantization."""
-    if scheme in (None, "none"):
-        return None
-    if scheme not in SCHEMES:
-        raise UserError(f"--quantize {scheme}: unknown scheme; choose from: {', '.join(SCHEMES)}")
-    if scheme == "int8":
-        return "int8-static" if calib_data is not None else "int8-dynamic"
-    if scheme == "int8-static" and calib_data is None:
-        raise UserError("--quantize int8-static calibrates activation ranges on images: give --calib-data PATH "
-                        "(or use --quantize int8-dynamic, which needs none)")
-    return scheme
-
 
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over a float32 batch (N, C, H, W)."""
@@ -111,10 +104,7 @@ def quantize_file(float_path: Path, out_path: Path, scheme: str, *, calibration:
     """Write the INT8 form of `float_path` to `out_path`. `calibration` (N, C, H, W, preprocessed)
     is required for 'int8-static'. reduce_range: 7-bit weights, which onnxruntime recommends on
     x86 without VNNI (AVX2 u8s8 products can saturate in 16 bits)."""
-    import time
-
-    import onnxruntime
-    from onnxruntime import quantization as q
+    from onnxruntime import quantization as q  # deferred: start-up (0.2 s), loaded only with --quantize
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".dimap-quant-", dir=out_path.parent) as tmp:
@@ -147,8 +137,6 @@ def quantize_file(float_path: Path, out_path: Path, scheme: str, *, calibration:
 def compare(float_path: Path, int8_path: Path, images: torch.Tensor, labels: torch.Tensor | None,
             threads: int | None = None, batch: int = 64) -> dict:
     """Top-1 agreement (%) of the two files on `images`, and each one's top-1 (%) if `labels`."""
-    from .onnx_file import open_session
-
     sessions = [open_session(p, threads) for p in (float_path, int8_path)]
     predictions = []
     for session in sessions:
@@ -165,8 +153,6 @@ def compare(float_path: Path, int8_path: Path, images: torch.Tensor, labels: tor
 
 def compare_outputs(float_path: Path, int8_path: Path, probe: torch.Tensor) -> float:
     """Max abs difference of the two files' outputs on `probe` in onnxruntime."""
-    from .onnx_file import open_session
-
     outs = []
     for path in (float_path, int8_path):
         session = open_session(path)
@@ -178,10 +164,8 @@ def labelled_sample(data: str | os.PathLike, data_config: dict, count: int, seed
                     skip: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`count` preprocessed images and labels (None for a folder without class folders) of the
     train split of `data`: entries skip ..
-    skip+count of a seeded permutation (skip=0 gives `recover.oneshot.calibration_images`'
+    skip+count of a seeded permutation (skip=0 gives `prune.calibration.calibration_images`'
     images; skip=count the next, disjoint ones). UserError if the split holds too few."""
-    from ..data import build_dataset, is_labelled
-
     dataset = build_dataset(data, "train", data_config, labels_required=False)
     labelled = is_labelled(dataset)  # a flat folder calibrates; its check then reports agreement only
     if skip + count > len(dataset):
@@ -196,6 +180,4 @@ def labelled_sample(data: str | os.PathLike, data_config: dict, count: int, seed
 
 
 def _input_name(path: Path) -> str:
-    import onnx
-
     return onnx.load(str(path), load_external_data=False).graph.input[0].name

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnxruntime
 
 from ..errors import UserError
-from ..options import RUNTIMES
+from .choices import RUNTIMES
+from .onnx_file import check_file, open_session
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -23,7 +25,6 @@ Runner = Callable[[np.ndarray], np.ndarray]
 def runtime_version(runtime: str) -> str:
     if runtime == "openvino":
         return _openvino().__version__
-    import onnxruntime
 
     return onnxruntime.__version__
 
@@ -37,7 +38,6 @@ def open_runner(path: str | os.PathLike, runtime: str, threads: int | None = Non
         raise UserError(f"unknown runtime '{runtime}'; choose from: {', '.join(RUNTIMES)}")
     if runtime == "openvino":
         return _openvino_runner(Path(path), threads)
-    from .onnx_file import open_session
 
     session = open_session(path, threads, tuned=tuned)
     name = session.get_inputs()[0].name
@@ -46,7 +46,7 @@ def open_runner(path: str | os.PathLike, runtime: str, threads: int | None = Non
 
 
 def _openvino():
-    try:
+    try:  # deferred: an optional dependency (the openvino extra), loaded only for --runtime openvino
         import openvino
     except ImportError:
         raise UserError("--runtime openvino: OpenVINO is not installed; install it with "
@@ -56,9 +56,8 @@ def _openvino():
 
 def _openvino_runner(path: Path, threads: int | None) -> tuple[Runner, dict]:
     ov = _openvino()
-    from .onnx_file import _check_file
 
-    _check_file(path)
+    check_file(path)
     core = ov.Core()
     try:
         network = core.read_model(str(path))

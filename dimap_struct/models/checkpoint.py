@@ -1,11 +1,10 @@
-"""Pruned PyTorch checkpoints that reload without pickled code (`--save-pt`, `load_pruned`).
+"""Pruned PyTorch checkpoints that reload without pickled code (`--save-pt`): the file format.
 
 The file is a safetensors file: the pruned model's state dict as tensors, and in its header
 metadata (key 'dimap_struct') a JSON spec: the `report.Architecture` (source model name,
 constructor options, kept heads / MLP widths / residual widths), the preprocessing and the
-weights' provenance. `build_architecture` builds the source model and shrinks it to those
-widths with the same `prune.cut.cut` that `compress` uses (keeping the first k of everything);
-`load_pruned` then loads the tensors: the result is the exact module that was saved.
+weights' provenance. This module writes the file and reads its spec back; rebuilding the
+module from the spec replays the cut, which is `prune.replay.load_pruned`'s.
 """
 from __future__ import annotations
 
@@ -14,9 +13,13 @@ import json
 import os
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
 from ..errors import UserError
+from ..files import atomic_output, check_input
+from ..untrusted import check_shape
 
 SPEC_KEY = "dimap_struct"
 FORMAT = 2
@@ -25,8 +28,6 @@ FORMAT = 2
 def pruned_bytes(model: nn.Module, architecture, data_config: dict, weights: str) -> bytes:
     """The pruned checkpoint of `model` as the bytes of a safetensors file (see the module
     docstring); `architecture` is a `report.Architecture`."""
-    from safetensors.torch import save
-
     spec = {"format": FORMAT, "architecture": dataclasses.asdict(architecture), "data_config": data_config,
             "weights": weights}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -37,8 +38,6 @@ def save_pruned(model: nn.Module, architecture, data_config: dict, weights: str,
                 force: bool = True) -> None:
     """Write `model`'s tensors and its spec to `path` (atomically; an existing file is replaced
     only with `force`)."""
-    from ..files import atomic_output
-
     payload = pruned_bytes(model, architecture, data_config, weights)
     with atomic_output(Path(path), force) as tmp:
         # bytes written by Python, so a full disk raises OSError (files.staged names the output)
@@ -57,11 +56,6 @@ def read_spec(path: str | os.PathLike) -> dict:
     """The spec stored in a pruned checkpoint; UserError (one line) if `path` is not one: not
     a regular file, not safetensors, a state dict without our spec, another format version, or
     a spec of the wrong form."""
-    from safetensors import safe_open
-
-    from ..files import check_input
-    from ..untrusted import check_shape
-
     path = check_input(path, "pruned checkpoint")
     hint = "a plain state dict goes in --checkpoint, beside the MODEL name it fits"
     try:
@@ -90,48 +84,6 @@ def is_pruned_path(path) -> bool:
     with a checkpoint suffix): such a file is read with `read_spec`, whose errors say what is
     wrong, rather than taken for an unknown model name."""
     return str(path).lower().endswith(SUFFIXES + (".pth", ".bin")) and os.path.lexists(path)
-
-
-def build_architecture(architecture) -> nn.Module:
-    """The module `architecture` (a `report.Architecture` or its dict) describes, with random
-    weights (eval mode): the source model cut to its widths, keeping the first k of every
-    structure."""
-    from ..prune.cut import cut
-    from ..prune.select import Plan
-    from .load import load_model
-
-    arch = architecture if isinstance(architecture, dict) else dataclasses.asdict(architecture)
-    loaded = load_model(arch["source_model"], pretrained=False, **arch.get("model_kwargs", {}))
-    if arch["heads"] is not None:
-        residual = arch["residual_widths"]
-        plan = Plan([b.name for b in loaded.adapter.blocks()], [list(range(h)) for h in arch["heads"]],
-                    [list(range(m)) for m in arch["mlp_widths"]],
-                    None if residual is None else [list(range(r)) for r in residual])
-        cut(loaded.model, loaded.adapter, plan, tuple(loaded.data_config["input_size"]))
-    return loaded.model.eval()
-
-
-def load_pruned(path: str | os.PathLike, *, with_spec: bool = False):
-    """Rebuild the pruned module saved at `path` (eval mode). With `with_spec`, return
-    (module, spec); the spec's 'data_config' gives the preprocessing."""
-    from ..untrusted import check_tensors, safetensors_load
-
-    spec = read_spec(path)
-    try:
-        net = build_architecture(spec["architecture"])
-    except UserError:
-        raise
-    except Exception as err:  # a spec of the right form whose values no builder accepts
-        raise UserError(f"pruned checkpoint {path} was not written by dimap-struct, or is damaged (its architecture "
-                        f"cannot be built: {type(err).__name__})") from None
-    state = safetensors_load(path, "pruned checkpoint")
-    check_tensors(state, f"pruned checkpoint {path}", net.state_dict())
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{path}: tensors do not fit the rebuilt architecture ({str(err).splitlines()[0]})") from err
-    net.eval()
-    return (net, spec) if with_spec else net
 
 
 def is_pruned_checkpoint(path) -> bool:

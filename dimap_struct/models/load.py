@@ -1,4 +1,4 @@
-"""Stage 1, load: resolve a model name through the family registry, build the model and load
+"""Load: resolve a model name through the family registry, build the model and load
 its weights. Everything family-specific (names, aliases, builders, pretrained weights,
 preprocessing, classifier width) is the family adapter's (`models.adapters`).
 
@@ -99,28 +99,3 @@ def wrap_model(model: nn.Module, name: str | None = None) -> LoadedModel:
 
 def unsupported(name: str) -> UserError:
     return UserError(f"'{name}' is not a supported model yet; supported families: {supported_families()}")
-
-
-def load_any(model: "str | nn.Module | LoadedModel", *, checkpoint=None, pretrained: bool = True, seed: int = 0,
-             model_kwargs: dict | None = None) -> LoadedModel:
-    """A name goes through `load_model`, a pruned checkpoint (`--save-pt`) through
-    `checkpoint.load_pruned`; an nn.Module or LoadedModel is copied (the caller's stays intact)."""
-    import copy
-    import dataclasses
-
-    if isinstance(model, LoadedModel):
-        net = copy.deepcopy(model.model)
-        return dataclasses.replace(model, model=net, adapter=model.adapter.__class__(net))
-    if isinstance(model, nn.Module):
-        return wrap_model(copy.deepcopy(model))
-    if not isinstance(model, (str, os.PathLike)):
-        raise UserError(f"model must be a name, a path or an nn.Module, not {type(model).__name__}")
-    from .checkpoint import is_pruned_path, load_pruned
-
-    if is_pruned_path(model):  # read_spec says why a file is not a pruned checkpoint
-        net, saved = load_pruned(model, with_spec=True)
-        loaded = wrap_model(net, saved["architecture"]["source_model"])
-        return dataclasses.replace(loaded, weights=f"pruned checkpoint {Path(model).name} (from {saved['weights']})",
-                                   data_config=saved["data_config"],
-                                   model_kwargs=saved["architecture"]["model_kwargs"])
-    return load_model(str(model), checkpoint=checkpoint, pretrained=pretrained, seed=seed, **(model_kwargs or {}))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 REFERENCE_KWARGS = dict(
@@ -128,8 +130,6 @@ def build_reference(name: str = "reference-mnist", pretrained: bool = True, seed
 
     ``drop_path_rate`` overrides the stochastic depth used in training (it owns no weights).
     """
-    from timm.models.swin_transformer import SwinTransformer
-
     ref = REFERENCES[ALIASES.get(name, name)]
     kwargs = dict(ref.kwargs)
     if drop_path_rate is not None:
@@ -140,8 +140,6 @@ def build_reference(name: str = "reference-mnist", pretrained: bool = True, seed
     model.pretrained_cfg = ref.pretrained_cfg()
     model.default_cfg = model.pretrained_cfg
     if pretrained:
-        from safetensors.torch import load_file
-
         if not ref.weights.is_file() or not ref.recipe.is_file():
             raise RuntimeError(f"reference weights missing: {ref.weights} and {ref.recipe} "
                                "(make them with tools/train_reference.py)")

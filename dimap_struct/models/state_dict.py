@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..files import check_input
+from ..untrusted import check_tensors, safetensors_load, torch_load
 
 PLAIN_KEYS = ("model", "state_dict")
 EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
@@ -40,9 +42,6 @@ class Checkpoint:
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read `path` (.safetensors, or .pth / .pt through `torch.load(weights_only=True)`) into a
     Checkpoint, or raise UserError."""
-    from ..files import check_input
-    from ..untrusted import check_tensors
-
     path = check_input(path, "checkpoint")
     raw = _load(path)
     state, key = _unwrap(raw)
@@ -55,8 +54,6 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def _load(path: Path):
-    from ..untrusted import safetensors_load, torch_load
-
     if path.suffix == ".safetensors":
         return safetensors_load(path)
     # timm's and DeiT's training scripts store their argparse.Namespace beside the weights
@@ -115,7 +112,6 @@ def load_into(model: nn.Module, adapter, checkpoint: Checkpoint, path, name: str
             parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in file, "
                          f"{tuple(own[k].shape)} in model)")
         raise _mismatch(path, name, adapter, checkpoint.state_dict, model, "; ".join(parts))
-    from ..untrusted import check_tensors
 
     check_tensors(state, f"checkpoint {path}", own)
     model.load_state_dict(state, strict=True)

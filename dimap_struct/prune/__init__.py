@@ -1,2 +1,3 @@
-"""Stages 2-6, prune: costs, scores (criteria), selection to a budget, the cut and its
-verification; `unstructured` is the paper's own weight granularity."""
+"""Prune: costs, scores (criteria, and the calibration statistics some of them read), selection
+to a budget, the cut, its verification and its replay (pruned checkpoints); `unstructured` is
+the paper's own weight granularity."""

@@ -1,4 +1,4 @@
-"""Stage 4 input, the budget: a fraction of the original MACs (0 < R <= 1) or an absolute count,
+"""The budget: a fraction of the original MACs (0 < R <= 1) or an absolute count,
 and the fraction of prunable weights kept by weight granularity."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 2, costs: MACs and parameter counts, analytic, for any choice of kept heads and MLP widths.
+"""Costs: MACs and parameter counts, analytic, for any choice of kept heads and MLP widths.
 
 Counted: every Linear and Conv2d (multiply-accumulates of the weight; biases, norms,
 activations and softmax are not counted) plus the two window-attention matmuls q.k^T and
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.adapters import BlockSite, FamilyAdapter
+from ..report.schema import Counts
 
 @dataclass
 class BlockCost:
@@ -76,17 +77,6 @@ class Term:
         return self.amount * num // den
 
 
-@dataclass
-class Counts:
-    """A MACs / params breakdown: totals, per stage and per module kind."""
-
-    macs: int
-    params: int
-    macs_by_stage: dict[str, int] = field(default_factory=dict)
-    macs_by_module: dict[str, int] = field(default_factory=dict)
-    params_by_stage: dict[str, int] = field(default_factory=dict)
-    params_by_module: dict[str, int] = field(default_factory=dict)
-
 
 @dataclass
 class CostModel:
@@ -135,6 +125,19 @@ class CostModel:
         fixed = sum(t.amount for t in self.fixed_macs)
         return fixed + sum(h * b.macs_per_head + m * b.macs_per_channel
                            for b, h, m in zip(self.blocks, heads, widths))
+
+
+def residual_channel_macs(costs: CostModel) -> list[int]:
+    """MACs one residual channel of each stage costs in the unpruned model (every block, norm,
+    patch embedding and merging of the stage that touches it)."""
+    full = list(costs.residual_widths)
+    before = costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks], full)
+    out = []
+    for s in range(len(full)):
+        fewer = full[:s] + [full[s] - 1] + full[s + 1:]
+        out.append(before - costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks],
+                                       fewer))
+    return out
 
 
 def _residual_scaling(adapter: FamilyAdapter) -> tuple[dict[int, tuple[int, ...]], list[int]]:

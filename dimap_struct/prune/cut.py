@@ -1,7 +1,7 @@
-"""Stage 5, cut: physically remove attention heads, MLP channels and residual channels.
+"""Cut: physically remove attention heads, MLP channels and residual channels.
 
 `cut(model, adapter, plan, input_size)` is the one entry point: the pipeline and the
-checkpoint rebuild (`models.checkpoint.build_architecture`) both call it.
+checkpoint rebuild (`prune.replay.build_architecture`) both call it.
 
 MLP channels go through torch-pruning's DependencyGraph: it finds every layer coupled to an
 fc1 output channel (fc2's input column, and anything a model variant adds) and prunes them

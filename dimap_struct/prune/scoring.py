@@ -1,4 +1,4 @@
-"""Stage 3, score: DIMAP importance, per weight (the paper) and per structured group (ours).
+"""Score: DIMAP importance, per weight (the paper) and per structured group (ours).
 
 The paper's score of the weight at magnitude rank j (largest first) in one layer is
 

@@ -1,4 +1,4 @@
-"""Stage 4, select: module-aware thresholds that hit a MACs budget.
+"""Select: module-aware thresholds that hit a MACs budget.
 
 Modules (docs/method.md section 4): all attention heads of the model form one module, all MLP
 channels another. Within a module, groups are ranked by score across every block and stage;
@@ -18,13 +18,14 @@ each module gives up (`BoundSplit`; the default criterion's policy).
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .costs import CostModel
+from .costs import CostModel, residual_channel_macs
 from .criteria.registry import GroupScores
 
 
@@ -192,8 +193,6 @@ class DistortionBudget(_Policy):
     the full greedy sequence removed, so MACs fall monotonically with q."""
 
     def __init__(self, modules, floors):
-        import heapq
-
         super().__init__(modules, floors)
         streams, heap = [], []
         for i, m in enumerate(modules):
@@ -290,19 +289,6 @@ class BoundSplit(_Policy):
 
 POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform,
                                       "distortion": DistortionBudget, "bound-split": BoundSplit}
-
-
-def residual_channel_macs(costs: CostModel) -> list[int]:
-    """MACs one residual channel of each stage costs in the unpruned model (every block, norm,
-    patch embedding and merging of the stage that touches it)."""
-    full = list(costs.residual_widths)
-    before = costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks], full)
-    out = []
-    for s in range(len(full)):
-        fewer = full[:s] + [full[s] - 1] + full[s + 1:]
-        out.append(before - costs.macs([b.num_heads for b in costs.blocks], [b.mlp_width for b in costs.blocks],
-                                       fewer))
-    return out
 
 
 def _round_width(width: int, full: int, multiple: int, floor: int) -> int:

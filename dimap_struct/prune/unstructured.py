@@ -18,8 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import __version__
+from ..report.schema import (RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Counts, Report, Source, Target,
+                             plain_config)
 from .budget import target_macs
-from .costs import Counts, build_cost_model
+from .costs import build_cost_model
 from .scoring import dimap_weight_scores
 
 
@@ -111,10 +114,6 @@ def prune_weights(loaded, options) -> tuple[nn.Module, "Report"]:
 
 
 def _weight_report(loaded, options, blocks, modules, removed, before: Counts, eff_macs: int, target):
-    from .. import __version__
-    from ..report.schema import (RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Report, Source, Target,
-                                 plain_config)
-
     nonzero = sum(int(torch.count_nonzero(p)) for p in loaded.model.parameters())
     prunable = sum(m.size for m in modules.values())
     kept_prunable = sum(m.size - removed[n] for n, m in modules.items())

@@ -1,4 +1,4 @@
-"""Stage 6, verify: the pruned model must equal the original with the removed groups zeroed.
+"""Verify: the pruned model must equal the original with the removed groups zeroed.
 
 `mask(model, adapter, plan)` builds that reference in place on an unpruned copy:
 - a head: its qkv rows (and biases) are zeroed, so its values are zero and it contributes

@@ -1,1 +1,2 @@
-"""Recover: knowledge-distillation fine-tuning after pruning (single process or torchrun DDP)."""
+"""Recover: one-shot recovery from calibration statistics, and knowledge-distillation fine-tuning
+after pruning (single process or torchrun DDP)."""

@@ -11,12 +11,13 @@ AdamW with a linear warm-up then a cosine decay, stepped per batch.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,28 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from ..options import TrainingOptions
+from ..data import build_dataset
+from ..errors import UserError
+from ..files import atomic_output
+from ..models.adapters import adapter_for_model
+from ..untrusted import check_shape, check_tensors, torch_load
+
+
+class TrainingConfig(Protocol):
+    """The training settings `finetune` reads: `options.TrainingOptions` has them (recovery sits
+    below the options in the layers, so it names what it needs instead of importing them)."""
+
+    epochs: float
+    max_steps: int | None
+    batch_size: int
+    lr: float
+    min_lr: float
+    warmup_fraction: float
+    weight_decay: float
+    alpha: float
+    temperature: float
+
+    def as_dict(self) -> dict: ...
 
 
 @dataclass
@@ -78,7 +100,7 @@ def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: f
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def lr_at(step: int, total: int, cfg: TrainingOptions) -> float:
+def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
     warm = max(1, int(cfg.warmup_fraction * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -86,10 +108,8 @@ def lr_at(step: int, total: int, cfg: TrainingOptions) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def train_loader(data, data_config: dict, cfg: TrainingOptions, ctx: DistContext,
+def train_loader(data, data_config: dict, cfg: TrainingConfig, ctx: DistContext,
                  seed: int = 0) -> tuple[DataLoader, DistributedSampler]:
-    from ..data import build_dataset
-
     # augmentation draws differ per rank (different images), the shard order is shared
     dataset = build_dataset(data, "train", data_config, train_augment=True, seed=seed + 1000 * ctx.rank)
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
@@ -100,14 +120,12 @@ def train_loader(data, data_config: dict, cfg: TrainingOptions, ctx: DistContext
 def decay_groups(student: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups: 1-D parameters and the family's position terms
     (`FamilyAdapter.no_weight_decay`) undecayed, the rest decayed."""
-    from ..models.adapters import adapter_for_model
-
     adapter = adapter_for_model(student)
     skip = adapter.no_weight_decay() if adapter is not None else set()
     return param_groups_weight_decay(student, weight_decay, no_weight_decay_list=skip)
 
 
-def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cfg: TrainingOptions,
+def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cfg: TrainingConfig,
              ctx: DistContext | None = None, *, seed: int = 0, state: dict | None = None,
              on_epoch_end: Callable[[int, dict], None] | None = None,
              on_step: Callable[[int, int, float], None] | None = None,
@@ -127,8 +145,6 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
     loader, sampler = train_loader(data, data_config, cfg, ctx, seed)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        from ..errors import UserError
-
         raise UserError(f"the training split has fewer than {cfg.batch_size * ctx.world_size} images for one step")
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     if cfg.max_steps is not None:
@@ -155,8 +171,6 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
                 target = teacher(images)
             loss = kd_loss(model(images), target, labels, cfg.alpha, cfg.temperature)
             if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
-                from ..errors import UserError
-
                 raise UserError(f"training diverged at step {step + 1} (loss {loss.item()}); the last saved state "
                                 "is kept: lower --lr and try again")
             optimizer.zero_grad(set_to_none=True)
@@ -190,8 +204,6 @@ def read_state(path: Path) -> dict:
     """The resume state `save_state` wrote, read without running any pickled code (torch's
     weights-only unpickler), or UserError naming `path`: not a regular file, empty, truncated,
     of another form, or holding non-finite values."""
-    from ..untrusted import check_shape, check_tensors, torch_load
-
     state = torch_load(path, "resume state")
     where = f"resume state {path}"
     check_shape(state, STATE_SHAPE, where)
@@ -205,10 +217,6 @@ def read_state(path: Path) -> dict:
 
 def save_state(path: Path, state: dict, meta: dict) -> None:
     """Write a resume checkpoint atomically (temporary file, then rename)."""
-    from ..files import atomic_output
-
-    import io
-
     buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError
     torch.save({**state, "meta": meta}, buffer)
     with atomic_output(path) as tmp:

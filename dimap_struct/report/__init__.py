@@ -1,4 +1,4 @@
-"""Stage 8, report: the typed compression report, its tables and its per-block plot."""
+"""Report: the typed compression report, its tables and its per-block plot."""
 from .schema import Report
 
 __all__ = ["Report"]

@@ -16,6 +16,7 @@ def label_of(report) -> str:
 def plot_blocks(reports: list, path: str | Path, title: str | None = None) -> None:
     """Draw kept attention / MLP fractions per block for each `report.schema.Report` into the
     PNG at `path`."""
+    # deferred: start-up (matplotlib takes about 1 s), loaded only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,10 +12,22 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..prune.costs import Counts
 
 REPORT_FORMAT = 2
 """Bumped when a field changes meaning; `Report.from_dict` refuses other formats."""
+
+
+@dataclass
+class Counts:
+    """A MACs / params breakdown: totals, per stage and per module kind (`prune.costs` counts
+    them; the report's `original` and `pruned` hold one each)."""
+
+    macs: int
+    params: int
+    macs_by_stage: dict[str, int] = field(default_factory=dict)
+    macs_by_module: dict[str, int] = field(default_factory=dict)
+    params_by_stage: dict[str, int] = field(default_factory=dict)
+    params_by_module: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -37,7 +49,7 @@ class Source:
 
 @dataclass
 class Architecture:
-    """How to rebuild the pruned module (`models.checkpoint.build_architecture`): the source
+    """How to rebuild the pruned module (`prune.replay.build_architecture`): the source
     model and its constructor options, and the kept widths (None: unpruned)."""
 
     source_model: str
@@ -99,7 +111,7 @@ class OnnxInfo:
     parity_max_abs_diff: float
     bytes: int
     graph: str = "plain"
-    """'lean' (deploy/lean.py) or 'plain' (the model's own forward traced)."""
+    """'lean' (models/lean.py) or 'plain' (the model's own forward traced)."""
 
 
 @dataclass
@@ -136,7 +148,7 @@ class Report:
     plot: str | None = None
     finetune: dict | None = None
     iterative: dict | None = None
-    """`dimap-finetune --steps K`: each round's MACs target and result (`recover.iterative`)."""
+    """`dimap-finetune --steps K`: each round's MACs target and result (`pipeline.prune_in_rounds`)."""
     recovery: dict | None = None
     """One-shot recovery from calibration images (`recover.oneshot.RecoveryReport.to_dict`)."""
     quantization: dict | None = None

@@ -6,13 +6,18 @@ returns, so supporting a new Swin family means adding one adapter and registerin
 """
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from ...errors import UserError
+from ..lean import LeanUnsupported
 
 MAX_LOGIT_SCALE = math.log(100.0)
 """Swin v2's cosine attention clamps each head's learned log-temperature here (timm and
@@ -247,8 +252,6 @@ class FamilyAdapter(ABC):
     def describe_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> str | None:
         """The architecture a state dict holds, in words ('depths (2, 2, 6, 2), width 96'), to
         explain a checkpoint that does not fit; None if the keys are not this family's."""
-        import re
-
         if cls.block_key is None:
             return None
         stages: dict[int, set[int]] = {}
@@ -279,11 +282,9 @@ class FamilyAdapter(ABC):
         return set(own()) if callable(own) else set()
 
     def lean_spec(self, input_size: tuple[int, int, int]):
-        """The model as a `deploy.lean.LeanSpec` for images of `input_size` (C, H, W), the
-        modules shared with the model. Raises `deploy.lean.LeanUnsupported` when the family or
+        """The model as a `models.lean.LeanSpec` for images of `input_size` (C, H, W), the
+        modules shared with the model. Raises `models.lean.LeanUnsupported` when the family or
         this size has no lean form."""
-        from ...deploy.lean import LeanUnsupported
-
         raise LeanUnsupported(f"{self.family} has no lean export")
 
 
@@ -306,10 +307,8 @@ def supported_families() -> str:
     return ", ".join(cls.family for cls in _REGISTRY)
 
 
-def fetch_error(name: str, err: Exception) -> "UserError":
+def fetch_error(name: str, err: Exception) -> UserError:
     """One line for a failed download of pretrained weights, naming the ways around it."""
-    from ...errors import UserError
-
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     first = first.split(". ")[0].rstrip(".")  # first sentence: the Hub's messages run long
     return UserError(f"could not fetch pretrained weights for '{name}' ({first[:200]}); "
@@ -327,8 +326,6 @@ def family_for_name(name: str) -> tuple[type[FamilyAdapter], str] | None:
 
 def suggestions(name: str) -> list[str]:
     """Known names close to `name`, over every family."""
-    import difflib
-
     known = [n for cls in _REGISTRY for n in cls.known_names()]
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     # a family's own spelling of the same base name (e.g. torchvision:swin_v2_t for swin_v2_t)

@@ -30,12 +30,16 @@ import re
 from pathlib import Path
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
 from ...errors import UserError
+from ...untrusted import check_tensors
+from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
 from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, ResidualSite,
                    parameters_named,
                    register_adapter)
+from .timm_common import hub_session
 
 PREFIX = "hf:"
 CLASSES = ("SwinModel", "SwinForImageClassification", "Swinv2Model", "Swinv2ForImageClassification")
@@ -45,7 +49,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _transformers():
-    try:
+    try:  # deferred: an optional dependency (the hf extra), loaded only for hf: models
         import transformers
     except ImportError:
         raise UserError(f"hf: models need the transformers package: {INSTALL}") from None
@@ -98,9 +102,7 @@ class HfSwinAdapter(FamilyAdapter):
         target = name[len(PREFIX):]
         config = _read_config(transformers, target)
         model_class = getattr(transformers, _class_for(config))
-        from .timm_common import _hub_session
-
-        with _hub_session():
+        with hub_session():
             try:
                 hf = model_class.from_pretrained(target) if pretrained else model_class(config)
             except OSError as err:
@@ -110,8 +112,6 @@ class HfSwinAdapter(FamilyAdapter):
                     raise
                 raise _fetch_error(target, err) from err
         if pretrained:
-            from ...untrusted import check_tensors
-
             check_tensors(hf.state_dict(), f"the weights in {target}")
         return HfImageModel(hf, _preprocessing(transformers, target))
 
@@ -261,9 +261,6 @@ class HfSwinAdapter(FamilyAdapter):
 
     # -- lean export ----------------------------------------------------------------------------
     def lean_spec(self, input_size: tuple[int, int, int]):
-        from ...deploy.lean import (LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec,
-                                    LeanUnsupported)
-
         bb = self.backbone
         patch = bb.embeddings.patch_embeddings.patch_size
         patch = patch if isinstance(patch, (tuple, list)) else (patch, patch)
@@ -373,8 +370,6 @@ def _class_for(config) -> str:
 
 
 def _read_config(transformers, target: str):
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     path = Path(target)
     if not os.path.lexists(target):  # then a hub id: 'owner/name', at most 96 characters
         try:
@@ -384,9 +379,7 @@ def _read_config(transformers, target: str):
                             f"Hugging Face hub id ({str(err).splitlines()[0][:120]})") from None
     if path.is_dir() and not (path / "config.json").is_file():
         raise UserError(f"{path} has no config.json: give a directory written by save_pretrained, or a hub id")
-    from .timm_common import _hub_session
-
-    with _hub_session():
+    with hub_session():
         try:
             return transformers.AutoConfig.from_pretrained(target)
         except (OSError, ValueError) as err:
@@ -397,7 +390,7 @@ def _fetch_error(target: str, err: Exception) -> UserError:
     if Path(target).exists():
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return UserError(f"cannot read the transformers model in {target}: {first[:160]}")
-    # the user's setting, not the constant: `_hub_session` turns it on itself when the Hub's host
+    # the user's setting, not the constant: `hub_session` turns it on itself when the Hub's host
     # does not resolve
     user_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     why = "HF_HUB_OFFLINE is set" if user_offline else "the Hub cannot be reached"

@@ -9,6 +9,7 @@ the Hugging Face Hub (its cache and HF_HUB_OFFLINE are honoured).
 """
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from abc import abstractmethod
@@ -18,9 +19,12 @@ from typing import ClassVar, Iterator
 from urllib.parse import urlparse
 
 import timm
+import timm.data
 import torch
+from huggingface_hub import constants
 from torch import nn
 
+from ..lean import ChannelsLast, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
 from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, fetch_error
 
 
@@ -61,7 +65,7 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
         if not pretrained:
             return timm.create_model(name, pretrained=False, **model_kwargs)
         try:
-            with _hub_session():
+            with hub_session():
                 return timm.create_model(name, pretrained=True, **model_kwargs)
         except (OSError, RuntimeError, ValueError) as err:
             raise fetch_error(name, err) from err
@@ -107,8 +111,6 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
         channels the model was really built for (a model built with another img_size or
         in_chans keeps its pretrained config's). A 1-channel model gets the mean of the RGB
         means and standard deviations."""
-        import timm.data
-
         config = dict(timm.data.resolve_model_data_config(self.model))
         embed = getattr(self.model, "patch_embed", None)
         size = getattr(embed, "img_size", None) or config["input_size"][1:]
@@ -122,21 +124,17 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
     def build_kwargs(self) -> dict:
         return {"num_classes": self.model.num_classes}
 
-    # -- lean export (deploy/lean.py) -------------------------------------------------------
+    # -- lean export (models/lean.py) -------------------------------------------------------
     post_norm: ClassVar[bool] = False
     """Blocks compute x + norm(f(x)) (Swin v2) instead of x + f(norm(x))."""
     merge_norm_first: ClassVar[bool] = True
     """Patch merging normalises the 4C channels before its reduction (v1, v2-CR), not after (v2)."""
 
     def lean_attention(self, attn: nn.Module):
-        """One attention module as a `deploy.lean.LeanAttention`."""
-        from ...deploy.lean import LeanUnsupported
-
+        """One attention module as a `models.lean.LeanAttention`."""
         raise LeanUnsupported(f"{self.family} has no lean export")
 
     def lean_spec(self, input_size: tuple[int, int, int]):
-        from ...deploy.lean import ChannelsLast, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
-
         m = self.model
         patch = m.patch_embed.patch_size
         grid = (input_size[1] // patch[0], input_size[2] // patch[1])
@@ -164,15 +162,11 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
 
 
 @contextmanager
-def _hub_session() -> Iterator[None]:
+def hub_session() -> Iterator[None]:
     """Fetch through huggingface_hub without its retry noise: it logs every retry on stderr and
     backs off for about 25 s per file before giving up, so when the Hub's host does not even
     resolve (no network) use its offline mode (local cache only) for this fetch; the failure
     then becomes our one-line error at once."""
-    import logging
-
-    from huggingface_hub import constants
-
     hub_logger = logging.getLogger("huggingface_hub")
     level, offline = hub_logger.level, constants.HF_HUB_OFFLINE
     hub_logger.setLevel(logging.ERROR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from timm.models import swin_transformer as timm_swin
 from torch import nn
 
+from ..lean import LeanAttention
 from .base import AttentionSite, PerHeadTensor, ResidualSite, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
@@ -33,8 +34,6 @@ class TimmSwinV1Adapter(TimmSwinFamilyAdapter):
         )
 
     def lean_attention(self, attn: nn.Module):
-        from ...deploy.lean import LeanAttention
-
         return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, attn._get_rel_pos_bias()[0], attn.proj,
                              scale=attn.scale)
 

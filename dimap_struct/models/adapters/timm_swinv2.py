@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from timm.models import swin_transformer_v2 as timm_v2
 from torch import nn
 
+from ..lean import LeanAttention
 from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
@@ -76,8 +77,6 @@ class TimmSwinV2Adapter(TimmSwinFamilyAdapter):
         )
 
     def lean_attention(self, attn: nn.Module):
-        from ...deploy.lean import LeanAttention
-
         n = attn.window_size[0] * attn.window_size[1]
         bias = attn.qkv.bias
         if attn.q_bias is not None:

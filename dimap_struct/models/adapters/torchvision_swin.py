@@ -34,6 +34,7 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models import swin_transformer as tv_swin
 
+from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
 from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, fetch_error,
                    parameters_named,
                    register_adapter)
@@ -229,8 +230,6 @@ class TorchvisionSwinAdapter(FamilyAdapter):
         return {"num_classes": self.model.head.out_features}
 
     def lean_spec(self, input_size: tuple[int, int, int]):
-        from ...deploy.lean import LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
-
         m = self.model
         stride = m.features[0][0].stride
         grid = first = (input_size[1] // stride[0], input_size[2] // stride[1])
@@ -258,8 +257,6 @@ class TorchvisionSwinAdapter(FamilyAdapter):
 
     @staticmethod
     def _lean_attention(attn: nn.Module):
-        from ...deploy.lean import LeanAttention
-
         position = attn.get_relative_position_bias()[0]
         if not hasattr(attn, "logit_scale"):
             return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, position, attn.proj,

@@ -8,7 +8,7 @@ head, `fc2` for an MLP channel), and after the refit of `recover.oneshot` has co
 with the kept inputs.
 
 For one layer with unpruned A = [W b] and input Gram matrix G (both from
-`recover.oneshot.collect_stats`), the refit error of removing a set of input groups is the
+`prune.calibration.collect_stats`), the refit error of removing a set of input groups is the
 optimal-brain-surgeon quantity: with H^-1 the inverse of the damped G restricted to the inputs
 still kept and A the weights already compensated, removing group S next adds
 tr(A_S (H^-1_SS)^-1 A_S^T) / tokens. Groups are removed greedily, cheapest first, each removal
@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ...recover.oneshot import RIDGE, LayerStats, calibration_error
+from ..calibration import RIDGE, LayerStats, calibration_error
 from .registry import Criterion, GroupScores, ScoreContext, register
 
 MAX_STEPS = 128
@@ -105,7 +105,7 @@ def in_float32(stats: LayerStats) -> LayerStats:
 
 def calibrated_scores(blocks, context: ScoreContext) -> GroupScores:
     """Needs `context.stats` (calibration statistics of the unpruned model, keyed like
-    `recover.oneshot.recovered_layers`) and `context.costs`."""
+    `prune.calibration.measured_layers`) and `context.costs`."""
     if context.stats is None or context.costs is None:
         raise ValueError("dimap-calib needs calibration statistics and the cost model (stats=..., costs=...)")
     heads, mlp = [], []

@@ -5,6 +5,8 @@ import dataclasses
 
 import torch
 
+from ..costs import residual_channel_macs
+from ..residual import channel_views
 from ..scoring import energy_fractions, group_scores
 from .registry import CRITERIA, Criterion, GroupScores, ScoreContext, per_group, register, residual_by_views
 
@@ -38,9 +40,6 @@ def _per_residual_mac(view_score):
     channel's views divided by the MACs its stage loses with it, so that all groups are in the
     same units."""
     def scorer(sites, context: ScoreContext):
-        from ..residual import channel_views
-        from ..select import residual_channel_macs
-
         per_channel = residual_channel_macs(context.costs)
         return [view_score(channel_views(s)) / max(m, 1) for s, m in zip(sites, per_channel)]
     return scorer

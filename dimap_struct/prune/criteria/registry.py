@@ -25,6 +25,8 @@ from torch import nn
 
 from ...errors import UserError
 from ...models.adapters import BlockSite, ResidualSite
+from ..residual import channel_views
+from ..scoring import channel_weight_views, head_weight_views
 
 
 @dataclass
@@ -47,7 +49,7 @@ class ScoreContext:
     costs: object | None = None
     """The `prune.costs.CostModel` of the unpruned model."""
     stats: dict | None = None
-    """Calibration statistics of the unpruned model (`recover.oneshot.collect_stats`), for
+    """Calibration statistics of the unpruned model (`prune.calibration.collect_stats`), for
     criteria with `needs_stats`."""
 
 
@@ -124,8 +126,6 @@ def score(criterion: str, blocks: list[BlockSite], **context) -> GroupScores:
 def per_group(blocks: list[BlockSite], reduce: Callable[[list[torch.Tensor]], torch.Tensor]) -> GroupScores:
     """Apply `reduce` to the per-layer (groups, n) weight views of every block's heads and MLP
     channels (`prune.scoring.head_weight_views` / `channel_weight_views`)."""
-    from ..scoring import channel_weight_views, head_weight_views
-
     return GroupScores(heads=[reduce(head_weight_views(b.attn)) for b in blocks],
                        mlp=[reduce(channel_weight_views(b.mlp)) for b in blocks])
 
@@ -134,7 +134,5 @@ def residual_by_views(reduce: Callable[[list[torch.Tensor]], torch.Tensor]) -> R
     """A residual scorer applying a view score to each stage's per-layer channel views: the
     criteria that score any group from its weights score residual channels the same way."""
     def scorer(sites: list[ResidualSite], context: ScoreContext) -> list[torch.Tensor]:
-        from ..residual import channel_views
-
         return [reduce(channel_views(s)) for s in sites]
     return scorer

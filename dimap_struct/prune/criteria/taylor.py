@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...data import build_loader, is_labelled, num_classes
 from ...errors import UserError
 from ..scoring import channel_weight_views, head_weight_views
 from .registry import Calibration, Criterion, GroupScores, ScoreContext, register
@@ -18,8 +19,6 @@ def accumulate_gradients(model: nn.Module, calib: Calibration, batch_size: int =
     """Run `calib.batches` batches of the "train" split of `calib.data` through `model` and
     accumulate the gradient of the mean loss; return the number of images used. The model
     stays in eval mode (no dropout, fixed norms): the gradient describes the model to prune."""
-    from ...data import build_loader, is_labelled, num_classes
-
     loader = build_loader(calib.data, "train", calib.data_config, batch_size, shuffle=True, seed=calib.seed,
                           labels_required=False)
     if not is_labelled(loader.dataset):

@@ -1,4 +1,4 @@
-"""Stage 7, export: a lean module computing the same function as a Swin, for a leaner ONNX graph
+"""The lean form: a module computing the same function as a Swin, for a leaner ONNX graph
 (docs/method.md section 9).
 
 A traced timm or torchvision Swin carries, per block, a cyclic shift (Slice + Concat on two
