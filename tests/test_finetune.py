@@ -39,10 +39,11 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-def test_two_gloo_processes_agree_and_match_the_log(tmp_path):
+def test_two_gloo_processes_agree_and_match_the_log(tmp_path, small_mnist):
     out = tmp_path / "ft.onnx"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "dimap_struct.cli.finetune", *LOUD, "--max-steps", "4", "--batch-size", "16", "-o", str(out)]
+           "-m", "dimap_struct.cli.finetune", *LOUD, "--max-steps", "4", "--batch-size", "16", "--data", small_mnist,
+           "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", proc.stderr))
@@ -51,7 +52,7 @@ def test_two_gloo_processes_agree_and_match_the_log(tmp_path):
     ft = report["finetune"]
     assert ft["world_size"] == 2 and ft["steps"] == 4 and ft["weights_sha256"] == digests["0"]
     # the exported model is the one the log describes: its accuracy is what the script reported
-    measured = accuracy(onnx_classifier(out), mnist_dir(), split="eval")["top1"]
+    measured = accuracy(onnx_classifier(out), small_mnist, split="eval")["top1"]
     assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
     assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in proc.stdout
     assert not out.with_suffix(".resume.pt").exists()
