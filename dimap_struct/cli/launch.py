@@ -17,14 +17,17 @@ from pathlib import Path
 CUDA_TORCH_ADDRESS_SPACE = 3_400_000 * 1024
 
 
+def cuda_torch_installed() -> bool:
+    """Whether the torch that would be imported is a CUDA build, found without importing it."""
+    spec = find_spec("torch")
+    roots = spec.submodule_search_locations if spec else None
+    return bool(roots) and any((Path(root) / "lib" / "libtorch_cuda.so").exists() for root in roots)
+
+
 def _address_space_too_small() -> int | None:
     """The soft RLIMIT_AS in bytes when it is below what this torch build needs to load, else None."""
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY or soft >= CUDA_TORCH_ADDRESS_SPACE:
-        return None
-    spec = find_spec("torch")
-    roots = spec.submodule_search_locations if spec else None
-    if not roots or not any((Path(root) / "lib" / "libtorch_cuda.so").exists() for root in roots):
+    if soft == resource.RLIM_INFINITY or soft >= CUDA_TORCH_ADDRESS_SPACE or not cuda_torch_installed():
         return None
     return soft
 
