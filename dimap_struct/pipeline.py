@@ -1,9 +1,10 @@
-"""The whole job: load -> groups -> score -> select -> cut -> verify -> export -> report.
+"""The whole job: load -> groups -> score -> select -> cut -> verify -> recover -> export ->
+quantize -> report.
 
 `compress` is the Python API behind the `dimap-compress` command; every stage lives in its
-own package (`models`, `prune`, `recover`, `deploy`, `report`) and this module only runs them in
-order. `prune_in_rounds` runs `compress` K times with training between the cuts
-(`dimap-finetune --steps K`).
+own package (`models`, `prune`, `recover`, `deploy`, `report`) and `compress` runs them in order.
+`prune_in_rounds` runs `compress` K times with training between the cuts
+(`dimap-finetune --steps K`) and restates the last round's report against the original model.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .deploy.quantize import make_request
 from .errors import UserError
 from .files import check_output, same_file, staged
 from .models import LoadedModel
+from .models.adapters import adapter_for_model
 from .models.checkpoint import pruned_bytes
 from .models.lean import LeanUnsupported
 from .options import CompressOptions
@@ -327,16 +329,17 @@ def schedule(ratio: float, steps: int) -> list[float]:
     return [ratio ** (k / steps) for k in range(1, steps + 1)]
 
 
-def prune_in_rounds(loaded, options, steps: int, train: Callable[[nn.Module, int], dict],
-                    on_step=None) -> tuple[nn.Module, Report, list[dict]]:
-    """Prune `loaded` (a `models.LoadedModel`) to `options`' target (a `CompressOptions`) in
-    `steps` rounds; `train(model, round)` fine-tunes the model in place after each cut and
-    returns a summary. Returns the final model, its report and one record per round."""
+def prune_in_rounds(loaded: LoadedModel, options: CompressOptions, steps: int,
+                    train: Callable[[nn.Module, int], dict],
+                    on_step: Callable[[str], object] | None = None) -> tuple[nn.Module, Report, list[dict]]:
+    """Prune `loaded` to `options`' target in `steps` rounds; `train(model, round)` fine-tunes
+    the model in place after each cut and returns a summary. Returns the final model, its report
+    and one record per round."""
     original_macs = build_cost_model(loaded.model, loaded.adapter, loaded.adapter.blocks(),
                                      tuple(loaded.data_config["input_size"])).count().macs
     final = target_macs(options.target, original_macs)
     ratios = schedule(final / original_macs, steps)
-    model, first, report, kept, rounds = loaded, None, None, None, []
+    current_model, model, first, report, kept, rounds = loaded, loaded.model, None, None, None, []
     for k, ratio in enumerate(ratios, 1):
         current = report.pruned.macs if report is not None else original_macs
         if report is not None and ratio * original_macs >= current and k < steps:
@@ -346,7 +349,7 @@ def prune_in_rounds(loaded, options, steps: int, train: Callable[[nn.Module, int
             continue
         budget = f"{min(ratio * original_macs, current) / 1e9:.12g}G"
         try:
-            result = compress(model, options.replace(flops=budget, output=None, save_pt=None), on_step=on_step)
+            result = compress(current_model, options.replace(flops=budget, output=None, save_pt=None), on_step=on_step)
         except UserError as err:
             raise UserError(f"--steps {steps}, round {k} (to {ratio:.3f} of the MACs): {err}") from None
         first = first or result.report
@@ -355,6 +358,9 @@ def prune_in_rounds(loaded, options, steps: int, train: Callable[[nn.Module, int
         rounds.append({"round": k, "target_ratio": ratio, "achieved_ratio": result.report.pruned.macs / original_macs,
                        "training": summary})
         model, report = result.model, result.report
+        # the next round prunes this model as the same loaded model (name, weights, notes), so
+        # its report keeps the source's provenance
+        current_model = dataclasses.replace(loaded, model=model, adapter=adapter_for_model(model))
     return model, _against_original(first, report, kept, options, final, original_macs, steps, rounds), rounds
 
 
@@ -374,14 +380,10 @@ def _against_original(first: Report, last: Report, kept_heads, options, final: i
                        kept_heads=heads)
               for a, b, heads in zip(first.blocks, last.blocks, kept_heads)]
     residual = None if last.residual is None else [
-        ResidualRow(stage=b.stage, width_before=a.width_before if first.residual else b.width_before, width=b.width)
+        ResidualRow(stage=b.stage, width_before=a.width_before, width=b.width)
         for a, b in zip(first.residual or last.residual, last.residual)]
     return dataclasses.replace(
-        last, source=first.source,
-        architecture=Architecture(first.architecture.source_model, first.architecture.model_kwargs,
-                                  last.architecture.heads, last.architecture.mlp_widths,
-                                  last.architecture.residual_widths),
-        target=Target(flops=str(options.target), macs=final, ratio=final / original_macs),
+        last, target=Target(flops=str(options.target), macs=final, ratio=final / original_macs),
         achieved=Achieved(macs=last.pruned.macs, ratio=ratio, params=last.pruned.params,
                           params_ratio=last.pruned.params / first.original.params,
                           on_target=abs(last.pruned.macs - final) <= 0.01 * original_macs),

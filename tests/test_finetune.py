@@ -137,3 +137,18 @@ def test_position_terms_are_not_decayed_in_any_family(name):
                                                                     "cpb_mlp"))]
     assert position and not decayed & set(position)
     assert any(n.endswith("qkv.weight") for n in decayed)
+
+
+def test_rounds_keep_the_source_and_its_notes():
+    """Round 2 on prunes the model as the same loaded model: the report keeps the random-init
+    note and the source that one `compress` call gives."""
+    from dimap_struct import load_model
+    from dimap_struct.options import CompressOptions
+    from dimap_struct.pipeline import compress, prune_in_rounds
+
+    loaded = load_model("reference", pretrained=False)
+    options = CompressOptions(model="reference", pretrained=False, flops="0.5")
+    single = compress(loaded, options).report
+    _, report, _ = prune_in_rounds(loaded, options, 2, lambda model, k: {})
+    assert report.notes == single.notes and report.source == single.source
+    assert report.architecture.source_model == single.architecture.source_model

@@ -84,14 +84,3 @@ def is_pruned_path(path) -> bool:
     with a checkpoint suffix): such a file is read with `read_spec`, whose errors say what is
     wrong, rather than taken for an unknown model name."""
     return str(path).lower().endswith(SUFFIXES + (".pth", ".bin")) and os.path.lexists(path)
-
-
-def is_pruned_checkpoint(path) -> bool:
-    """A cheap test for CLI dispatch: an existing .pt / .safetensors file with our spec."""
-    if not str(path).endswith(SUFFIXES) or not Path(path).is_file():
-        return False
-    try:
-        read_spec(path)
-    except UserError:
-        return False
-    return True

@@ -24,8 +24,6 @@ import torch
 
 from ..prune.calibration import LayerStats, calibration_error, measured_layers
 
-METHODS = ("refit", "bias", "none")
-
 
 @dataclass
 class RecoveryReport:
