@@ -10,6 +10,7 @@ import argparse
 import errno
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -85,13 +86,39 @@ def default_data(data: str | None) -> str:
     return found
 
 
+@contextmanager
+def exit_on_interrupt(prog: str):
+    """While the libraries load, Ctrl-C ends the process at once: one line, exit 130. Nothing has
+    been written yet. A KeyboardInterrupt must not unwind through a library's import: numpy's
+    half-initialised C module then refuses the second load that torch tries, with a traceback.
+    Main thread only; a SIGINT the parent told us to ignore stays ignored."""
+    def stop(signum, frame):
+        os.write(2, f"{prog}: interrupted; no output written\n".encode())
+        os._exit(130)
+
+    previous = signal.getsignal(signal.SIGINT)
+    installed = False
+    if previous is not signal.SIG_IGN:
+        try:
+            signal.signal(signal.SIGINT, stop)
+            installed = True
+        except ValueError:  # not the main thread: signal.signal's documented refusal
+            pass
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main_of(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
             run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """Parse `argv` with `build_parser()` and `run_command` it. Building the parser imports the
     libraries (the criteria's choices): Ctrl-C or a lack of memory while they load gives one
     line, not a traceback."""
     try:
-        args = build_parser().parse_args(argv)
+        with exit_on_interrupt(prog):
+            args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output written", file=sys.stderr)
         return 130

@@ -1,6 +1,6 @@
 """The console scripts' entry points. They import the command's module themselves, so that
-Ctrl-C while Python loads it ends with one line, not a traceback (the module's own `main`
-covers everything after that)."""
+Ctrl-C while Python loads it ends with one line, not a traceback (`common.exit_on_interrupt`;
+the module's own `main` covers everything after that)."""
 from __future__ import annotations
 
 import resource
@@ -40,8 +40,11 @@ def _launch(prog: str, module: str) -> int:
               "raise it", file=sys.stderr)
         return 2
     try:
-        main = import_module(f"dimap_struct.cli.{module}").main
-    except KeyboardInterrupt:
+        from .common import exit_on_interrupt
+
+        with exit_on_interrupt(prog):
+            main = import_module(f"dimap_struct.cli.{module}").main
+    except KeyboardInterrupt:  # before the handler was in place
         print(f"{prog}: interrupted; no output written", file=sys.stderr)
         return 130
     return main()
