@@ -38,6 +38,16 @@ def random_model():
     return get
 
 
+@pytest.fixture(scope="session")
+def narrow_swin():
+    """swin_t's layout and head counts, narrow and shallow (small_models.py), seeded; callers
+    must not modify it. For tests of structure and selection rules, which the released width does
+    not change."""
+    from small_models import tiny_heads
+
+    return tiny_heads()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module's tests (use with pytest.mark.usefixtures): with another

@@ -29,10 +29,10 @@ def reference():
 
 
 @pytest.mark.parametrize("criterion", list(CRITERIA))
-def test_every_criterion_is_mask_equivalent_and_on_target(random_model, reference, criterion):
+def test_every_criterion_is_mask_equivalent_and_on_target(narrow_swin, reference, criterion):
     # the criteria that need data score on the MNIST reference, whose own images they calibrate
     # on: at 224 x 224 on swin_t they took a minute each, most of it backward passes
-    model = reference if CRITERIA[criterion].needs_data else random_model("swin_t")
+    model = reference if CRITERIA[criterion].needs_data else narrow_swin
     result = _compress(model, criterion)
     report = result.report
     assert report.criterion == criterion
@@ -42,9 +42,9 @@ def test_every_criterion_is_mask_equivalent_and_on_target(random_model, referenc
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
-def test_uniform_criteria_prune_every_block_alike(random_model, criterion):
-    plan = _compress(random_model("swin_t"), criterion).selection.plan
-    blocks = wrap_model(copy.deepcopy(random_model("swin_t"))).adapter.blocks()
+def test_uniform_criteria_prune_every_block_alike(narrow_swin, criterion):
+    plan = _compress(narrow_swin, criterion).selection.plan
+    blocks = wrap_model(copy.deepcopy(narrow_swin)).adapter.blocks()
     mlp_ratios = [w / b.mlp.width for w, b in zip(plan.mlp_widths, blocks)]
     assert max(mlp_ratios) - min(mlp_ratios) <= 2 / min(b.mlp.width for b in blocks)
     removed = 1 - mlp_ratios[0]
@@ -59,8 +59,8 @@ def test_uniform_criteria_prune_every_block_alike(random_model, criterion):
             assert s[dropped].max() <= s[kept].min()
 
 
-def test_random_is_seeded(random_model):
-    model = random_model("swin_t")
+def test_random_is_seeded(narrow_swin):
+    model = narrow_swin
     a = _compress(model, "random", seed=1).selection.plan
     b = _compress(model, "random", seed=1).selection.plan
     c = _compress(model, "random", seed=2).selection.plan
@@ -68,8 +68,8 @@ def test_random_is_seeded(random_model):
     assert a.mlp != c.mlp
 
 
-def test_lamp_global_has_one_threshold_across_modules(random_model):
-    model = random_model("swin_t")
+def test_lamp_global_has_one_threshold_across_modules(narrow_swin):
+    model = narrow_swin
     result = _compress(model, "lamp-global")
     blocks = wrap_model(copy.deepcopy(model)).adapter.blocks()
     scores = score("lamp-global", blocks)
@@ -83,11 +83,11 @@ def test_lamp_global_has_one_threshold_across_modules(random_model):
     assert max(removed) <= min(kept)
 
 
-def test_dimap_cost_divides_by_group_macs(random_model):
-    result = _compress(random_model("swin_t"), "dimap-cost")
+def test_dimap_cost_divides_by_group_macs(narrow_swin):
+    result = _compress(narrow_swin, "dimap-cost")
     from dimap_struct.prune.costs import build_cost_model
 
-    loaded = wrap_model(copy.deepcopy(random_model("swin_t")))
+    loaded = wrap_model(copy.deepcopy(narrow_swin))
     blocks = loaded.adapter.blocks()
     costs = build_cost_model(loaded.model, loaded.adapter, blocks, (3, 224, 224))
     base, cost = score("dimap-paper", blocks), score("dimap-cost", blocks, costs=costs)

@@ -1,4 +1,5 @@
-"""Every supported family, end to end at R = 0.5: mask equivalence, MACs on target and equal to
+"""Every supported family (narrow, shallow variants by default: small_models.py; released
+"small" models with -m slow), end to end at R = 0.5: mask equivalence, MACs on target and equal to
 torch's own count, ONNX parity; unsupported families are refused with a clear UserError.
 
 Models are seeded random inits whose per-head tensors (logit scales, q/v biases) and norms are
@@ -20,6 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import dimap_struct
 from dimap_struct.cli import compress as cli
 from dimap_struct.models import load_model
+
+from small_models import SMALL_FAMILIES, small
 
 DEFAULT = [
     "swinv2_tiny_window8_256",
@@ -44,8 +47,11 @@ def one_thread():
 
 
 def build(name: str) -> torch.nn.Module:
+    """The default list at its narrow size (small_models.py), the slow list at its released size."""
     torch.manual_seed(0)
-    if name.startswith(TV):
+    if name in SMALL_FAMILIES:
+        model = small(name)
+    elif name.startswith(TV):
         model = torchvision.models.get_model(name[len(TV):], weights=None)
     else:
         model = timm.create_model(name, pretrained=False)
@@ -202,7 +208,8 @@ def test_torchvision_pretrained_offline_is_a_user_error(monkeypatch):
 
 
 def test_torchvision_checkpoint_and_data_config(tmp_path):
-    source = build("torchvision:swin_t")
+    torch.manual_seed(0)
+    source = torchvision.models.get_model("swin_t", weights=None)  # the released size: the file names it
     path = tmp_path / "swin_t.pth"
     torch.save({"model": source.state_dict()}, path)
     loaded = load_model("torchvision:swin_t", checkpoint=path, seed=5)

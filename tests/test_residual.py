@@ -12,11 +12,11 @@ from dimap_struct.prune.cut import cut_residual, interleaved_index
 from dimap_struct.prune.verify import mask_residual
 
 
-def test_cutting_chosen_channels_equals_masking_them(random_model):
+def test_cutting_chosen_channels_equals_masking_them(narrow_swin):
     """Drop a few channels of stage 1 only (its merging's reduction writes them, stage 2's
     merging reads them at k*C + c): the cut model equals the masked original."""
-    net = wrap_model(copy.deepcopy(random_model("swin_t")))
-    ref = wrap_model(copy.deepcopy(random_model("swin_t")))
+    net = wrap_model(copy.deepcopy(narrow_swin))
+    ref = wrap_model(copy.deepcopy(narrow_swin))
     site, ref_site = net.adapter.residual_sites()[1], ref.adapter.residual_sites()[1]
     keep = [c for c in range(site.width) if c not in (0, 5, 77, site.width - 1)]
     mask_residual(ref.model, ref_site, keep)
@@ -88,9 +88,9 @@ def test_last_stage_cut_to_a_third_equals_masking(random_model):
 
 @pytest.mark.parametrize("criterion", [name for name, c in CRITERIA.items()
                                        if c.policy in ("one-module", "bound-split") and c.residual_score is not None])
-def test_one_module_criteria_score_residual_channels_in_the_same_units(random_model, criterion):
+def test_one_module_criteria_score_residual_channels_in_the_same_units(narrow_swin, criterion):
     """Pooled with heads and MLP channels (or given a share of the MACs by the squared bound),
     residual channels must be able to win: at R = 0.5 some stage loses some (scores in other
     units, e.g. not per MAC, would keep them all)."""
-    report = dimap_struct.compress(random_model("swin_t"), 0.5, criterion=criterion, prune_embed=True).report
+    report = dimap_struct.compress(narrow_swin, 0.5, criterion=criterion, prune_embed=True).report
     assert any(r.width < r.width_before for r in report.residual)

@@ -14,8 +14,8 @@ def _blocks(model):
 
 
 @pytest.mark.parametrize("mode", ["group", "weight"])
-def test_one_threshold_per_module(random_model, mode):
-    original = random_model("swin_t")
+def test_one_threshold_per_module(narrow_swin, mode):
+    original = narrow_swin
     result = dimap_struct.compress(original, 0.5, criterion="dimap-paper", score_mode=mode, min_heads=1, min_mlp=8)
     scores = score("dimap-paper", _blocks(copy.deepcopy(original)), score_mode=mode)
     plan, thresholds = result.selection.plan, result.selection.thresholds
@@ -40,9 +40,9 @@ def test_equal_weight_fraction_per_module(random_model):
         assert abs((1 - after[kind] / before[kind]) - removed[kind]) < 0.02, kind
 
 
-def test_scaling_one_block_changes_nothing(random_model):
+def test_scaling_one_block_changes_nothing(narrow_swin):
     """Scores are per-layer relative: a block whose weights are 100x larger is not favoured."""
-    original = random_model("swin_t")
+    original = narrow_swin
     scaled = copy.deepcopy(original)
     blk = scaled.layers[2].blocks[1]
     with torch.no_grad():
@@ -53,8 +53,8 @@ def test_scaling_one_block_changes_nothing(random_model):
     assert a.heads == b.heads and a.mlp == b.mlp
 
 
-def test_constraints_and_round_to(random_model):
-    result = dimap_struct.compress(random_model("swin_t"), 0.4, min_heads=2, min_mlp=64, round_to=16)
+def test_constraints_and_round_to(narrow_swin):
+    result = dimap_struct.compress(narrow_swin, 0.4, min_heads=2, min_mlp=64, round_to=16)
     plan = result.selection.plan
     assert min(plan.head_counts) >= 2
     assert min(plan.mlp_widths) >= 64
@@ -62,17 +62,17 @@ def test_constraints_and_round_to(random_model):
     assert abs(result.report.achieved.ratio - 0.4) <= 0.01
 
 
-def test_unreachable_target_is_reported(random_model):
-    result = dimap_struct.compress(random_model("swin_t"), 0.05)
+def test_unreachable_target_is_reported(narrow_swin):
+    result = dimap_struct.compress(narrow_swin, 0.05)
     sel = result.selection
     assert not sel.on_target and "not reachable" in sel.note
     assert min(sel.plan.head_counts) >= 1 and min(sel.plan.mlp_widths) >= 8
     assert any("not reachable" in n for n in result.report.notes)
 
 
-def test_ratio_one_keeps_everything(random_model):
-    result = dimap_struct.compress(random_model("swin_t"), 1.0)
+def test_ratio_one_keeps_everything(narrow_swin):
+    result = dimap_struct.compress(narrow_swin, 1.0)
     assert result.report.achieved.ratio == 1.0
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        assert torch.allclose(result.model(x), random_model("swin_t")(x), atol=1e-6)
+        assert torch.allclose(result.model(x), narrow_swin(x), atol=1e-6)

@@ -9,10 +9,19 @@ import dimap_struct
 from dimap_struct.models import wrap_model
 from dimap_struct.prune.scoring import dimap_weight_scores
 
+from small_models import small
+
 
 @pytest.fixture(scope="module")
-def weight_half(random_model):
-    return dimap_struct.compress(random_model("swin_t"), granularity="weight", params=0.5)
+def swin():
+    """swin_t's layout, narrow and shallow (small_models.py): one threshold per module does not
+    depend on the width."""
+    return small("swin_tiny_patch4_window7_224").eval()
+
+
+@pytest.fixture(scope="module")
+def weight_half(swin):
+    return dimap_struct.compress(swin, granularity="weight", params=0.5)
 
 
 def test_weight_mode_zeroes_half_of_every_module(weight_half):
@@ -25,8 +34,8 @@ def test_weight_mode_zeroes_half_of_every_module(weight_half):
     assert zeros == pytest.approx(sum(layer.weight.numel() for layer in layers) / 2, abs=3)
 
 
-def test_weight_mode_keeps_magnitude_order_inside_each_layer(random_model, weight_half):
-    original = wrap_model(copy.deepcopy(random_model("swin_t"))).adapter.blocks()
+def test_weight_mode_keeps_magnitude_order_inside_each_layer(swin, weight_half):
+    original = wrap_model(copy.deepcopy(swin)).adapter.blocks()
     pruned = wrap_model(weight_half.model).adapter.blocks()
     for ob, pb in zip(original, pruned):
         for o, p in ((ob.attn.qkv, pb.attn.qkv), (ob.attn.proj, pb.attn.proj), (ob.mlp.fc1, pb.mlp.fc1),
@@ -52,8 +61,8 @@ def test_weight_mode_report_counts(weight_half):
     assert report.achieved.kept_prunable_fraction == pytest.approx(0.5, abs=1e-6)
 
 
-def test_weight_mode_flops_target(random_model):
-    result = dimap_struct.compress(random_model("swin_t"), 0.7, granularity="weight")
+def test_weight_mode_flops_target(swin):
+    result = dimap_struct.compress(swin, 0.7, granularity="weight")
     report = result.report
     assert abs(report.achieved.ratio - 0.7) <= 0.01
     kept = [m["kept_fraction"] for m in report.selection["modules"].values()]
