@@ -1,11 +1,12 @@
 """Analytic MACs / params against the paper's figures and against two independent counters."""
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import dimap_struct
 from dimap_struct.prune.costs import build_cost_model
 from dimap_struct.models import wrap_model
+
+from macs import torch_counted_macs
 
 PAPER = {"swin_t": (4.5e9, 28.3e6), "swin_s": (8.7e9, 49.6e6), "swin_b": (15.4e9, 87.8e6)}
 
@@ -19,18 +20,6 @@ def test_unpruned_matches_paper(random_model, key):
     assert abs(counts.macs / macs - 1) <= 0.01, counts.macs
     assert abs(counts.params / params - 1) <= 0.01, counts.params
     assert sum(counts.macs_by_stage.values()) == counts.macs == sum(counts.macs_by_module.values())
-
-
-def torch_counted_macs(model, input_size) -> int:
-    """MACs from PyTorch's own FLOP counter (mm/bmm/conv; 2 FLOPs per MAC), with attention run
-    as explicit matmuls so q.k^T and attn.v are counted too."""
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *input_size))
-    return counter.get_total_flops() // 2
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5])

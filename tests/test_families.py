@@ -16,12 +16,12 @@ import pytest
 import timm
 import torch
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
 
 import dimap_struct
 from dimap_struct.cli import compress as cli
 from dimap_struct.models import load_model
 
+from macs import torch_counted_macs
 from small_models import SMALL_FAMILIES, small
 
 DEFAULT = [
@@ -70,13 +70,6 @@ def build(name: str) -> torch.nn.Module:
         if hasattr(m, "fused_attn"):
             m.fused_attn = False  # explicit matmuls, so FlopCounterMode sees q.k^T and attn.v
     return model.eval()
-
-
-def torch_counted_macs(model: torch.nn.Module, input_size) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *input_size))
-    return counter.get_total_flops() // 2
 
 
 def zero_like_plan(model: torch.nn.Module, plan) -> None:
