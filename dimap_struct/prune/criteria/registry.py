@@ -27,17 +27,7 @@ from ...errors import UserError
 from ...models.adapters import BlockSite, ResidualSite
 from ..residual import channel_views
 from ..scoring import channel_weight_views, head_weight_views
-
-
-@dataclass
-class GroupScores:
-    """Per block: `heads[b]` has shape (num_heads,), `mlp[b]` has shape (mlp_width,)."""
-
-    heads: list[torch.Tensor]
-    mlp: list[torch.Tensor]
-    distortion: "GroupScores | None" = None
-    """For the 'bound-split' policy: each group's energy fraction f_g (same shapes), the
-    distortion its removal adds to DIMAP's squared bound; the scores above order the removals."""
+from ..select import GroupScores
 
 
 @dataclass(frozen=True)
