@@ -107,9 +107,10 @@ def test_bound_split_minimises_the_squared_bound_by_brute_force(q):
     assert removed_sum(0, k, "dist") + removed_sum(1, j, "dist") == pytest.approx(best, abs=1e-12)
 
 
-def test_dimap_split_orders_by_dimap_per_mac_and_weighs_by_energy_fractions(random_model):
+def test_dimap_split_orders_by_dimap_and_weighs_by_energy_fractions(random_model):
     """The criterion's two score sets are what docs/method.md says: the order is
-    dimap-cost-global's score (DIMAP per MAC), the distortion dimap-bound's energy fraction."""
+    dimap-cost-global's score (DIMAP's, which its policy divides per MAC), the distortion
+    dimap-bound's energy fraction."""
     from dimap_struct.prune.costs import build_cost_model
     from dimap_struct.prune.criteria import score
 
