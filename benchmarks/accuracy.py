@@ -9,7 +9,7 @@ the same fine-tune budget for all: knowledge distillation from the unpruned mode
 runs at the same fractions of prunable weights (its zeros are kept during fine-tuning). A third
 figure (c) is the data-free cut followed by one-shot recovery (`--recovery refit`) from 256 images
 of the train split. `dimap` is not run: it is an alias of the rule named in
-`prune.criteria.dimap.DEFAULT_RULE`. Rows are saved as they finish (OUT.partial.json); `--resume`
+`prune.criteria.DEFAULT_RULE`. Rows are saved as they finish (OUT.partial.json); `--resume`
 reuses them, or the rows of a finished OUT.json with the same settings (a run of fewer criteria), and
 skips the cells already there. Writes benchmarks/results/accuracy[_<model>].{md,json,png}.
 
@@ -32,8 +32,7 @@ import torch
 from dimap_struct import compress, load_model
 from dimap_struct.deploy.evaluate import accuracy, torch_classifier
 from dimap_struct.options import TrainingOptions
-from dimap_struct.prune.criteria import CRITERIA
-from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
+from dimap_struct.prune.criteria import ALIASES, DEFAULT_RULE, get_criterion
 from dimap_struct.recover.finetune import finetune
 
 from .common import REFERENCE_DATA, RESULTS, command
@@ -54,7 +53,7 @@ def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: Training
         macs_ratio = result.report.achieved.ratio
     else:
         result = compress(loaded, ratio, criterion=criterion, seed=seed, recovery="none",
-                          calib_data=data if CRITERIA[criterion].needs_data else None)
+                          calib_data=data if get_criterion(criterion).needs_data else None)
         masks = None
         macs_ratio = result.report.achieved.ratio
     model = result.model
@@ -171,7 +170,7 @@ def plot(path: Path, summary: list[dict], reference_top1: float) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35])
-    p.add_argument("--criteria", nargs="+", default=[c for c in CRITERIA if c != "dimap"] + ["weight"])
+    p.add_argument("--criteria", nargs="+", default=[c for c in ALIASES if c != "dimap"] + ["weight"])
     p.add_argument("--model", default="reference-mnist", choices=list(REFERENCE_DATA))
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, help="at most this many fine-tuning steps (batch 64)")

@@ -86,6 +86,24 @@ def decide(results: list[dict], candidates: tuple[str, ...] = CANDIDATES) -> dic
             "cells": [{"cell": label, "top1": values, "rank": rk} for label, values, rk in table]}
 
 
+def apply_rule(results: list[dict], speed_run: dict | None = None, floor: float = 0.80) -> tuple[dict, dict | None]:
+    """The decision rule on accuracy `results` and, if given, a speed_by_criterion.py run:
+    (the decision, with the winner among the rules whose efficiency reaches `floor`; the speed
+    part, or None without a speed run)."""
+    decision = decide(results, CANDIDATES)
+    if speed_run is None:
+        return decision, None
+    eff = efficiencies(speed_run, CANDIDATES)
+    eligible = tuple(c for c in CANDIDATES if eff[c] >= floor)
+    if not eligible:
+        raise SystemExit(f"no candidate reaches efficiency {floor:g}")
+    # the winner is ranked among the eligible rules only; the table keeps every rule's ranks
+    among = decide(results, eligible)
+    decision["winner"] = among["winner"]
+    return decision, {"models": list(speed_run["models"]), "floor": floor, "efficiency": eff,
+                      "order": among["order"], "mean_rank": among["mean_rank"]}
+
+
 def markdown(decision: dict, sources: list[str], speed: dict | None = None) -> str:
     order = decision["order"]
     among = (f" among the rules whose median batch-1 efficiency is at least {speed['floor']:g} (ranked among "
@@ -130,29 +148,21 @@ def main() -> None:
             raise SystemExit(f"{path}: not found; run python -m benchmarks.accuracy "
                              "(or python -m benchmarks.speed_by_criterion) first")
     results = [json.loads(path.read_text()) for path in args.results]
-    decision, speed = decide(results, CANDIDATES), None
-    if args.speed:
-        run = json.loads(args.speed.read_text())
-        eff = efficiencies(run, CANDIDATES)
-        eligible = tuple(c for c in CANDIDATES if eff[c] >= args.min_efficiency)
-        if not eligible:
-            raise SystemExit(f"no candidate reaches efficiency {args.min_efficiency:g}")
-        # the winner is ranked among the eligible rules only; the table keeps every rule's ranks
-        among = decide(results, eligible)
-        speed = {"source": _relative(args.speed), "models": list(run["models"]), "floor": args.min_efficiency,
-                 "efficiency": eff, "order": among["order"], "mean_rank": among["mean_rank"]}
-        decision["winner"] = among["winner"]
+    run = json.loads(args.speed.read_text()) if args.speed else None
+    decision, speed = apply_rule(results, run, args.min_efficiency)
+    if speed is not None:
+        speed = {"source": _relative(args.speed), **speed}
     sources = [_relative(path) for path in args.results]
     text = markdown(decision, sources, speed)
     args.out.with_suffix(".md").write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps({"sources": sources, "speed": speed, **decision},
                                                         indent=2) + "\n")
     print(text)
-    from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
+    from dimap_struct.prune.criteria import DEFAULT_RULE
 
     if decision["winner"] != DEFAULT_RULE:
         print(f"note: the package's default `dimap` stands for {DEFAULT_RULE}, not {decision['winner']}: if this "
-              "result is the one to keep, set DEFAULT_RULE in dimap_struct/prune/criteria/dimap.py "
+              "result is the one to keep, set DEFAULT_RULE in dimap_struct/prune/criteria/aliases.py "
               "(tests/test_default_decision.py fails until they agree)")
 
 

@@ -37,7 +37,7 @@ DATA_FREE = ["dimap", "lamp-global", "dimap-cost", "dimap-paper", "dimap-bound",
 def accuracy_columns(decision_path: Path, criterion: str) -> dict:
     """CIFAR-10 top-1 at R = 0.5 (zero-shot, after KD) and the mean rank, from decide.py's output;
     `dimap` is looked up under the rule it stands for."""
-    from dimap_struct.prune.criteria.dimap import DEFAULT_RULE
+    from dimap_struct.prune.criteria import DEFAULT_RULE
 
     if not decision_path.is_file():
         return {}

@@ -326,6 +326,12 @@ def _criteria() -> list[str]:
     return criterion_names()
 
 
+def _policies() -> list[str]:
+    from .prune.select import POLICIES  # deferred: start-up (torch), as in _criteria
+
+    return list(POLICIES)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SourceOptions(Options):
     """Which model, and where its weights come from."""
@@ -371,7 +377,10 @@ class PruneOptions(SourceOptions):
                                 group="selection")
     latency_threads: int = option(2, "onnxruntime threads the --latency budget is for", kind=int, minimum=1,
                                   group="selection")
-    criterion: str = option("dimap", "group importance", metavar="NAME", choices=_criteria, group="selection")
+    criterion: str = option("dimap", "how groups are ranked: a score, or a name for a score and a policy "
+                            "(docs/method.md section 3)", metavar="NAME", choices=_criteria, group="selection")
+    policy: str | None = option(None, "how the scores become a plan, instead of the criterion's own policy "
+                                "(docs/method.md section 4)", metavar="NAME", choices=_policies, group="selection")
     score_mode: str = option("group", "DIMAP group score: group = per-group energies (option A); weight = mean "
                              "of the paper's per-weight scores over the group (option B)",
                              choices=("group", "weight"), flag="--score", group="selection")
@@ -396,8 +405,8 @@ class PruneOptions(SourceOptions):
                            choices=("refit", "bias", "none"), group="recovery")
 
     STRUCTURED_ONLY: ClassVar[tuple[str, ...]] = (
-        "criterion", "score_mode", "min_heads", "min_mlp", "round_to", "prune_embed", "min_embed", "calib_data",
-        "calib_batches", "calib_images", "recovery", "latency", "latency_batch", "latency_threads")
+        "criterion", "policy", "score_mode", "min_heads", "min_mlp", "round_to", "prune_embed", "min_embed",
+        "calib_data", "calib_batches", "calib_images", "recovery", "latency", "latency_batch", "latency_threads")
 
     def check(self) -> None:
         super().check()
@@ -419,8 +428,8 @@ class PruneOptions(SourceOptions):
             raise UserError("--params is a target of --granularity weight; structured pruning takes --flops")
         if self.latency is not None and self.flops is not None:
             raise UserError("give either --flops or --latency, not both")
-        criterion = get_criterion(self.criterion)
-        if self.score_mode != "group" and not criterion.uses_score_mode:
+        criterion = get_criterion(self.criterion, self.policy)
+        if self.score_mode != "group" and not criterion.score.uses_score_mode:
             raise UserError(f"--score applies to criteria that use DIMAP scores, not to '{self.criterion}'")
         if criterion.needs_data and self.calib_data is None:
             raise UserError(f"criterion '{self.criterion}' is data-driven: give --calib-data PATH "

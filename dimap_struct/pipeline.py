@@ -182,7 +182,7 @@ def input_files(options) -> tuple[str, ...]:
 def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Steps):
     net, adapter = loaded.model, loaded.adapter
     input_size = tuple(loaded.data_config["input_size"])
-    criterion = get_criterion(options.criterion)
+    criterion = get_criterion(options.criterion, options.policy)
     with steps("find groups and count MACs"):
         blocks = adapter.blocks()
         costs = build_cost_model(net, adapter, blocks, input_size)
@@ -190,19 +190,20 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
     target = target_macs(options.target, before.macs)
 
     stats = None
-    if options.calib_data is not None and (options.recovery != "none" or criterion.needs_stats):
-        # statistics of the unpruned model: what recovery refits to, and what `needs_stats` criteria score
+    if options.calib_data is not None and (options.recovery != "none" or criterion.score.needs_stats):
+        # statistics of the unpruned model: what recovery refits to, and what `needs_stats` scores read
         with steps(f"calibration statistics ({options.calib_images} images)"):
             stats = collect_stats(net, blocks, _calibration_images(loaded, options), seed=options.seed)
+    score = criterion.score
     with steps(f"score ({criterion.name})"):
-        if criterion.prepare is not None:
-            criterion.prepare(net, Calibration(options.calib_data, loaded.data_config, options.calib_batches,
-                                               options.seed, adapter.num_classes))
+        if score.prepare is not None:
+            score.prepare(net, Calibration(options.calib_data, loaded.data_config, options.calib_batches,
+                                           options.seed, adapter.num_classes))
         context = ScoreContext(score_mode=options.score_mode, seed=options.seed, costs=costs, stats=stats)
-        scores = criterion.score(blocks, context)
+        scores = criterion.scores(blocks, context)
         embed = residual_options(adapter, criterion, context) if options.prune_embed else {}
-        if criterion.cleanup is not None:
-            criterion.cleanup(net)
+        if score.cleanup is not None:
+            score.cleanup(net)
     budget, latency = {}, None
     if options.latency is not None:
         with steps("per-block latency model (timed once per machine, then cached)"):
@@ -286,7 +287,7 @@ def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
 def _structured_report(loaded: LoadedModel, options: CompressOptions, costs: CostModel, before: Counts,
                        after: Counts, selection: Selection, mask_diff: float) -> Report:
     plan = selection.plan
-    criterion = get_criterion(options.criterion)
+    criterion = get_criterion(options.criterion, options.policy)
     notes = [MACS_NOTE] + ([RANDOM_WEIGHTS_NOTE] if loaded.random_init else []) + \
         ([selection.note] if selection.note else [])
     blocks = [BlockRow(name=bc.name, stage=bc.stage, heads_before=bc.num_heads, heads=len(h),
@@ -301,8 +302,8 @@ def _structured_report(loaded: LoadedModel, options: CompressOptions, costs: Cos
         data_config=plain_config(loaded.data_config), recipe=options.recipe(),
         architecture=Architecture(loaded.name, loaded.model_kwargs, plan.head_counts, plan.mlp_widths,
                                   plan.residual_widths),
-        criterion=criterion.name, criterion_summary=criterion.summary,
-        score_mode=options.score_mode if criterion.uses_score_mode else None,
+        criterion=criterion.name, criterion_summary=criterion.summary, score=criterion.score.name,
+        policy=criterion.policy, score_mode=options.score_mode if criterion.score.uses_score_mode else None,
         target=Target(flops=str(options.target), macs=selection.target_macs,
                       ratio=selection.target_macs / before.macs),
         achieved=Achieved(macs=after.macs, ratio=after.macs / before.macs, params=after.params,

@@ -1,8 +1,9 @@
-"""Criteria on the command line: choices from the registry, refusals in one line, --plot / --compare."""
+"""Criteria on the command line: choices from the registries, refusals in one line, --plot / --compare."""
 import pytest
 
 from dimap_struct.cli import compress as cli
-from dimap_struct.prune.criteria import CRITERIA, Criterion, criterion_names, register, unregister
+from dimap_struct.prune.criteria import ALIASES, SCORES, Score, criterion_names, register, unregister
+from dimap_struct.prune.select import POLICIES
 
 
 def _help(capsys, monkeypatch) -> str:
@@ -13,26 +14,34 @@ def _help(capsys, monkeypatch) -> str:
     return capsys.readouterr().out
 
 
-def _listed_criteria(text: str) -> list[str]:
-    (line,) = [line for line in text.splitlines() if line.strip().startswith("--criterion")]
+def _listed(text: str, flag: str = "--criterion") -> list[str]:
+    (line,) = [line for line in text.splitlines() if line.strip().startswith(flag)]
     listed = line.split("one of:", 1)[1].split("(default", 1)[0]
     return [name.strip() for name in listed.split(",")]
 
 
-def test_cli_names_every_criterion(capsys, monkeypatch):
-    assert _listed_criteria(_help(capsys, monkeypatch)) == criterion_names()
-    assert criterion_names()[0] == "dimap" and set(criterion_names()) == set(CRITERIA)
+def test_cli_names_every_criterion_and_policy(capsys, monkeypatch):
+    text = _help(capsys, monkeypatch)
+    assert _listed(text) == criterion_names()
+    assert criterion_names()[0] == "dimap" and set(criterion_names()) == set(ALIASES) | set(SCORES)
+    assert _listed(text, "--policy") == list(POLICIES)
+
+
+def test_every_alias_names_a_registered_score_and_policy():
+    for name, (score, policy) in ALIASES.items():
+        assert score in SCORES and policy in POLICIES, name
+    # a score under an alias's name is the alias's own score, or the name could not reach it
+    assert all(ALIASES[name][0] == name for name in set(SCORES) & set(ALIASES))
 
 
 def test_cli_choices_follow_the_registry(capsys, monkeypatch):
-    """A newly registered criterion is offered by the CLI; unregistered, it is gone again."""
-    dimap = CRITERIA["dimap"]
-    register(Criterion("test-only", dimap.score, dimap.policy, "a registry test"))
+    """A newly registered score is offered by the CLI; unregistered, it is gone again."""
+    register(Score("test-only", SCORES["lamp"].compute, "a registry test"))
     try:
-        assert "test-only" in _listed_criteria(_help(capsys, monkeypatch))
+        assert "test-only" in _listed(_help(capsys, monkeypatch))
     finally:
         unregister("test-only")
-    assert "test-only" not in _listed_criteria(_help(capsys, monkeypatch))
+    assert "test-only" not in _listed(_help(capsys, monkeypatch))
 
 
 def _err(capsys, *args):
@@ -45,7 +54,11 @@ def test_cli_refusals(capsys):
     assert code == 2 and ", ".join(criterion_names()) in err and len(err.splitlines()) == 1
     code, err = _err(capsys, "swin_t", "--no-pretrained", "--criterion", "taylor")
     assert code == 2 and "--calib-data" in err and len(err.splitlines()) == 1
-    for extra in (["--round-to", "8"], ["--criterion", "l1"], ["--min-mlp", "16"]):
+    code, err = _err(capsys, "swin_t", "--no-pretrained", "--policy", "global")
+    assert code == 2 and ", ".join(POLICIES) in err and len(err.splitlines()) == 1
+    code, err = _err(capsys, "swin_t", "--no-pretrained", "--criterion", "l1", "--score", "weight")
+    assert code == 2 and "--score" in err
+    for extra in (["--round-to", "8"], ["--criterion", "l1"], ["--min-mlp", "16"], ["--policy", "uniform"]):
         code, err = _err(capsys, "swin_t", "--no-pretrained", "--granularity", "weight", *extra)
         assert code == 2 and "only apply to structured" in err, extra
     code, err = _err(capsys, "swin_t", "--no-pretrained", "--params", "0.5")

@@ -1,5 +1,5 @@
 """Criteria: same surgery and MACs search for all, only the ranking differs (scores and selection
-behaviour per registered criterion)."""
+behaviour per criterion name)."""
 import copy
 
 import pytest
@@ -7,14 +7,14 @@ import torch
 
 import dimap_struct
 from dimap_struct.models import wrap_model
-from dimap_struct.prune.criteria import CRITERIA, score
+from dimap_struct.prune.criteria import ALIASES, get_criterion, score
 from shared_data import mnist_dir
 
 MNIST = mnist_dir()
 
 
 def _compress(model, criterion, **kw):
-    if CRITERIA[criterion].needs_data:
+    if get_criterion(criterion).needs_data:
         if MNIST is None:
             pytest.skip("taylor needs the shared MNIST directory for calibration")
         # 8 images at 224 x 224 are 25,088 tokens per block: enough statistics for the criterion
@@ -28,17 +28,17 @@ def reference():
     return dimap_struct.load_model("reference")
 
 
-@pytest.mark.parametrize("criterion", list(CRITERIA))
+@pytest.mark.parametrize("criterion", list(ALIASES))  # every score is in the table (tests/test_policy.py)
 def test_every_criterion_is_mask_equivalent_and_on_target(narrow_swin, reference, criterion):
     # the criteria that need data score on the MNIST reference, whose own images they calibrate
     # on: at 224 x 224 on swin_t they took a minute each, most of it backward passes
-    model = reference if CRITERIA[criterion].needs_data else narrow_swin
+    model = reference if get_criterion(criterion).needs_data else narrow_swin
     result = _compress(model, criterion)
     report = result.report
     assert report.criterion == criterion
     assert report.verification["mask_equivalence_max_abs_diff"] <= 1e-4
     assert abs(report.achieved.ratio - 0.5) <= 0.01
-    assert report.selection["policy"] == CRITERIA[criterion].policy
+    assert report.selection["policy"] == report.policy == get_criterion(criterion).policy
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
@@ -83,15 +83,20 @@ def test_lamp_global_has_one_threshold_across_modules(narrow_swin):
     assert max(removed) <= min(kept)
 
 
-def test_dimap_cost_divides_by_group_macs(narrow_swin):
+def test_dimap_cost_ranks_by_score_per_group_macs(narrow_swin):
+    """dimap-cost keeps what module-aware keeps when given DIMAP's scores divided by each group's MACs."""
     result = _compress(narrow_swin, "dimap-cost")
     from dimap_struct.prune.costs import build_cost_model
+    from dimap_struct.prune.select import GroupScores, select_to_budget
 
     loaded = wrap_model(copy.deepcopy(narrow_swin))
     blocks = loaded.adapter.blocks()
     costs = build_cost_model(loaded.model, loaded.adapter, blocks, (3, 224, 224))
-    base, cost = score("dimap-paper", blocks), score("dimap-cost", blocks, costs=costs)
-    for b, bc in enumerate(costs.blocks):
-        assert torch.allclose(cost.heads[b] * bc.macs_per_head, base.heads[b])
-        assert torch.allclose(cost.mlp[b] * bc.macs_per_channel, base.mlp[b])
+    base = score("dimap-paper", blocks)
+    per_mac = GroupScores(heads=[s / bc.macs_per_head for s, bc in zip(base.heads, costs.blocks)],
+                          mlp=[s / bc.macs_per_channel for s, bc in zip(base.mlp, costs.blocks)])
+    by_hand = select_to_budget(per_mac, costs, [4 * b.attn.head_dim * b.attn.in_features for b in blocks],
+                               [2 * b.mlp.fc1.in_features for b in blocks], result.selection.target_macs,
+                               policy="module-aware", min_mlp=8)
+    assert by_hand.plan == result.selection.plan
     assert result.report.achieved.on_target

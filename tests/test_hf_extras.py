@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dimap_struct
-from dimap_struct.prune.criteria import CRITERIA, criterion_names
+from dimap_struct.prune.criteria import ALIASES, get_criterion
 
 transformers = pytest.importorskip("transformers")
 
@@ -57,11 +57,11 @@ def _check_runs_in_transformers(result, batch: int = 2):
     assert heads == [r.heads for r in result.report.blocks]
 
 
-@pytest.mark.parametrize("criterion", criterion_names())
+@pytest.mark.parametrize("criterion", list(ALIASES))
 def test_every_criterion_prunes_an_hf_model_to_the_budget(criterion, folder):
     original = build("SwinForImageClassification")
     before = _snapshot(original)
-    data = dict(calib_data=folder, calib_batches=1, calib_images=16) if CRITERIA[criterion].needs_data else {}
+    data = dict(calib_data=folder, calib_batches=1, calib_images=16) if get_criterion(criterion).needs_data else {}
     result = dimap_struct.compress(original, 0.5, criterion=criterion, output=None, **data)
     report = result.report
     assert report.criterion == criterion

@@ -15,7 +15,7 @@ from dimap_struct.cli import compress as cli
 from dimap_struct.cli import eval as cli_eval
 from dimap_struct.cli import finetune as cli_finetune
 from dimap_struct.options import BenchOptions, EvalOptions, FinetuneOptions, load_recipe
-from dimap_struct.prune.criteria import (CRITERIA, Criterion, GroupScores, per_group, register, residual_by_views,
+from dimap_struct.prune.criteria import (GroupScores, Score, criterion_names, per_group, register, residual_by_views,
                                          unregister)
 
 BAD = [  # (option overrides, words the one-line message must hold)
@@ -153,7 +153,7 @@ def test_help_shows_the_declared_defaults(options, parser):
 
 def test_every_registered_criterion_is_a_cli_choice():
     text = " ".join(cli.build_parser().format_help().split()).replace("- ", "-")
-    for name in CRITERIA:
+    for name in criterion_names():
         assert name in text
 
 
@@ -179,15 +179,16 @@ def _fc1_bias(blocks, context) -> GroupScores:
 
 @pytest.fixture
 def toy_criterion():
-    register(Criterion("toy-bias", _fc1_bias, "module-aware", "heads by L1, channels by |fc1 bias|",
-                       residual_score=residual_by_views(lambda views: views[0].abs().sum(1).to(torch.float64))))
+    register(Score("toy-bias", _fc1_bias, "heads by L1, channels by |fc1 bias|",
+                   residual_score=residual_by_views(lambda views: views[0].abs().sum(1).to(torch.float64))))
     yield "toy-bias"
     unregister("toy-bias")
 
 
 def test_a_criterion_added_in_one_file_runs_everywhere(toy_criterion, capsys, tmp_path):
-    result = dimap_struct.compress("reference", 0.5, criterion=toy_criterion, prune_embed=True)
-    assert result.report.criterion == toy_criterion
+    result = dimap_struct.compress("reference", 0.5, criterion=toy_criterion, policy="module-aware", prune_embed=True)
+    assert result.report.criterion == result.report.score == toy_criterion
+    assert result.report.policy == "module-aware"
     assert result.report.verification["mask_equivalence_max_abs_diff"] <= 1e-4
     assert abs(result.report.achieved.ratio - 0.5) <= 0.01
     # the channels it keeps are the ones its own score ranks highest (beyond the floor)

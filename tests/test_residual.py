@@ -7,7 +7,7 @@ import torch
 import dimap_struct
 from dimap_struct.cli import compress as cli
 from dimap_struct.models import wrap_model
-from dimap_struct.prune.criteria import CRITERIA
+from dimap_struct.prune.criteria import ALIASES, get_criterion
 from dimap_struct.prune.cut import cut_residual, interleaved_index
 from dimap_struct.prune.verify import mask_residual
 
@@ -86,8 +86,9 @@ def test_last_stage_cut_to_a_third_equals_masking(random_model):
         assert (net.model(x) - ref.model(x)).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("criterion", [name for name, c in CRITERIA.items()
-                                       if c.policy in ("one-module", "bound-split") and c.residual_score is not None])
+@pytest.mark.parametrize("criterion", [name for name, c in ((n, get_criterion(n)) for n in ALIASES)
+                                       if c.policy.startswith(("one-module", "bound-split"))
+                                       and c.score.residual_score is not None])
 def test_one_module_criteria_score_residual_channels_in_the_same_units(narrow_swin, criterion):
     """Pooled with heads and MLP channels (or given a share of the MACs by the squared bound),
     residual channels must be able to win: at R = 0.5 some stage loses some (scores in other

@@ -107,9 +107,10 @@ def test_bound_split_minimises_the_squared_bound_by_brute_force(q):
     assert removed_sum(0, k, "dist") + removed_sum(1, j, "dist") == pytest.approx(best, abs=1e-12)
 
 
-def test_dimap_split_orders_by_dimap_per_mac_and_weighs_by_energy_fractions(random_model):
+def test_dimap_split_orders_by_dimap_and_weighs_by_energy_fractions(random_model):
     """The criterion's two score sets are what docs/method.md says: the order is
-    dimap-cost-global's score (DIMAP per MAC), the distortion dimap-bound's energy fraction."""
+    dimap-cost-global's score (DIMAP's, which its policy divides per MAC), the distortion
+    dimap-bound's energy fraction."""
     from dimap_struct.prune.costs import build_cost_model
     from dimap_struct.prune.criteria import score
 
@@ -284,3 +285,17 @@ def test_an_off_target_bisection_falls_back_to_a_scan(monkeypatch):
     sel = select_to_budget(_scores(), costs, head_weights=[40, 50, 60], channel_weights=[8, 8, 8],
                            target_macs=int(0.6 * original), policy="jumpy", min_heads=1, min_mlp=1)
     assert sel.on_target, sel.note
+
+
+@pytest.mark.parametrize("policy", ["module-aware", "one-module", "bound-split"])
+def test_a_per_mac_policy_ranks_each_score_divided_by_its_groups_macs(policy):
+    costs, scores = _costs(), _scores()
+    per_mac = GroupScores(heads=[s / b.macs_per_head for s, b in zip(scores.heads, costs.blocks)],
+                          mlp=[s / b.macs_per_channel for s, b in zip(scores.mlp, costs.blocks)],
+                          distortion=scores.distortion)
+    weights = dict(head_weights=[40, 50, 60], channel_weights=[8, 8, 8], min_heads=1, min_mlp=1)
+    for ratio in (0.3, 0.6, 0.85):
+        target = int(ratio * costs.count().macs)
+        own = select_to_budget(scores, costs, target_macs=target, policy=f"{policy}-per-mac", **weights)
+        by_hand = select_to_budget(per_mac, costs, target_macs=target, policy=policy, **weights)
+        assert own.plan == by_hand.plan and own.thresholds == by_hand.thresholds, ratio

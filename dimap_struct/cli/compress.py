@@ -105,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plot(path: str, source, options: CompressOptions, report, compare: list[str]) -> None:
-    """Draw this run and, for --compare, the same target under other criteria (no export)."""
+    """Draw this run and, for --compare, the same target under other criteria, each with its own
+    policy (no export)."""
     # deferred: start-up, as in _run (and matplotlib, loaded only for --plot)
     from ..files import atomic_output
     from ..pipeline import compress
@@ -113,7 +114,7 @@ def _plot(path: str, source, options: CompressOptions, report, compare: list[str
 
     reports = [report]
     for name in compare:
-        reports.append(compress(source, options.replace(criterion=name, output=None, save_pt=None)).report)
+        reports.append(compress(source, options.replace(criterion=name, policy=None, output=None, save_pt=None)).report)
     with atomic_output(path, options.force) as tmp:
         plot_blocks(reports, tmp)
     report.plot = str(path)

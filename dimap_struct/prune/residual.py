@@ -3,11 +3,11 @@ selection inputs for a criterion (docs/method.md section 2; the adapter declares
 `ResidualSite`, `prune.cut.cut_residual` removes channels, `prune.verify.mask_residual`
 zeroes them).
 
-Each criterion scores residual channels with its own `residual_score` (DIMAP, L1 / L2: the
-same view score as for heads and channels, over a channel's slice of every layer it touches;
-random: seeded draws). LayerNorm affine entries are AUX-M (never scored, removed with their
-channel). Residual channels form their own module: they compete across all stages, not with
-heads or MLP channels.
+Each score rates residual channels with its own `residual_score` (DIMAP, L1 / L2: the same
+view score as for heads and channels, over a channel's slice of every layer it touches; random:
+seeded draws). LayerNorm affine entries are AUX-M (never scored, removed with their channel).
+Residual channels form their own module: they compete across all stages, and with heads and
+MLP channels only under a policy that pools the modules.
 """
 from __future__ import annotations
 
@@ -39,16 +39,17 @@ def channel_views(site: ResidualSite) -> list[torch.Tensor]:
 
 def residual_options(adapter: FamilyAdapter, criterion, context) -> dict:
     """`select_to_budget` keyword arguments for residual pruning under `criterion` (a
-    `prune.criteria.Criterion`) with its `ScoreContext`."""
+    `prune.criteria.Criterion`: its score and policy) with its `ScoreContext`."""
     try:
         sites = adapter.residual_sites()
     except NotImplementedError as err:
         raise UserError(f"--prune-embed: {err}") from None
-    if criterion.residual_score is None:
-        raise UserError(f"--prune-embed does not support criterion '{criterion.name}' yet")
-    scores = criterion.residual_score(sites, context)
+    if criterion.score.residual_score is None:
+        raise UserError(f"--prune-embed does not support the score '{criterion.score.name}' "
+                        f"(criterion '{criterion.name}') yet")
+    scores, distortion = criterion.residual_scores(sites, context)
     weights = [sum(v.shape[1] for v in channel_views(s)) for s in sites]
     out = {"residual_scores": scores, "residual_weights": weights}
-    if criterion.residual_distortion is not None:
-        out["residual_distortion"] = criterion.residual_distortion(sites, context)
+    if distortion is not None:
+        out["residual_distortion"] = distortion
     return out

@@ -1,19 +1,22 @@
-"""Select: module-aware thresholds that hit a MACs budget.
+"""Select: the policies that turn group scores into a plan at a MACs (or latency) budget.
 
-Modules (docs/method.md section 4): all attention heads of the model form one module, all MLP
-channels another. Within a module, groups are ranked by score across every block and stage;
-each module has one threshold. As in the paper, both modules lose the same fraction `p` of
-their weights: a module's threshold is the score below which removing groups (lowest score
-first) removes p of the module's weights. `p` is searched by bisection so that the pruned
-model's MACs land on the target. Every block keeps its `min_heads` best heads and `min_mlp`
-best channels; with `round_to > 1`, kept MLP widths are rounded to the nearest multiple.
+A policy maps a knob q in [0, 1] (more pruning as q grows) to the groups removed, and
+`select_to_budget` searches q so that the pruned model lands on the target. Every block keeps its
+`min_heads` best heads and `min_mlp` best channels; with `round_to > 1`, kept widths are rounded.
+The policies (docs/method.md section 4), by their names in `POLICIES`:
 
-Other policies use the same search (a knob q in [0, 1], more pruning as it grows):
-`one-module` ranks heads and channels together under one threshold (the paper's "model as
-module" ablation), `uniform` removes the same fraction of every block, `distortion` spends
-the budget where DIMAP's distortion bound grows least per MAC saved (`DistortionBudget`), and
-`bound-split` keeps each module's own order but lets DIMAP's squared bound decide how many MACs
-each module gives up (`BoundSplit`; the default criterion's policy).
+- `module-aware` (the paper's rule): all heads of the model form one module, all MLP channels
+  another; each module loses the same fraction q of its weights, lowest score first;
+- `one-module`: heads and channels ranked together under one threshold (the paper's "model as
+  module" ablation);
+- `uniform`: every block removes the same fraction of each kind of group;
+- `distortion`: spends the budget where DIMAP's distortion bound grows least per MAC saved;
+- `bound-split`: each module keeps its own order, and DIMAP's squared bound decides how many MACs
+  each module gives up (it reads `GroupScores.distortion`);
+- `module-aware-per-mac`, `one-module-per-mac`, `bound-split-per-mac`: the same rules on each
+  group's score divided by the MACs it costs.
+
+Adding a policy means one `_Policy` subclass and its entry in `POLICIES`.
 """
 from __future__ import annotations
 
@@ -26,7 +29,20 @@ from typing import Callable
 import torch
 
 from .costs import CostModel, residual_channel_macs
-from .criteria.registry import GroupScores
+
+
+@dataclass
+class GroupScores:
+    """Per block: `heads[b]` has shape (num_heads,), `mlp[b]` has shape (mlp_width,)."""
+
+    heads: list[torch.Tensor]
+    mlp: list[torch.Tensor]
+    distortion: "GroupScores | None" = None
+    """For the bound-split policies: each group's energy fraction f_g (same shapes), the
+    distortion its removal adds to DIMAP's squared bound; the scores above order the removals."""
+
+
+MODULE_NAMES = ("attention", "mlp", "residual")
 
 
 @dataclass
@@ -129,6 +145,14 @@ class _Policy:
     residual pruning, residual channels); `floors[i]` is what every block / stage of module i
     keeps at least."""
 
+    summary: str = ""
+    """One line for reports and help."""
+    per_mac: tuple[str, ...] = ()
+    """The modules (of `MODULE_NAMES`) whose scores are divided by the MACs one of their groups
+    costs before they are ranked."""
+    needs_distortion: bool = False
+    """The rule reads `GroupScores.distortion` (and, with residual channels, `residual_distortion`)."""
+
     def __init__(self, modules: list[_Module], floors: list[int]):
         self.modules, self.floors = modules, floors
 
@@ -149,12 +173,16 @@ class _Policy:
 class ModuleAware(_Policy):
     """The paper's rule: each module loses the same fraction q of its weights, lowest score first."""
 
+    summary = "heads and MLP channels are two modules, each losing the same fraction of its weights"
+
     def removed(self, q):
         return [m.removed_for_fraction(q) for m in self.modules]
 
 
 class OneModule(_Policy):
     """All groups ranked together: one threshold, the q-quantile of all candidate scores."""
+
+    summary = "all groups ranked together under one threshold"
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -170,6 +198,8 @@ class OneModule(_Policy):
 
 class Uniform(_Policy):
     """Every block (stage) removes the same fraction q of each kind of group (best kept)."""
+
+    summary = "every block loses the same fraction of each kind of group"
 
     def kept_counts(self, q):
         return [[max(min(floor, n), n - int(round(q * n))) for n in m.sizes]
@@ -191,6 +221,8 @@ class DistortionBudget(_Policy):
     the least distortion per MAC saved, sqrt(E + f_g) - sqrt(E), divided by its MACs; within a
     stream that is always its lowest-f group still removable. The knob q is the fraction of
     the full greedy sequence removed, so MACs fall monotonically with q."""
+
+    summary = "greedy on DIMAP's bound: the least relative distortion added per MAC saved"
 
     def __init__(self, modules, floors):
         super().__init__(modules, floors)
@@ -251,6 +283,9 @@ class BoundSplit(_Policy):
     the shortest prefix that completes the MACs. The MACs of a residual channel are counted in
     the unpruned model, as by the 'distortion' policy."""
 
+    summary = "each module in its own order; DIMAP's squared bound splits the MACs between them"
+    needs_distortion = True
+
     def __init__(self, modules, floors):
         super().__init__(modules, floors)
         if any(m.cum_distortion is None for m in modules):
@@ -287,8 +322,34 @@ class BoundSplit(_Policy):
         return [prefixes[0], int(j[at].clamp(max=last))] + prefixes[1:]
 
 
-POLICIES: dict[str, type[_Policy]] = {"module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform,
-                                      "distortion": DistortionBudget, "bound-split": BoundSplit}
+class ModuleAwarePerMac(ModuleAware):
+    """module-aware on each head's and MLP channel's score per MAC. Residual channels keep their
+    plain scores: they form a module of their own, and a stage's channels all cost the same."""
+
+    summary = ModuleAware.summary + ", by score per MAC"
+    per_mac = ("attention", "mlp")
+
+
+class OneModulePerMac(OneModule):
+    """one-module on every group's score per MAC, residual channels included: pooled, all groups
+    must be in the same units."""
+
+    summary = OneModule.summary + ", by score per MAC"
+    per_mac = MODULE_NAMES
+
+
+class BoundSplitPerMac(BoundSplit):
+    """bound-split with each module's removals ordered by score per MAC."""
+
+    summary = "each module by score per MAC; DIMAP's squared bound splits the MACs between them"
+    per_mac = MODULE_NAMES
+
+
+POLICIES: dict[str, type[_Policy]] = {
+    "module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform, "distortion": DistortionBudget,
+    "bound-split": BoundSplit, "module-aware-per-mac": ModuleAwarePerMac, "one-module-per-mac": OneModulePerMac,
+    "bound-split-per-mac": BoundSplitPerMac}
+"""Every selection policy by name (`--policy`)."""
 
 
 def _round_width(width: int, full: int, multiple: int, floor: int) -> int:
@@ -296,9 +357,6 @@ def _round_width(width: int, full: int, multiple: int, floor: int) -> int:
         return width
     rounded = max(multiple, int(round(width / multiple)) * multiple)
     return min(full, max(rounded, floor))
-
-
-MODULE_NAMES = ("attention", "mlp", "residual")
 
 
 def select_to_budget(
@@ -325,8 +383,8 @@ def select_to_budget(
 
     `head_weights[b]` / `channel_weights[b]`: weights one head / one MLP channel of block b owns
     (the paper's equal-fraction-per-module rule, and the reported removed fractions).
-    `policy`: 'module-aware' (default), 'one-module', 'uniform', 'distortion' or 'bound-split'
-    (see `POLICIES`; 'bound-split' reads `scores.distortion`).
+    `policy`: a name in `POLICIES` ('module-aware' by default); the bound-split policies read
+    `scores.distortion`.
     With `residual_scores` (one tensor per stage) and `residual_weights` (weights one residual
     channel of each stage owns), residual channels are a third module; every stage keeps at
     least `min_embed` of them. `round_to` rounds kept MLP widths, residual widths and the total
@@ -335,17 +393,24 @@ def select_to_budget(
     With `cost(heads, widths[, residual])` (e.g. `latency.LatencyModel.predict`, non-increasing
     as groups go) and `target_cost`, the search aims at that cost instead of the MACs;
     `target_macs` is then ignored and reported as the MACs of the plan found."""
+    kind = POLICIES[policy]
     distortion = scores.distortion or GroupScores(heads=None, mlp=None)
-    modules = [_Module(scores.heads, head_weights, min_heads, [b.macs_per_head for b in costs.blocks],
-                       distortion.heads),
-               _Module(scores.mlp, channel_weights, min_mlp, [b.macs_per_channel for b in costs.blocks],
-                       distortion.mlp)]
+
+    def module(name, values, weights, floor, macs, module_distortion):
+        if name in kind.per_mac:
+            values = [v / max(m, 1) for v, m in zip(values, macs)]
+        return _Module(values, weights, floor, macs, module_distortion)
+
+    modules = [module("attention", scores.heads, head_weights, min_heads, [b.macs_per_head for b in costs.blocks],
+                      distortion.heads),
+               module("mlp", scores.mlp, channel_weights, min_mlp, [b.macs_per_channel for b in costs.blocks],
+                      distortion.mlp)]
     floors = [min_heads, min_mlp]
     if residual_scores is not None:
-        modules.append(_Module(residual_scores, residual_weights, min_embed, residual_channel_macs(costs),
-                               residual_distortion))
+        modules.append(module("residual", residual_scores, residual_weights, min_embed,
+                              residual_channel_macs(costs), residual_distortion))
         floors.append(min_embed)
-    rule = POLICIES[policy](modules, floors)
+    rule = kind(modules, floors)
     head_dims = head_dims or [1] * len(head_weights)
     steps = [[round_to // math.gcd(round_to, d) for d in head_dims]] + \
         [[round_to] * len(m.sizes) for m in modules[1:]]
@@ -399,7 +464,7 @@ def select_to_budget(
     removed = {name: 1 - sum(c * w for c, w in zip(kept_counts[i], weights[i])) / modules[i].total_weight
                for i, name in enumerate(MODULE_NAMES[:len(modules)])}
     thresholds = dict(zip(MODULE_NAMES, rule.thresholds(best)))
-    if policy == "uniform":
+    if issubclass(kind, Uniform):
         thresholds["uniform_ratio"] = best
     return Selection(
         plan=plan,

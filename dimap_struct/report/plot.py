@@ -2,7 +2,8 @@
 
 Two panels over the blocks (forward order, stage boundaries dashed): the kept fraction of
 attention (heads, or non-zero qkv/proj weights in weight granularity) and of the MLP (width,
-or non-zero fc1/fc2 weights). One line per report, labelled by its criterion.
+or non-zero fc1/fc2 weights). One line per report, labelled by its criterion (and its policy
+when `--policy` replaced the criterion's own).
 """
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 
 def label_of(report) -> str:
-    return "dimap (weight)" if report.granularity == "weight" else report.criterion
+    if report.granularity == "weight":
+        return "dimap (weight)"
+    return report.criterion if report.recipe.get("policy") is None else f"{report.criterion} / {report.policy}"
 
 
 def plot_blocks(reports: list, path: str | Path, title: str | None = None) -> None:

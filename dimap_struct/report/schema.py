@@ -126,7 +126,12 @@ class Report:
     """The options of the run (`options.Options.recipe`): `--config` reproduces it."""
     architecture: Architecture
     criterion: str
+    """The name typed (`--criterion`): a score, or a name for a score and a policy."""
     criterion_summary: str
+    score: str | None = field(default=None, kw_only=True)
+    """The score the criterion ranks by (None: weight granularity)."""
+    policy: str | None = field(default=None, kw_only=True)
+    """The selection policy that turned the scores into the plan (None: weight granularity)."""
     score_mode: str | None
     """None where the criterion does not use it."""
     target: Target

@@ -48,8 +48,8 @@ def print_report(report: Report, console: Console, *, blocks: bool = False) -> N
 
 def _structured_rows(summary: Table, report: Report) -> None:
     mode = f", score mode {report.score_mode}" if report.score_mode else ""
-    summary.add_row("criterion", f"{report.criterion}: {report.criterion_summary} "
-                                 f"(selection: {report.selection['policy']}{mode})")
+    parts = f"score {report.score}, policy {report.policy}" if report.score else f"selection: {report.selection['policy']}"
+    summary.add_row("criterion", f"{report.criterion}: {report.criterion_summary} ({parts}{mode})")
     summary.add_row("target", f"{_g(report.target.macs)} MACs ({report.target.ratio:.3f} of original)")
     achieved = report.achieved
     mark = "on target" if achieved.on_target else "[red]off target[/]"

@@ -1,5 +1,6 @@
-"""`dimap-calib`: DIMAP's squared bound measured on layer outputs over calibration images, with
-the least-squares refit that follows the cut taken into account (docs/method.md section 4).
+"""`refit-error`, the score of `dimap-calib`: DIMAP's squared bound measured on layer outputs over
+calibration images, with the least-squares refit that follows the cut taken into account
+(docs/method.md section 4).
 
 The data-free `dimap-bound-sq` ranks a group by the energy fraction of its weights per MAC: the
 relative distortion of a layer's *weights*. With calibration images the distortion that matters
@@ -14,9 +15,9 @@ still kept and A the weights already compensated, removing group S next adds
 tr(A_S (H^-1_SS)^-1 A_S^T) / tokens. Groups are removed greedily, cheapest first, each removal
 updating A and H^-1. A group's score is the error its removal added, relative to the layer's
 unpruned output energy tr(A G A^T) / tokens, made non-decreasing along the greedy order (so a
-score threshold removes a greedy prefix) and divided by the MACs one such group costs. The
-one-module policy then removes, over all layers, the groups that add the least relative squared
-output distortion per MAC saved.
+score threshold removes a greedy prefix). Under the one-module-per-mac policy (`dimap-calib`),
+divided by the MACs one such group costs, it removes over all layers the groups that add the
+least relative squared output distortion per MAC saved.
 
 No library computes this: torch-pruning's Hessian importance is per weight and data-driven
 through gradients; this reuses the Gram matrices recovery collects anyway.
@@ -28,7 +29,7 @@ import math
 import torch
 
 from ..calibration import RIDGE, LayerStats, calibration_error
-from .registry import Criterion, GroupScores, ScoreContext, register
+from .registry import GroupScores, Score, ScoreContext, register
 
 MAX_STEPS = 128
 """At most this many greedy steps per layer: wide layers remove several of their cheapest groups
@@ -105,17 +106,17 @@ def in_float32(stats: LayerStats) -> LayerStats:
 
 def calibrated_scores(blocks, context: ScoreContext) -> GroupScores:
     """Needs `context.stats` (calibration statistics of the unpruned model, keyed like
-    `prune.calibration.measured_layers`) and `context.costs`."""
-    if context.stats is None or context.costs is None:
-        raise ValueError("dimap-calib needs calibration statistics and the cost model (stats=..., costs=...)")
+    `prune.calibration.measured_layers`)."""
+    if context.stats is None:
+        raise ValueError("refit-error needs calibration statistics (stats=...)")
     heads, mlp = [], []
-    for b, bc in zip(blocks, context.costs.blocks):
+    for b in blocks:
         proj, fc2 = (in_float32(context.stats[f"{b.name}.{layer}"]) for layer in ("proj", "fc2"))
-        heads.append(greedy_refit_costs(proj, b.attn.head_dim).double() / bc.macs_per_head)
-        mlp.append(greedy_refit_costs(fc2, 1).double() / bc.macs_per_channel)
+        heads.append(greedy_refit_costs(proj, b.attn.head_dim).double())
+        mlp.append(greedy_refit_costs(fc2, 1).double())
     return GroupScores(heads=heads, mlp=mlp)
 
 
-register(Criterion("dimap-calib", calibrated_scores, "one-module",
-                   "DIMAP's squared bound on layer outputs over calibration images, after the refit "
-                   "(greedy brain-surgeon cost per MAC; data-driven: --calib-data)", needs_stats=True))
+register(Score("refit-error", calibrated_scores,
+               "DIMAP's squared bound on layer outputs over calibration images, after the refit "
+               "(greedy brain-surgeon cost; data-driven: --calib-data)", needs_stats=True))

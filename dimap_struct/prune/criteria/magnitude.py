@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .registry import Criterion, per_group, register, residual_by_views
+from .registry import Score, per_group, register, residual_by_views
 
 
 def lp_norm(p: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
@@ -15,9 +15,6 @@ def lp_norm(p: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     return reduce
 
 
-for _name, _p, _policy, _summary in (
-        ("l1", 1, "uniform", "group L1 norm, every block pruned by the same ratio"),
-        ("l2", 2, "uniform", "group L2 norm, every block pruned by the same ratio"),
-        ("magnitude-global", 2, "module-aware", "group L2 norm ranked across all blocks of a module")):
-    register(Criterion(_name, lambda blocks, context, _r=lp_norm(_p): per_group(blocks, _r), _policy, _summary,
-                       residual_score=residual_by_views(lp_norm(_p))))
+for _p in (1, 2):
+    register(Score(f"l{_p}", lambda blocks, context, _r=lp_norm(_p): per_group(blocks, _r),
+                   f"group L{_p} norm of its weights", residual_score=residual_by_views(lp_norm(_p))))

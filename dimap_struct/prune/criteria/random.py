@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import Criterion, GroupScores, ScoreContext, register
+from .registry import GroupScores, Score, ScoreContext, register
 
 
 def random_scores(blocks, context: ScoreContext) -> GroupScores:
@@ -17,5 +17,5 @@ def random_residual_scores(sites, context: ScoreContext) -> list[torch.Tensor]:
     return [torch.rand(s.width, generator=gen, dtype=torch.float64) for s in sites]
 
 
-register(Criterion("random", random_scores, "module-aware", "uniform random scores (seeded by --seed)",
-                   residual_score=random_residual_scores))
+register(Score("random", random_scores, "uniform random scores (seeded by --seed)",
+               residual_score=random_residual_scores))

@@ -1,19 +1,19 @@
-"""The criterion registry: a criterion is one `Criterion`, registered by the file that defines it.
+"""The score registry: a score is one `Score`, registered by the file that defines it.
 
-A criterion maps a model's blocks to one score per group (higher = more important) and
-declares everything the pipeline needs to know about it:
+A score maps a model's blocks to one value per group (higher = more important) and declares
+everything the pipeline needs to know about it:
 
-- `policy`: the selection rule it is meant for (`prune.select.POLICIES`);
 - `uses_score_mode`: whether `--score` (DIMAP option A / B) changes it;
 - `residual_score`: how it scores residual channels for `--prune-embed` (None: unsupported);
-- `prepare`: a hook run on the model before scoring (data-driven criteria: a gradient pass
-  over calibration images); its presence makes the criterion need `--calib-data`;
-- `needs_stats`: the scores read the calibration statistics of one-shot recovery (the input
+- `prepare`: a hook run on the model before scoring (data-driven scores: a gradient pass
+  over calibration images); its presence makes the score need `--calib-data`;
+- `needs_stats`: the values read the calibration statistics of one-shot recovery (the input
   Gram matrices of proj and fc2 over `--calib-images`), which also needs `--calib-data`.
 
-Adding a criterion means adding one file to this package that calls `register` (and importing
-it from `__init__`); the CLI's choices, the options' checks and the report read the registry.
-See docs/method.md section 3.
+How the scores become a plan is the policy's part (`prune.select.POLICIES`); a criterion is a
+score and a policy (`aliases`). Adding a score means adding one file to this package that calls
+`register` (and importing it from `__init__`); the CLI's choices, the options' checks and the
+report read the registry. See docs/method.md section 3.
 """
 from __future__ import annotations
 
@@ -23,21 +23,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ...errors import UserError
 from ...models.adapters import BlockSite, ResidualSite
 from ..residual import channel_views
 from ..scoring import channel_weight_views, head_weight_views
-
-
-@dataclass
-class GroupScores:
-    """Per block: `heads[b]` has shape (num_heads,), `mlp[b]` has shape (mlp_width,)."""
-
-    heads: list[torch.Tensor]
-    mlp: list[torch.Tensor]
-    distortion: "GroupScores | None" = None
-    """For the 'bound-split' policy: each group's energy fraction f_g (same shapes), the
-    distortion its removal adds to DIMAP's squared bound; the scores above order the removals."""
+from ..select import GroupScores
 
 
 @dataclass(frozen=True)
@@ -50,7 +39,7 @@ class ScoreContext:
     """The `prune.costs.CostModel` of the unpruned model."""
     stats: dict | None = None
     """Calibration statistics of the unpruned model (`prune.calibration.collect_stats`), for
-    criteria with `needs_stats`."""
+    scores with `needs_stats`."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +58,9 @@ ResidualScorer = Callable[[list[ResidualSite], ScoreContext], list[torch.Tensor]
 
 
 @dataclass(frozen=True)
-class Criterion:
+class Score:
     name: str
-    score: Scorer
-    policy: str
-    """Selection policy: 'module-aware', 'uniform', 'one-module', 'distortion' or 'bound-split' (see
-    `prune.select`; 'bound-split' needs the scorer's `GroupScores.distortion`)."""
+    compute: Scorer
     summary: str
     uses_score_mode: bool = False
     residual_score: ResidualScorer | None = None
@@ -82,45 +68,26 @@ class Criterion:
     cleanup: Callable[[nn.Module], None] | None = None
     """Undo what `prepare` left on the model (e.g. gradients) once scores are taken."""
     needs_stats: bool = False
-    """Scores read the calibration statistics that recovery also uses (`ScoreContext.stats`)."""
-    residual_distortion: ResidualScorer | None = None
-    """For the 'bound-split' policy: each residual channel's energy fraction (its term of DIMAP's
-    squared bound), beside `residual_score`, which orders the removals."""
+    """Values read the calibration statistics that recovery also uses (`ScoreContext.stats`)."""
 
     @property
     def needs_data(self) -> bool:
         return self.prepare is not None or self.needs_stats
 
 
-CRITERIA: dict[str, Criterion] = {}
+SCORES: dict[str, Score] = {}
 
 
-def register(criterion: Criterion) -> Criterion:
-    """Add `criterion` to the registry (its name must be new)."""
-    if criterion.name in CRITERIA:
-        raise ValueError(f"criterion '{criterion.name}' is already registered")
-    CRITERIA[criterion.name] = criterion
-    return criterion
+def register(score: Score) -> Score:
+    """Add `score` to the registry (its name must be new)."""
+    if score.name in SCORES:
+        raise ValueError(f"score '{score.name}' is already registered")
+    SCORES[score.name] = score
+    return score
 
 
 def unregister(name: str) -> None:
-    CRITERIA.pop(name, None)
-
-
-def criterion_names() -> list[str]:
-    """Registered names, the default `dimap` first."""
-    return sorted(CRITERIA, key=lambda name: name != "dimap")
-
-
-def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise UserError(f"unknown criterion '{name}'; choose from: {', '.join(criterion_names())}")
-    return CRITERIA[name]
-
-
-def score(criterion: str, blocks: list[BlockSite], **context) -> GroupScores:
-    """Scores of `criterion` for `blocks`; `context`: score_mode, seed, costs (see ScoreContext)."""
-    return get_criterion(criterion).score(blocks, ScoreContext(**context))
+    SCORES.pop(name, None)
 
 
 def per_group(blocks: list[BlockSite], reduce: Callable[[list[torch.Tensor]], torch.Tensor]) -> GroupScores:
@@ -132,7 +99,7 @@ def per_group(blocks: list[BlockSite], reduce: Callable[[list[torch.Tensor]], to
 
 def residual_by_views(reduce: Callable[[list[torch.Tensor]], torch.Tensor]) -> ResidualScorer:
     """A residual scorer applying a view score to each stage's per-layer channel views: the
-    criteria that score any group from its weights score residual channels the same way."""
+    scores that rate any group from its weights rate residual channels the same way."""
     def scorer(sites: list[ResidualSite], context: ScoreContext) -> list[torch.Tensor]:
         return [reduce(channel_views(s)) for s in sites]
     return scorer

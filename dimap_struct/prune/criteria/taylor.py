@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from ...data import build_loader, is_labelled, num_classes
 from ...errors import UserError
 from ..scoring import channel_weight_views, head_weight_views
-from .registry import Calibration, Criterion, GroupScores, ScoreContext, register
+from .registry import Calibration, GroupScores, Score, ScoreContext, register
 
 
 def accumulate_gradients(model: nn.Module, calib: Calibration, batch_size: int = 32) -> int:
@@ -58,6 +58,5 @@ def taylor_scores(blocks, context: ScoreContext) -> GroupScores:
     )
 
 
-register(Criterion("taylor", taylor_scores, "module-aware",
-                   "first-order Taylor |w * dL/dw| summed per group (data-driven: --calib-data)",
-                   prepare=accumulate_gradients, cleanup=lambda model: model.zero_grad(set_to_none=True)))
+register(Score("taylor", taylor_scores, "first-order Taylor |w * dL/dw| summed per group (data-driven: --calib-data)",
+               prepare=accumulate_gradients, cleanup=lambda model: model.zero_grad(set_to_none=True)))
