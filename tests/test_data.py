@@ -151,20 +151,17 @@ def test_image_folder_with_timm_transforms(tmp_path):
     assert images.shape == (8, 3, 224, 224) and labels.tolist() == [0] * 4 + [1] * 4
 
 
-@needs_mnist
-def test_reference_model_accuracy():
-    """The committed reference Swin loads (SHA-256 checked), reports its data config through
-    timm, and reaches >= 97 % top-1 on the whole eval split (2,000 digits, a few seconds)."""
+def test_reference_model_loads_with_its_data_config():
+    """The committed reference Swin loads (SHA-256 checked) and reports its data config through
+    timm (its top-1 on the eval split: tests/test_eval.py, through dimap-eval)."""
     import timm
 
-    from dimap_struct.deploy.evaluate import accuracy, torch_classifier
     from dimap_struct.models.reference import REFERENCE_DATA_CONFIG, build_reference
 
     model = build_reference()
     cfg = timm.data.resolve_model_data_config(model)
     assert {k: cfg[k] for k in REFERENCE_DATA_CONFIG} == REFERENCE_DATA_CONFIG
     assert not model.training
-    assert accuracy(torch_classifier(model, cfg, "reference"), MNIST, batch_size=500)["top1"] >= 97.0
 
 
 def test_reference_checks_sha256(tmp_path, monkeypatch):
