@@ -19,13 +19,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
 from . import __version__
 from .deploy.choices import QUANTIZE_SCHEMES, RUNTIMES, resolve_scheme
 from .errors import UserError
-from .prune.budget import check_fraction, check_weight_fraction
+from .prune.budget import Budget
 
 RECIPE_VERSION = 1
 """Format of recipe files; a newer one is refused with one line."""
@@ -404,7 +405,7 @@ class PruneOptions(SourceOptions):
         from .prune.criteria import get_criterion  # deferred: start-up (torch, timm), as in _criteria
 
         if self.flops is not None:
-            check_fraction(self.flops)
+            _ = self.budget  # parsed, so checked, before any heavy work
         if self.granularity == "weight":
             defaults = PruneOptions.__dataclass_fields__
             given = [flag_of(defaults[k]) for k in self.STRUCTURED_ONLY if getattr(self, k) != default_of(defaults[k])]
@@ -413,7 +414,7 @@ class PruneOptions(SourceOptions):
             if self.flops is not None and self.params is not None:
                 raise UserError("give either --flops or --params, not both")
             if self.params is not None:
-                check_weight_fraction(self.params)
+                _ = self.budget
             return
         if self.params is not None:
             raise UserError("--params is a target of --granularity weight; structured pruning takes --flops")
@@ -426,12 +427,18 @@ class PruneOptions(SourceOptions):
             raise UserError(f"criterion '{self.criterion}' is data-driven: give --calib-data PATH "
                             "(an MNIST directory or an ImageFolder) for its calibration images")
 
+    @cached_property
+    def budget(self) -> Budget:
+        """The budget, parsed once: --flops (default 0.5) or, for weight granularity, --params if
+        given (an absolute --flops count is checked against the model when it is loaded)."""
+        if self.granularity == "weight" and self.flops is None:
+            return Budget.parse_weights(self.params if self.params is not None else "0.5")
+        return Budget.parse(self.flops if self.flops is not None else "0.5")
+
     @property
     def target(self) -> str:
-        """The budget: --flops (default 0.5) or, for weight granularity, --params if given."""
-        if self.granularity == "weight" and self.flops is None:
-            return self.params if self.params is not None else "0.5"
-        return self.flops if self.flops is not None else "0.5"
+        """The budget as written: --flops (default 0.5) or, for weight granularity, --params if given."""
+        return self.budget.text
 
 
 def default_of(f: dataclasses.Field):

@@ -152,3 +152,28 @@ def test_rounds_keep_the_source_and_its_notes():
     _, report, _ = prune_in_rounds(loaded, options, 2, lambda model, k: {})
     assert report.notes == single.notes and report.source == single.source
     assert report.architecture.source_model == single.architecture.source_model
+
+
+def test_rounds_pass_their_budgets_as_numbers(monkeypatch):
+    """Each round's MACs budget reaches the cut as a number, never as text parsed again, and it
+    is the count that the text form of the same number ('<x>G', 12 digits) gave."""
+    from dimap_struct import load_model
+    from dimap_struct.options import CompressOptions
+    from dimap_struct.pipeline import prune_in_rounds, rounds, schedule
+    from dimap_struct.prune.budget import target_macs
+
+    seen = []
+    real = rounds.compress_to
+    monkeypatch.setattr(rounds, "compress_to", lambda model, options, budget, on_step=None:
+                        seen.append((budget, options.flops)) or real(model, options, budget, on_step))
+    loaded = load_model("reference", pretrained=False)
+    _, report, records = prune_in_rounds(loaded, CompressOptions(model="reference", pretrained=False, flops="0.3"),
+                                         3, lambda model, k: {})
+    original = report.original.macs
+    assert len(seen) == 3 and all(b.macs is not None and b.fraction is None and flops == "0.3" for b, flops in seen)
+    current = original
+    for (budget, _), ratio, record in zip(seen, schedule(0.3, 3), records):
+        wanted = min(ratio * original, current)
+        assert budget.target_macs(current) == target_macs(f"{wanted / 1e9:.12g}G", current)
+        current = round(record["achieved_ratio"] * original)
+    assert report.pruned.macs == current and report.target.flops == "0.3" and report.recipe["flops"] == "0.3"

@@ -263,8 +263,8 @@ def _out_of_memory(err: BaseException) -> bool:
 
 def _while() -> str:
     """' while <stage>' for the pipeline stage that was running, if one was."""
-    pipeline = sys.modules.get("dimap_struct.pipeline")
-    stage = getattr(pipeline, "current_stage", None) if pipeline is not None else None
+    compression = sys.modules.get("dimap_struct.pipeline.compression")
+    stage = getattr(compression, "current_stage", None) if compression is not None else None
     return f" while running '{stage}'" if stage else ""
 
 
