@@ -498,7 +498,9 @@ class TrainingOptions(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneOptions(TrainingOptions, PruneOptions):
-    """Every option of dimap-finetune: prune like dimap-compress, then train."""
+    """Every option of dimap-finetune: prune like dimap-compress, then train. The command prunes
+    structurally; `pipeline.finetune` also takes granularity 'weight' (the zeroed weights stay
+    zero while training)."""
 
     command: ClassVar[str] = "dimap-finetune"
 
@@ -517,9 +519,9 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
 
     def check(self) -> None:
         super().check()
-        if self.granularity != "structured":
-            raise UserError("dimap-finetune prunes structurally; --granularity weight is for dimap-compress")
         resolve_scheme(self.quantize, self.calib_data or self.data or "training data")
+        if self.prune_steps > 1 and self.granularity != "structured":
+            raise UserError("--steps cuts heads and channels in rounds; it does not work with --granularity weight")
         if self.prune_steps > 1 and self.latency is not None:
             raise UserError("--steps reaches a MACs target in rounds; it does not work with --latency (use --flops)")
         if self.prune_steps > 1 and self.resume:
@@ -537,6 +539,11 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
         """The pruning part of these options, as `compress` takes them (no outputs)."""
         names = {f.name for f in PruneOptions.specs()}
         return CompressOptions(**{k: v for k, v in self.as_dict().items() if k in names})
+
+
+def resume_path(output: str | os.PathLike) -> Path:
+    """The resume state of `dimap-finetune -o OUT.onnx`: OUT.resume.pt, saved after each epoch."""
+    return Path(output).with_suffix(".resume.pt")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -177,3 +177,22 @@ def test_rounds_pass_their_budgets_as_numbers(monkeypatch):
         assert budget.target_macs(current) == target_macs(f"{wanted / 1e9:.12g}G", current)
         current = round(record["achieved_ratio"] * original)
     assert report.pruned.macs == current and report.target.flops == "0.3" and report.recipe["flops"] == "0.3"
+
+
+def test_the_python_api_keeps_weight_pruning_zeros_and_writes_nothing_without_output(tmp_path, small_mnist,
+                                                                                     monkeypatch):
+    """`pipeline.finetune` takes granularity 'weight' (the command does not): the weights it
+    zeroed are still zero after training. Without an output it writes no file."""
+    from dimap_struct.models.adapters import adapter_for_model
+    from dimap_struct.pipeline import finetune
+    from dimap_struct.prune.unstructured import zero_masks
+
+    monkeypatch.chdir(tmp_path)
+    result = finetune("reference", granularity="weight", params=0.4, pretrained=False, data=small_mnist,
+                      max_steps=3, batch_size=16)
+    report = result.report
+    assert report.granularity == "weight" and report.finetune["steps"] == 3 and result.onnx_path is None
+    masks = [m for _, m in zero_masks(adapter_for_model(result.model).blocks())]
+    zeroed = sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
+    assert zeroed == pytest.approx(1 - report.achieved.kept_prunable_fraction, abs=1e-6)
+    assert list(tmp_path.iterdir()) == []

@@ -76,16 +76,6 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
                    "report written by this command works too); flags given here override it")
 
 
-def default_data(data: str | None) -> str:
-    """--data, else $DIMAP_DATA; a UserError (one line, exit code 2) when neither is given."""
-    from ..data import DATA_ENV  # deferred: start-up (the data package loads torch)
-
-    found = data or os.environ.get(DATA_ENV)
-    if not found:
-        raise UserError(f"no data directory: pass --data PATH or set {DATA_ENV}")
-    return found
-
-
 @contextmanager
 def exit_on_interrupt(prog: str):
     """While the libraries load, Ctrl-C ends the process at once: one line, exit 130. Nothing has

@@ -6,7 +6,8 @@ evaluates and exports: the API behind `dimap-finetune`, its `--steps K` rounds
 (`rounds.prune_in_rounds`) included.
 """
 from .compression import CompressionResult, Steps, check_outputs, compress, compress_to, input_files, make_options
+from .finetuning import FinetuneResult, finetune
 from .rounds import prune_in_rounds, schedule
 
-__all__ = ["CompressionResult", "Steps", "check_outputs", "compress", "compress_to", "input_files", "make_options",
-           "prune_in_rounds", "schedule"]
+__all__ = ["CompressionResult", "FinetuneResult", "Steps", "check_outputs", "compress", "compress_to", "finetune",
+           "input_files", "make_options", "prune_in_rounds", "schedule"]

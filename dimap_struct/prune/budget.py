@@ -39,7 +39,8 @@ class Budget:
         try:
             ratio = float(text)
         except ValueError:
-            raise UserError(f"--flops {text!r}: expected a fraction 0 < R <= 1 (e.g. 0.5) or MACs such as 7.3G") from None
+            raise UserError(f"--flops {text!r}: expected a fraction 0 < R <= 1 (e.g. 0.5) or MACs such as "
+                            "7.3G") from None
         if math.isnan(ratio) or not 0 < ratio <= 1:
             raise UserError(f"--flops {text!r}: the fraction of MACs to keep must satisfy 0 < R <= 1")
         return cls(str(flops), fraction=ratio)
