@@ -31,9 +31,9 @@ import torch
 
 from dimap_struct import compress, load_model
 from dimap_struct.deploy.evaluate import accuracy, torch_classifier
-from dimap_struct.options import TrainingOptions
+from dimap_struct.options import FinetuneOptions, TrainingOptions
+from dimap_struct.pipeline import finetune
 from dimap_struct.prune.criteria import ALIASES, DEFAULT_RULE, get_criterion
-from dimap_struct.recover.finetune import finetune
 
 from .common import REFERENCE_DATA, RESULTS, command
 
@@ -44,33 +44,29 @@ def top1(model, data_config, data) -> float:
     return accuracy(torch_classifier(model, data_config, "", 10), data, split="eval", batch_size=500)["top1"]
 
 
-def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: TrainingOptions) -> dict:
+def run_one(loaded, data, ratio: float, criterion: str, seed: int, cfg: TrainingOptions,
+            reference_top1: float) -> dict:
+    """Prune, fine-tune and evaluate one cell (`pipeline.finetune`), and the one-shot refit of
+    the same cut (structured criteria)."""
     start = time.perf_counter()
-    if criterion == "weight":
-        result = compress(loaded, granularity="weight", params=ratio)
-        masks = [(p, (p != 0).to(p.dtype)) for n, p in result.model.named_parameters()
-                 if n.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight")) and ".blocks." in n]
-        macs_ratio = result.report.achieved.ratio
+    training = {**cfg.as_dict(), "data": data}
+    if criterion == "weight":  # its zeros stay zero while fine-tuning
+        options = FinetuneOptions(granularity="weight", params=ratio, **training)
     else:
-        result = compress(loaded, ratio, criterion=criterion, seed=seed, recovery="none",
-                          calib_data=data if get_criterion(criterion).needs_data else None)
-        masks = None
-        macs_ratio = result.report.achieved.ratio
-    model = result.model
-    zero_shot = top1(model, loaded.data_config, data)
+        options = FinetuneOptions(flops=ratio, criterion=criterion, seed=seed, recovery="none",
+                                  calib_data=data if get_criterion(criterion).needs_data else None, **training)
+    result = finetune(loaded, options, teacher_top1=reference_top1, eval_batch_size=500)
+    report = result.report
     recovered = None
     if criterion != "weight":
         refit = compress(loaded, ratio, criterion=criterion, seed=seed, calib_data=data, recovery="refit")
-        if refit.report.architecture != result.report.architecture:
+        if refit.report.architecture != report.architecture:
             raise RuntimeError(f"{criterion} at R={ratio}: the plan changed when calibration data was given")
         recovered = top1(refit.model, loaded.data_config, data)
-    finetune(model, loaded.model, data, loaded.data_config, cfg, seed=0, keep_masks=masks)
-    if masks:
-        assert all(bool((p[m == 0] == 0).all()) for p, m in masks), "fine-tuning revived pruned weights"
-    tuned = top1(model, loaded.data_config, data)
-    return {"ratio": ratio, "criterion": criterion, "seed": seed, "macs_ratio": macs_ratio,
-            "params_ratio": result.report.achieved.params_ratio, "zero_shot": zero_shot,
-            "recovered": recovered, "finetuned": tuned, "seconds": round(time.perf_counter() - start, 1)}
+    return {"ratio": ratio, "criterion": criterion, "seed": seed, "macs_ratio": report.achieved.ratio,
+            "params_ratio": report.achieved.params_ratio, "zero_shot": report.finetune["pruned_top1"],
+            "recovered": recovered, "finetuned": report.finetune["finetuned_top1"],
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def resumed_rows(partial: Path, final: Path, setup: dict) -> list[dict]:
@@ -202,7 +198,7 @@ def main() -> None:
             for seed in (RANDOM_SEEDS if criterion == "random" else (0,)):
                 if (ratio, criterion, seed) in done:
                     continue
-                row = run_one(loaded, args.data, ratio, criterion, seed, cfg)
+                row = run_one(loaded, args.data, ratio, criterion, seed, cfg, reference_top1)
                 rows.append(row)
                 partial.write_text(json.dumps({"setup": setup, "runs": rows}, indent=1) + "\n")
                 print(f"R={ratio} {criterion:16s} seed {seed}: MACs {row['macs_ratio']:.3f} "

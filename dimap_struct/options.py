@@ -19,13 +19,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
 from . import __version__
 from .deploy.choices import QUANTIZE_SCHEMES, RUNTIMES, resolve_scheme
 from .errors import UserError
-from .prune.budget import check_fraction, check_weight_fraction
+from .prune.budget import Budget
 
 RECIPE_VERSION = 1
 """Format of recipe files; a newer one is refused with one line."""
@@ -413,7 +414,7 @@ class PruneOptions(SourceOptions):
         from .prune.criteria import get_criterion  # deferred: start-up (torch, timm), as in _criteria
 
         if self.flops is not None:
-            check_fraction(self.flops)
+            _ = self.budget  # parsed, so checked, before any heavy work
         if self.granularity == "weight":
             defaults = PruneOptions.__dataclass_fields__
             given = [flag_of(defaults[k]) for k in self.STRUCTURED_ONLY if getattr(self, k) != default_of(defaults[k])]
@@ -422,7 +423,7 @@ class PruneOptions(SourceOptions):
             if self.flops is not None and self.params is not None:
                 raise UserError("give either --flops or --params, not both")
             if self.params is not None:
-                check_weight_fraction(self.params)
+                _ = self.budget
             return
         if self.params is not None:
             raise UserError("--params is a target of --granularity weight; structured pruning takes --flops")
@@ -435,12 +436,18 @@ class PruneOptions(SourceOptions):
             raise UserError(f"criterion '{self.criterion}' is data-driven: give --calib-data PATH "
                             "(an MNIST directory or an ImageFolder) for its calibration images")
 
+    @cached_property
+    def budget(self) -> Budget:
+        """The budget, parsed once: --flops (default 0.5) or, for weight granularity, --params if
+        given (an absolute --flops count is checked against the model when it is loaded)."""
+        if self.granularity == "weight" and self.flops is None:
+            return Budget.parse_weights(self.params if self.params is not None else "0.5")
+        return Budget.parse(self.flops if self.flops is not None else "0.5")
+
     @property
     def target(self) -> str:
-        """The budget: --flops (default 0.5) or, for weight granularity, --params if given."""
-        if self.granularity == "weight" and self.flops is None:
-            return self.params if self.params is not None else "0.5"
-        return self.flops if self.flops is not None else "0.5"
+        """The budget as written: --flops (default 0.5) or, for weight granularity, --params if given."""
+        return self.budget.text
 
 
 def default_of(f: dataclasses.Field):
@@ -500,7 +507,9 @@ class TrainingOptions(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneOptions(TrainingOptions, PruneOptions):
-    """Every option of dimap-finetune: prune like dimap-compress, then train."""
+    """Every option of dimap-finetune: prune like dimap-compress, then train. The command prunes
+    structurally; `pipeline.finetune` also takes granularity 'weight' (the zeroed weights stay
+    zero while training)."""
 
     command: ClassVar[str] = "dimap-finetune"
 
@@ -519,9 +528,9 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
 
     def check(self) -> None:
         super().check()
-        if self.granularity != "structured":
-            raise UserError("dimap-finetune prunes structurally; --granularity weight is for dimap-compress")
         resolve_scheme(self.quantize, self.calib_data or self.data or "training data")
+        if self.prune_steps > 1 and self.granularity != "structured":
+            raise UserError("--steps cuts heads and channels in rounds; it does not work with --granularity weight")
         if self.prune_steps > 1 and self.latency is not None:
             raise UserError("--steps reaches a MACs target in rounds; it does not work with --latency (use --flops)")
         if self.prune_steps > 1 and self.resume:
@@ -539,6 +548,11 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
         """The pruning part of these options, as `compress` takes them (no outputs)."""
         names = {f.name for f in PruneOptions.specs()}
         return CompressOptions(**{k: v for k, v in self.as_dict().items() if k in names})
+
+
+def resume_path(output: str | os.PathLike) -> Path:
+    """The resume state of `dimap-finetune -o OUT.onnx`: OUT.resume.pt, saved after each epoch."""
+    return Path(output).with_suffix(".resume.pt")
 
 
 @dataclass(frozen=True, kw_only=True)

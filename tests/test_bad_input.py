@@ -312,6 +312,8 @@ FINETUNE = {
                               ["--steps 3 needs at least one training step per round"], [], []),
     "steps-with-resume": (["reference", "-o", "{p}/f.onnx", "--steps", "2", "--resume"], 2,
                           ["does not work with --steps > 1"], [], []),
+    "weight-granularity": (["reference", "-o", "{p}/f.onnx", "--granularity", "weight"], 2,
+                           ["dimap-finetune prunes structurally"], ["{p}/f.onnx"], []),
 }
 
 BENCH = {

@@ -152,3 +152,49 @@ def test_rounds_keep_the_source_and_its_notes():
     _, report, _ = prune_in_rounds(loaded, options, 2, lambda model, k: {})
     assert report.notes == single.notes and report.source == single.source
     assert report.architecture.source_model == single.architecture.source_model
+    assert (report.criterion, report.score, report.policy) == (single.criterion, single.score, single.policy)
+    assert report.policy is not None
+
+
+def test_rounds_pass_their_budgets_as_numbers(monkeypatch):
+    """Each round's MACs budget reaches the cut as a number, never as text parsed again, and it
+    is the count that the text form of the same number ('<x>G', 12 digits) gave."""
+    from dimap_struct import load_model
+    from dimap_struct.options import CompressOptions
+    from dimap_struct.pipeline import prune_in_rounds, rounds, schedule
+    from dimap_struct.prune.budget import target_macs
+
+    seen = []
+    real = rounds.compress_to
+    monkeypatch.setattr(rounds, "compress_to", lambda model, options, budget, on_step=None:
+                        seen.append((budget, options.flops)) or real(model, options, budget, on_step))
+    loaded = load_model("reference", pretrained=False)
+    _, report, records = prune_in_rounds(loaded, CompressOptions(model="reference", pretrained=False, flops="0.3"),
+                                         3, lambda model, k: {})
+    original = report.original.macs
+    assert len(seen) == 3 and all(b.macs is not None and b.fraction is None and flops == "0.3" for b, flops in seen)
+    current = original
+    for (budget, _), ratio, record in zip(seen, schedule(0.3, 3), records):
+        wanted = min(ratio * original, current)
+        assert budget.target_macs(current) == target_macs(f"{wanted / 1e9:.12g}G", current)
+        current = round(record["achieved_ratio"] * original)
+    assert report.pruned.macs == current and report.target.flops == "0.3" and report.recipe["flops"] == "0.3"
+
+
+def test_the_python_api_keeps_weight_pruning_zeros_and_writes_nothing_without_output(tmp_path, small_mnist,
+                                                                                     monkeypatch):
+    """`pipeline.finetune` takes granularity 'weight' (the command does not): the weights it
+    zeroed are still zero after training. Without an output it writes no file."""
+    from dimap_struct.models.adapters import adapter_for_model
+    from dimap_struct.pipeline import finetune
+    from dimap_struct.prune.unstructured import zero_masks
+
+    monkeypatch.chdir(tmp_path)
+    result = finetune("reference", granularity="weight", params=0.4, pretrained=False, data=small_mnist,
+                      max_steps=3, batch_size=16)
+    report = result.report
+    assert report.granularity == "weight" and report.finetune["steps"] == 3 and result.onnx_path is None
+    masks = [m for _, m in zero_masks(adapter_for_model(result.model).blocks())]
+    zeroed = sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
+    assert zeroed == pytest.approx(1 - report.achieved.kept_prunable_fraction, abs=1e-6)
+    assert list(tmp_path.iterdir()) == []

@@ -76,16 +76,6 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
                    "report written by this command works too); flags given here override it")
 
 
-def default_data(data: str | None) -> str:
-    """--data, else $DIMAP_DATA; a UserError (one line, exit code 2) when neither is given."""
-    from ..data import DATA_ENV  # deferred: start-up (the data package loads torch)
-
-    found = data or os.environ.get(DATA_ENV)
-    if not found:
-        raise UserError(f"no data directory: pass --data PATH or set {DATA_ENV}")
-    return found
-
-
 @contextmanager
 def exit_on_interrupt(prog: str):
     """While the libraries load, Ctrl-C ends the process at once: one line, exit 130. Nothing has
@@ -263,8 +253,8 @@ def _out_of_memory(err: BaseException) -> bool:
 
 def _while() -> str:
     """' while <stage>' for the pipeline stage that was running, if one was."""
-    pipeline = sys.modules.get("dimap_struct.pipeline")
-    stage = getattr(pipeline, "current_stage", None) if pipeline is not None else None
+    compression = sys.modules.get("dimap_struct.pipeline.compression")
+    stage = getattr(compression, "current_stage", None) if compression is not None else None
     return f" while running '{stage}'" if stage else ""
 
 

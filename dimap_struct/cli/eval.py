@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..options import EvalOptions
-from .common import Parser, add_common_flags, add_config_flag, default_data, main_of
+from .common import Parser, add_common_flags, add_config_flag, main_of
 
 EPILOG = """\
 examples:
@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from ..data import default_data
     from ..deploy.evaluate import accuracy, load_classifier
 
     options = EvalOptions.from_args(args, args.config)

@@ -58,13 +58,17 @@ _IDX_MAGIC = {2051: 3, 2049: 1}  # magic -> number of dimensions (images, labels
 _CACHE_LIMIT = 256 * 2**20  # bytes: preprocessed MNIST splits up to this size stay in memory
 
 
+def default_data(path=None):
+    """`path` (--data), else the directory in $DIMAP_DATA; UserError if neither is given."""
+    found = path or os.environ.get(DATA_ENV)
+    if not found:
+        raise UserError(f"no data directory: pass --data PATH or set {DATA_ENV}")
+    return found
+
+
 def data_path(path=None) -> Path:
-    """`path`, else the directory in $DIMAP_DATA; UserError if neither is given."""
-    if path is None:
-        path = os.environ.get(DATA_ENV) or None
-    if path is None:
-        raise UserError(f"no data directory: give one (--data PATH) or set {DATA_ENV}")
-    return Path(path)
+    """`default_data(path)` as a Path."""
+    return Path(default_data(path))
 
 
 def split_indices(n: int, split: str) -> np.ndarray:

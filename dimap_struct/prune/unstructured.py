@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import __version__
-from ..report.schema import (RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Counts, Report, Source, Target,
-                             plain_config)
-from .budget import target_macs
+from ..report.build import build_report
+from ..report.schema import Architecture, BlockRow, Counts, Report
+from .budget import Budget
 from .costs import build_cost_model
 from .scoring import dimap_weight_scores
 
@@ -70,16 +69,26 @@ class WeightModule:
         return float(self.scores_sorted[k - 1]) if k else None
 
 
+def module_layers(blocks) -> dict[str, list[nn.Linear]]:
+    """The prunable layers of each module (QKV-M, PRJ-M, MLP-M)."""
+    return {"qkv": [layer for b in blocks for layer, _ in b.attn.projections],
+            "proj": [b.attn.proj for b in blocks],
+            "mlp": [layer for b in blocks for layer in (b.mlp.fc1, b.mlp.fc2)]}
+
+
 def weight_modules(blocks) -> dict[str, WeightModule]:
-    return {
-        "qkv": WeightModule.build("qkv", [layer for b in blocks for layer, _ in b.attn.projections]),
-        "proj": WeightModule.build("proj", [b.attn.proj for b in blocks]),
-        "mlp": WeightModule.build("mlp", [layer for b in blocks for layer in (b.mlp.fc1, b.mlp.fc2)]),
-    }
+    return {name: WeightModule.build(name, layers) for name, layers in module_layers(blocks).items()}
 
 
-def prune_weights(loaded, options) -> tuple[nn.Module, "Report"]:
-    """Mask `loaded.model` (a `models.LoadedModel`) in place to the target of `options` (a
+def zero_masks(blocks) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(weight, 0/1 mask of its non-zero entries) for every prunable layer: what fine-tuning
+    re-applies after each step, so that the weights this granularity zeroed stay zero."""
+    return [(layer.weight, (layer.weight != 0).to(layer.weight.dtype))
+            for layers in module_layers(blocks).values() for layer in layers]
+
+
+def prune_weights(loaded, options, budget: Budget) -> tuple[nn.Module, Report]:
+    """Mask `loaded.model` (a `models.LoadedModel`) in place to `budget` (`options.budget` of a
     validated `CompressOptions` of weight granularity); return (model, report)."""
     net, adapter = loaded.model, loaded.adapter
     blocks = adapter.blocks()
@@ -95,10 +104,10 @@ def prune_weights(loaded, options) -> tuple[nn.Module, "Report"]:
                 saved += tokens[id(layer)] * removed
         return before.macs - saved
 
-    if options.flops is None:
-        p, target = 1 - float(options.target), None
+    if budget.weights:
+        p, target = 1 - budget.fraction, None
     else:
-        target = target_macs(options.flops, before.macs)
+        target = budget.target_macs(before.macs)
         lo, hi = 0.0, 1.0
         for _ in range(50):
             mid = (lo + hi) / 2
@@ -110,10 +119,10 @@ def prune_weights(loaded, options) -> tuple[nn.Module, "Report"]:
         for name, m in modules.items():
             for layer, mask in zip(m.layers, m.keep_masks(removed[name])):
                 layer.weight.mul_(mask)
-    return net, _weight_report(loaded, options, blocks, modules, removed, before, effective_macs(p), target)
+    return net, _weight_report(loaded, options, budget, blocks, modules, removed, before, effective_macs(p), target)
 
 
-def _weight_report(loaded, options, blocks, modules, removed, before: Counts, eff_macs: int, target):
+def _weight_report(loaded, options, budget: Budget, blocks, modules, removed, before: Counts, eff_macs: int, target):
     nonzero = sum(int(torch.count_nonzero(p)) for p in loaded.model.parameters())
     prunable = sum(m.size for m in modules.values())
     kept_prunable = sum(m.size - removed[n] for n, m in modules.items())
@@ -128,19 +137,13 @@ def _weight_report(loaded, options, blocks, modules, removed, before: Counts, ef
                              attention_kept=(kept["qkv"] + kept["proj"]) / 2, mlp_kept=(kept["fc1"] + kept["fc2"]) / 2,
                              kept_per_layer=kept))
     # random / trained weights have no exact zeros to begin with: the dense count is the baseline
-    pruned = Counts(macs=eff_macs, params=nonzero)
-    target_row = (Target(params=str(options.target)) if options.flops is None
-                  else Target(flops=str(options.flops), macs=target, ratio=target / before.macs))
-    return Report(
-        package_version=__version__, granularity="weight", source=Source.of(loaded),
-        data_config=plain_config(loaded.data_config), recipe=options.recipe(),
-        architecture=Architecture(loaded.name, loaded.model_kwargs),
+    return build_report(
+        loaded, options.recipe(), granularity="weight", architecture=Architecture(loaded.name, loaded.model_kwargs),
         criterion="dimap",
         criterion_summary="the paper's per-weight DIMAP score, one threshold per module (QKV-M, PRJ-M, MLP-M)",
-        score_mode=None, target=target_row,
-        achieved=Achieved(macs=eff_macs, ratio=eff_macs / before.macs, params=nonzero,
-                          params_ratio=nonzero / before.params, kept_prunable_fraction=kept_prunable / prunable),
-        original=before, pruned=pruned, runtime_macs=before.macs, blocks=rows, residual=None,
+        score_mode=None, target=budget.text, target_macs=target, original=before,
+        pruned=Counts(macs=eff_macs, params=nonzero), kept_prunable_fraction=kept_prunable / prunable,
+        runtime_macs=before.macs, blocks=rows, residual=None,
         selection={"policy": "weight", "modules": {
             n: {"weights": m.size, "removed": removed[n], "kept_fraction": 1 - removed[n] / m.size,
                 "threshold": m.threshold(removed[n])} for n, m in modules.items()}},
@@ -150,4 +153,4 @@ def _weight_report(loaded, options, blocks, modules, removed, before: Counts, ef
             "ONNX model is dense with zeros and is NOT faster; use structured pruning for speed.",
             "Effective MACs count Linear MACs on non-zero weights only (as the paper counts FLOPs); the "
             "window-attention matmuls, norms and the never-pruned AUX-M layers count in full.",
-        ] + ([RANDOM_WEIGHTS_NOTE] if loaded.random_init else []))
+        ])

@@ -15,9 +15,10 @@ import io
 import itertools
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
@@ -66,8 +67,19 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed() -> DistContext:
-    """Join the process group torchrun describes in the environment (or stay single-process)."""
+@contextmanager
+def distributed() -> Iterator[DistContext]:
+    """The process group torchrun describes in the environment (or a single process): joined on
+    entry, left on a normal exit once every rank has arrived. After an error it is not left: the
+    process is ending, and a barrier would wait for ranks that may never come."""
+    ctx = _join()
+    yield ctx
+    if ctx.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _join() -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()

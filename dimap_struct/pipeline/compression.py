@@ -1,15 +1,12 @@
-"""The whole job: load -> groups -> score -> select -> cut -> verify -> recover -> export ->
+"""One compression: load -> groups -> score -> select -> cut -> verify -> recover -> export ->
 quantize -> report.
 
 `compress` is the Python API behind the `dimap-compress` command; every stage lives in its
 own package (`models`, `prune`, `recover`, `deploy`, `report`) and `compress` runs them in order.
-`prune_in_rounds` runs `compress` K times with training between the cuts
-(`dimap-finetune --steps K`) and restates the last round's report against the original model.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 from contextlib import contextmanager, nullcontext
@@ -19,31 +16,29 @@ from typing import Callable, Iterator
 
 from torch import nn
 
-from . import __version__
-from .data import build_dataset, data_fingerprint, num_classes
-from .deploy.export import write_model_and_report
-from .deploy import latency_probe
-from .deploy.quantize import make_request
-from .errors import UserError
-from .files import check_output, same_file, staged
-from .models import LoadedModel
-from .models.adapters import adapter_for_model
-from .models.checkpoint import pruned_bytes
-from .models.lean import LeanUnsupported
-from .options import CompressOptions
-from .prune.budget import target_macs
-from .prune.calibration import RIDGE, calibration_images, collect_stats
-from .prune.costs import CostModel, build_cost_model
-from .prune.criteria import Calibration, ScoreContext, get_criterion
-from .prune.cut import cut
-from .prune.replay import load_any
-from .prune.residual import residual_options
-from .prune.select import Selection, select_to_budget
-from .prune.unstructured import prune_weights
-from .prune.verify import mask, max_abs_diff, probe_input
-from .recover.oneshot import RecoveryReport, recover
-from .report.schema import (MACS_NOTE, RANDOM_WEIGHTS_NOTE, Achieved, Architecture, BlockRow, Counts, Report,
-                            ResidualRow, Source, Target, plain_config)
+from ..data import build_dataset, data_fingerprint, num_classes
+from ..deploy.export import write_model_and_report
+from ..deploy import latency_probe
+from ..deploy.quantize import make_request
+from ..errors import UserError
+from ..files import check_output, same_file, staged
+from ..models import LoadedModel
+from ..models.checkpoint import pruned_bytes
+from ..models.lean import LeanUnsupported
+from ..options import CompressOptions, Options
+from ..prune.budget import Budget
+from ..prune.calibration import RIDGE, calibration_images, collect_stats
+from ..prune.costs import CostModel, build_cost_model
+from ..prune.criteria import Calibration, ScoreContext, get_criterion
+from ..prune.cut import cut
+from ..prune.replay import load_any
+from ..prune.residual import residual_options
+from ..prune.select import Selection, select_to_budget
+from ..prune.unstructured import prune_weights
+from ..prune.verify import mask, max_abs_diff, probe_input
+from ..recover.oneshot import RecoveryReport, recover
+from ..report.build import build_report, cut_row
+from ..report.schema import MACS_NOTE, Architecture, Counts, Report, ResidualRow
 
 current_stage: str | None = None
 """The label of the stage running now (for the CLI's one-line error, e.g. when memory runs out)."""
@@ -86,17 +81,17 @@ class Steps:
         self.seconds[label] = round(time.perf_counter() - start, 3)
 
 
-def make_options(model, options: CompressOptions | float | str | None, overrides: dict) -> CompressOptions:
-    """The validated options of one `compress` call: `options` (or a bare budget, shorthand for
+def make_options(model, options, overrides: dict, kind: type[Options] = CompressOptions):
+    """The validated options of one call: `options` (a `kind`, or a bare budget, shorthand for
     flops) updated by keyword overrides, with `model` recorded when it is a name or a path."""
-    if isinstance(options, CompressOptions):
+    if isinstance(options, kind):
         base = options
     elif options is None:
-        base = CompressOptions()
+        base = kind()
     elif isinstance(options, (int, float, str)) and not isinstance(options, bool):
-        base = CompressOptions(flops=options)
+        base = kind(flops=options)
     else:
-        raise UserError(f"options must be CompressOptions or a MACs budget, not {type(options).__name__}")
+        raise UserError(f"options must be {kind.__name__} or a MACs budget, not {type(options).__name__}")
     if isinstance(model, (str, os.PathLike)):
         overrides = {"model": os.fspath(model), **overrides}
     return base.replace(**overrides) if overrides else base
@@ -115,6 +110,13 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
     Raises UserError for bad options or input, before any heavy work where it can.
     """
     options = make_options(model, options, overrides)
+    return compress_to(model, options, options.budget, on_step)
+
+
+def compress_to(model, options: CompressOptions, budget: Budget,
+                on_step: Callable[[str], object] | None = None) -> CompressionResult:
+    """`compress` with validated `options` to `budget` instead of theirs (the rounds of `--steps`
+    compute theirs)."""
     paths = check_outputs(options)
     steps = Steps(on_step)
     with steps("load model"):
@@ -127,10 +129,10 @@ def compress(model: str | nn.Module | LoadedModel, options: CompressOptions | fl
                                     options.seed)
     if options.granularity == "weight":
         with steps("score and mask single weights"):
-            net, report = prune_weights(loaded, options)
+            net, report = prune_weights(loaded, options, budget)
         selection = None
     else:
-        net, selection, report = _prune_structured(loaded, options, steps)
+        net, selection, report = _prune_structured(loaded, options, budget, steps)
     result = CompressionResult(net, selection, report, options)
     also = []  # the .pt is published with the ONNX file and its report, as one set
     if options.save_pt is not None:
@@ -179,7 +181,7 @@ def input_files(options) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Steps):
+def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Budget, steps: Steps):
     net, adapter = loaded.model, loaded.adapter
     input_size = tuple(loaded.data_config["input_size"])
     criterion = get_criterion(options.criterion, options.policy)
@@ -187,7 +189,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
         blocks = adapter.blocks()
         costs = build_cost_model(net, adapter, blocks, input_size)
         before = costs.count()
-    target = target_macs(options.target, before.macs)
+    target = budget.target_macs(before.macs)
 
     stats = None
     if options.calib_data is not None and (options.recovery != "none" or criterion.score.needs_stats):
@@ -204,11 +206,11 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
         embed = residual_options(adapter, criterion, context) if options.prune_embed else {}
         if score.cleanup is not None:
             score.cleanup(net)
-    budget, latency = {}, None
+    by_latency, latency = {}, None
     if options.latency is not None:
         with steps("per-block latency model (timed once per machine, then cached)"):
             latency, latency_source = _latency_model(loaded, options)
-        budget = {"cost": latency.predict, "target_cost": options.latency * latency.unpruned_ms}
+        by_latency = {"cost": latency.predict, "target_cost": options.latency * latency.unpruned_ms}
     with steps("select to the MACs budget" if latency is None else "select to the latency budget"):
         selection = select_to_budget(
             scores, costs,
@@ -216,7 +218,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
             channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
             target_macs=target, policy=criterion.policy, head_dims=[b.attn.head_dim for b in blocks],
             min_heads=options.min_heads, min_mlp=options.min_mlp, round_to=options.round_to,
-            min_embed=options.min_embed, **embed, **budget)
+            min_embed=options.min_embed, **embed, **by_latency)
     if latency is not None and selection.achieved_cost > selection.target_cost + 0.01 * latency.unpruned_ms:
         raise UserError(f"--latency {options.latency:g}: the minimums (--min-heads, --min-mlp"
                         f"{', --min-embed' if options.prune_embed else ''}) allow no less than "
@@ -237,7 +239,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, steps: Step
         measured_params = sum(p.numel() for p in net.parameters())
         if measured_params != after.params:
             raise RuntimeError(f"parameter count {measured_params} != analytic {after.params}: surgery bug")
-    report = _structured_report(loaded, options, costs, before, after, selection, mask_diff)
+    report = _structured_report(loaded, options, budget, costs, before, after, selection, mask_diff)
     if latency is not None:
         report.latency = {"target": options.latency, "batch": options.latency_batch, "threads": options.latency_threads,
                           "dense_ms": latency.dense_ms, "predicted_ms": selection.achieved_cost,
@@ -284,109 +286,27 @@ def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
     return result.to_dict()
 
 
-def _structured_report(loaded: LoadedModel, options: CompressOptions, costs: CostModel, before: Counts,
-                       after: Counts, selection: Selection, mask_diff: float) -> Report:
+def _structured_report(loaded: LoadedModel, options: CompressOptions, budget: Budget, costs: CostModel,
+                       before: Counts, after: Counts, selection: Selection, mask_diff: float) -> Report:
     plan = selection.plan
     criterion = get_criterion(options.criterion, options.policy)
-    notes = [MACS_NOTE] + ([RANDOM_WEIGHTS_NOTE] if loaded.random_init else []) + \
-        ([selection.note] if selection.note else [])
-    blocks = [BlockRow(name=bc.name, stage=bc.stage, heads_before=bc.num_heads, heads=len(h),
-                       mlp_width_before=bc.mlp_width, mlp_width=len(m), attention_kept=len(h) / bc.num_heads,
-                       mlp_kept=len(m) / bc.mlp_width, kept_heads=h)
+    blocks = [cut_row(bc.name, bc.stage, bc.num_heads, bc.mlp_width, h, len(m))
               for bc, h, m in zip(costs.blocks, plan.heads, plan.mlp)]
     residual = None if plan.residual is None else [
         ResidualRow(stage=s, width_before=full, width=len(kept))
         for s, (full, kept) in enumerate(zip(costs.residual_widths, plan.residual))]
-    return Report(
-        package_version=__version__, granularity="structured", source=Source.of(loaded),
-        data_config=plain_config(loaded.data_config), recipe=options.recipe(),
+    return build_report(
+        loaded, options.recipe(), granularity="structured",
         architecture=Architecture(loaded.name, loaded.model_kwargs, plan.head_counts, plan.mlp_widths,
                                   plan.residual_widths),
         criterion=criterion.name, criterion_summary=criterion.summary, score=criterion.score.name,
         policy=criterion.policy, score_mode=options.score_mode if criterion.score.uses_score_mode else None,
-        target=Target(flops=str(options.target), macs=selection.target_macs,
-                      ratio=selection.target_macs / before.macs),
-        achieved=Achieved(macs=after.macs, ratio=after.macs / before.macs, params=after.params,
-                          params_ratio=after.params / before.params, on_target=selection.on_target),
-        original=before, pruned=after, runtime_macs=after.macs, blocks=blocks, residual=residual,
+        target=budget.text, target_macs=selection.target_macs, original=before, pruned=after,
+        on_target=selection.on_target, runtime_macs=after.macs, blocks=blocks, residual=residual,
         selection={"policy": selection.policy, "removed_weight_fraction_per_module": selection.removed_weight_fraction,
                    "thresholds": selection.thresholds,
                    "constraints": {"min_heads": options.min_heads, "min_mlp": options.min_mlp,
                                    "round_to": options.round_to,
                                    "min_embed": options.min_embed if options.prune_embed else None}},
-        verification={"mask_equivalence_max_abs_diff": mask_diff}, notes=notes)
-
-
-# --------------------------------------------------------------------------- iterative pruning
-# `dimap-finetune --steps K` reaches a MACs target in K rounds of prune + knowledge distillation
-# instead of one cut. Round k (1..K) prunes the current model to the fraction R^(k/K) of the
-# original MACs (a geometric schedule: every round removes the same fraction of what is left) and
-# then trains it with 1/K of the KD budget, always distilling from the unpruned model. The report
-# is the last round's, restated against the original model. The original model is the source,
-# and the blocks' kept heads are traced back to the original's indices. `iterative` records each
-# round.
-def schedule(ratio: float, steps: int) -> list[float]:
-    """The MACs fraction after each round: ratio ** (k / steps), k = 1..steps."""
-    return [ratio ** (k / steps) for k in range(1, steps + 1)]
-
-
-def prune_in_rounds(loaded: LoadedModel, options: CompressOptions, steps: int,
-                    train: Callable[[nn.Module, int], dict],
-                    on_step: Callable[[str], object] | None = None) -> tuple[nn.Module, Report, list[dict]]:
-    """Prune `loaded` to `options`' target in `steps` rounds; `train(model, round)` fine-tunes
-    the model in place after each cut and returns a summary. Returns the final model, its report
-    and one record per round."""
-    original_macs = build_cost_model(loaded.model, loaded.adapter, loaded.adapter.blocks(),
-                                     tuple(loaded.data_config["input_size"])).count().macs
-    final = target_macs(options.target, original_macs)
-    ratios = schedule(final / original_macs, steps)
-    current_model, model, first, report, kept, rounds = loaded, loaded.model, None, None, None, []
-    for k, ratio in enumerate(ratios, 1):
-        current = report.pruned.macs if report is not None else original_macs
-        if report is not None and ratio * original_macs >= current and k < steps:
-            # an earlier round already went this far (its cut overshot): train, cut next round
-            rounds.append({"round": k, "target_ratio": ratio, "achieved_ratio": current / original_macs,
-                           "training": train(model, k)})
-            continue
-        budget = f"{min(ratio * original_macs, current) / 1e9:.12g}G"
-        try:
-            result = compress(current_model, options.replace(flops=budget, output=None, save_pt=None), on_step=on_step)
-        except UserError as err:
-            raise UserError(f"--steps {steps}, round {k} (to {ratio:.3f} of the MACs): {err}") from None
-        first = first or result.report
-        kept = _compose(kept, result.selection.plan.heads)
-        summary = train(result.model, k)
-        rounds.append({"round": k, "target_ratio": ratio, "achieved_ratio": result.report.pruned.macs / original_macs,
-                       "training": summary})
-        model, report = result.model, result.report
-        # the next round prunes this model as the same loaded model (name, weights, notes), so
-        # its report keeps the source's provenance
-        current_model = dataclasses.replace(loaded, model=model, adapter=adapter_for_model(model))
-    return model, _against_original(first, report, kept, options, final, original_macs, steps, rounds), rounds
-
-
-def _compose(kept: list[list[int]] | None, plan_heads: list[list[int]]) -> list[list[int]]:
-    """Original head indices kept after this round (`plan_heads` index the previous model)."""
-    if kept is None:
-        return [list(h) for h in plan_heads]
-    return [[before[i] for i in now] for before, now in zip(kept, plan_heads)]
-
-
-def _against_original(first: Report, last: Report, kept_heads, options, final: int, original_macs: int,
-                      steps: int, rounds: list[dict]) -> Report:
-    ratio = last.pruned.macs / original_macs
-    blocks = [BlockRow(name=a.name, stage=a.stage, heads_before=a.heads_before, heads=b.heads,
-                       mlp_width_before=a.mlp_width_before, mlp_width=b.mlp_width,
-                       attention_kept=b.heads / a.heads_before, mlp_kept=b.mlp_width / a.mlp_width_before,
-                       kept_heads=heads)
-              for a, b, heads in zip(first.blocks, last.blocks, kept_heads)]
-    residual = None if last.residual is None else [
-        ResidualRow(stage=b.stage, width_before=a.width_before, width=b.width)
-        for a, b in zip(first.residual or last.residual, last.residual)]
-    return dataclasses.replace(
-        last, target=Target(flops=str(options.target), macs=final, ratio=final / original_macs),
-        achieved=Achieved(macs=last.pruned.macs, ratio=ratio, params=last.pruned.params,
-                          params_ratio=last.pruned.params / first.original.params,
-                          on_target=abs(last.pruned.macs - final) <= 0.01 * original_macs),
-        original=first.original, blocks=blocks, residual=residual,
-        iterative={"steps": steps, "rounds": [{k: v for k, v in r.items() if k != "training"} for r in rounds]})
+        verification={"mask_equivalence_max_abs_diff": mask_diff}, notes=[MACS_NOTE],
+        later_notes=[selection.note] if selection.note else [])
