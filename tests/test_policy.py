@@ -6,7 +6,7 @@ import json
 import pytest
 
 import dimap_struct
-from dimap_struct import pipeline
+from dimap_struct.pipeline import compression
 from dimap_struct.cli import compress as cli
 from dimap_struct.options import CompressOptions
 from dimap_struct.prune.criteria import ALIASES, SCORES, get_criterion
@@ -36,7 +36,7 @@ def _plan(model, **options):
 
 
 def test_every_alias_plans_as_its_score_and_policy(reference, monkeypatch):
-    monkeypatch.setattr(pipeline, "cut", _stop_at_the_cut)
+    monkeypatch.setattr(compression, "cut", _stop_at_the_cut)
     data, compared = mnist_dir(), []
     for name, (score, policy) in ALIASES.items():
         options = {"prune_embed": SCORES[score].residual_score is not None}
