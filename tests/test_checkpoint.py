@@ -9,6 +9,8 @@ from dimap_struct.cli import compress as cli
 from dimap_struct.models.checkpoint import SPEC_KEY
 from dimap_struct.prune.replay import load_pruned
 
+NARROW = {"embed_dim": 48, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24]}  # constructor options replayed too
+
 
 @pytest.mark.parametrize("embed", [False, True])
 def test_round_trip_is_exact(random_model, tmp_path, embed):
@@ -48,10 +50,11 @@ def test_bad_pruned_checkpoint(tmp_path, capsys):
 
 
 def test_other_image_size_prunes_exports_and_reloads(tmp_path):
-    """A Swin built for 160x160 with window 5: pruned, exported, recorded, reloaded exactly."""
+    """A Swin built for 160x160 with window 5 (and, for time, narrow and shallow): pruned,
+    exported, recorded, reloaded exactly."""
     out, pt = tmp_path / "s.onnx", tmp_path / "s.pt"
     result = dimap_struct.compress("swin_t", 0.5, pretrained=False, output=out, save_pt=pt,
-                                   model_kwargs={"img_size": 160, "window_size": 5})
+                                   model_kwargs={"img_size": 160, "window_size": 5, **NARROW})
     assert result.report.data_config["input_size"] == [3, 160, 160]
     from dimap_struct.deploy.onnx_file import read_report
 
@@ -64,7 +67,7 @@ def test_other_image_size_prunes_exports_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("name, kwargs, shape", [
     ("reference", {}, (1, 32, 32)),
-    ("swin_t", {"img_size": 160, "window_size": 5}, (3, 160, 160)),
+    ("swin_t", {"img_size": 160, "window_size": 5, **NARROW}, (3, 160, 160)),
 ])
 def test_pruning_a_pruned_checkpoint_again_reloads(tmp_path, name, kwargs, shape):
     """--from-pt then --save-pt: the second checkpoint keeps the source's constructor options."""
