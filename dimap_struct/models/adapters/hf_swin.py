@@ -39,7 +39,7 @@ from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanSt
 from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, ResidualSite,
                    parameters_named,
                    register_adapter)
-from .timm_common import hub_session
+from .hub import hub_session
 
 PREFIX = "hf:"
 CLASSES = ("SwinModel", "SwinForImageClassification", "Swinv2Model", "Swinv2ForImageClassification")

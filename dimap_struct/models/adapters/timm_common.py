@@ -9,23 +9,19 @@ the Hugging Face Hub (its cache and HF_HUB_OFFLINE are honoured).
 """
 from __future__ import annotations
 
-import logging
 import re
-import socket
 from abc import abstractmethod
-from contextlib import contextmanager
 from types import ModuleType
-from typing import ClassVar, Iterator
-from urllib.parse import urlparse
+from typing import ClassVar
 
 import timm
 import timm.data
 import torch
-from huggingface_hub import constants
 from torch import nn
 
 from ..lean import ChannelsLast, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
 from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, fetch_error
+from .hub import hub_session
 
 
 class TimmSwinFamilyAdapter(FamilyAdapter):
@@ -159,29 +155,3 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
         stem = m.patch_embed if channels_last else nn.Sequential(m.patch_embed, ChannelsLast())
         return LeanSpec(stem, (input_size[1] // patch[0], input_size[2] // patch[1]), stages,
                         getattr(m, "norm", None) or nn.Identity(), m.head.fc)
-
-
-@contextmanager
-def hub_session() -> Iterator[None]:
-    """Fetch through huggingface_hub without its retry noise: it logs every retry on stderr and
-    backs off for about 25 s per file before giving up, so when the Hub's host does not even
-    resolve (no network) use its offline mode (local cache only) for this fetch; the failure
-    then becomes our one-line error at once."""
-    hub_logger = logging.getLogger("huggingface_hub")
-    level, offline = hub_logger.level, constants.HF_HUB_OFFLINE
-    hub_logger.setLevel(logging.ERROR)
-    if not offline and not _resolves(urlparse(constants.ENDPOINT).hostname):
-        constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub_logger.setLevel(level)
-        constants.HF_HUB_OFFLINE = offline
-
-
-def _resolves(host: str | None) -> bool:
-    try:
-        socket.getaddrinfo(host, 443)
-    except (OSError, UnicodeError):
-        return False
-    return True
