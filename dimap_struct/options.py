@@ -460,7 +460,6 @@ QUANTIZE_HELP = ("write an INT8 model (onnxruntime.quantization): int8-dynamic q
                  "else dynamic")
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class CompressOptions(PruneOptions):
     """Every option of `compress` / dimap-compress."""

@@ -88,7 +88,6 @@ def make_request(scheme: str | None, data, data_config: dict, count: int, seed: 
     return QuantizeRequest(scheme, calibration, check_images, check_labels, str(data), source)
 
 
-
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over a float32 batch (N, C, H, W)."""
 

@@ -77,7 +77,6 @@ class Term:
         return self.amount * num // den
 
 
-
 @dataclass
 class CostModel:
     blocks: list[BlockCost]
