@@ -10,7 +10,9 @@ directory: it measures the run time T and the moment W when the first temporary 
 (the export begins). The delays are stratified rather than drawn freely, so that few trials
 cover the run: half of the trials spread over [0, 1.2 T] (some runs finish first), one per
 equal slice at a random point inside it, and the other half over the writing window [W, T];
-the signals are dealt to the delays in random order. Each trial writes into WORKDIR/i. Prints
+the signals are dealt to the delays in random order. If fewer than MIN_DURING of them landed
+while the files were being written (load moves the window), up to EXTRA more SIGTERMs are aimed
+at it. Each trial writes into WORKDIR/i. Prints
 one JSON object: {"duration_s": T, "writing_from_s": W, "trials": [{"dir", "signal",
 "delay_s", "exit_code", "temps_at_kill"}]}; the test inspects the directories.
 """
@@ -37,6 +39,11 @@ from dimap_struct import files  # noqa: E402
 from dimap_struct import pipeline  # noqa: E402,F401
 from dimap_struct.cli import compress as cli  # noqa: E402
 from dimap_struct.deploy import export  # noqa: E402,F401
+
+MIN_DURING = 3
+"""How many signals must land during the export for the test to mean something (test_signals.py)."""
+EXTRA = 12
+"""The most signals aimed at the writing window after the planned ones."""
 
 
 def start(directory: Path) -> int:
@@ -94,16 +101,29 @@ def main() -> None:
     delays = stratified(rng, len(signums) - len(signums) // 2, 0.0, 1.2 * duration) + \
         stratified(rng, len(signums) // 2, writing_from, duration)
     rng.shuffle(delays)
-    results = []
-    for i, (signum, delay) in enumerate(zip(signums, delays)):
-        directory = workdir / str(i)
-        pid = start(directory)
-        time.sleep(delay)
-        temps = sorted(p.name for p in directory.iterdir() if p.name.startswith(files.TEMP_PREFIX))
-        os.kill(pid, signum)
-        results.append({"dir": str(directory), "signal": signal.Signals(signum).name, "delay_s": delay,
-                        "exit_code": finish(pid), "temps_at_kill": temps})
+    results = [trial(workdir / str(i), signum, delay) for i, (signum, delay) in enumerate(zip(signums, delays))]
+    # On a loaded machine the writing window drifts from the one measured first: aim more signals
+    # at it (SIGTERM, at most EXTRA) until MIN_DURING landed while the files were being written.
+    extra = 0
+    while sum(landed_during_export(r) for r in results) < MIN_DURING and extra < EXTRA:
+        results.append(trial(workdir / str(len(results)), signal.SIGTERM, rng.uniform(writing_from, duration)))
+        extra += 1
     print(json.dumps({"duration_s": duration, "writing_from_s": writing_from, "trials": results}))
+
+
+def trial(directory: Path, signum: int, delay: float) -> dict:
+    """Start a child, send it `signum` after `delay` seconds, and record what happened."""
+    pid = start(directory)
+    time.sleep(delay)
+    temps = sorted(p.name for p in directory.iterdir() if p.name.startswith(files.TEMP_PREFIX))
+    os.kill(pid, signum)
+    return {"dir": str(directory), "signal": signal.Signals(signum).name, "delay_s": delay,
+            "exit_code": finish(pid), "temps_at_kill": temps}
+
+
+def landed_during_export(result: dict) -> bool:
+    """The signal came while temporary files existed and the run published nothing."""
+    return bool(result["temps_at_kill"]) and not any(Path(result["dir"]).iterdir())
 
 
 if __name__ == "__main__":

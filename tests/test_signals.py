@@ -41,7 +41,7 @@ def test_signals_at_random_moments_leave_nothing_or_both_complete_files(tmp_path
             during_export += 1
             assert trial["exit_code"] == EXIT[trial["signal"][3:]], where
     # the test means something only if signals really landed while files were being written
-    assert during_export >= 3, f"seed {seed}: only {during_export} signals arrived during the export"
+    assert during_export >= 3, f"seed {seed}: only {during_export} signals arrived during the export"  # harness MIN_DURING
 
 
 def _temp(directory: Path, text: str) -> Path:
