@@ -188,8 +188,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.json")
     # the unpruned top-1 stands in for the weights: a resumed run must prune the same model
+    # training_seed: a random row's seed also seeds its fine-tuning (pipeline.finetune); rows saved
+    # when fine-tuning always used seed 0 carry no such key and are not resumed
     setup = {"model": args.model, "data": args.data, "finetune": cfg.as_dict(), "default_rule": DEFAULT_RULE,
-             "reference_top1": reference_top1}
+             "reference_top1": reference_top1, "training_seed": "the row's seed"}
     rows = resumed_rows(partial, out.with_suffix(".json"), setup) if args.resume else []
     earlier_s = sum(r["seconds"] for r in rows)
     done = {(r["ratio"], r["criterion"], r["seed"]) for r in rows}

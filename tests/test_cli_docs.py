@@ -35,3 +35,10 @@ def test_check_mode_says_how_to_regenerate(tmp_path, capsys):
     assert reference.main(["--check", str(stale)]) == 1
     assert reference.REGENERATE in capsys.readouterr().err
     assert reference.main(["--check", str(DOC)]) == 0
+
+
+def test_the_readme_is_a_guide_of_at_most_300_lines():
+    """README.md is the user guide (issue 28): results and history live in docs/."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    assert " I " not in readme and "session" not in readme.lower()

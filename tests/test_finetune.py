@@ -198,3 +198,18 @@ def test_the_python_api_keeps_weight_pruning_zeros_and_writes_nothing_without_ou
     zeroed = sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
     assert zeroed == pytest.approx(1 - report.achieved.kept_prunable_fraction, abs=1e-6)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_state_saved_before_policy_existed_is_accepted(tmp_path):
+    """0.2.0 recipes had no `policy`: such a state means the criterion's own policy, not another command."""
+    from dimap_struct.options import FinetuneOptions
+    from dimap_struct.pipeline.finetuning import _resume_state
+    from dimap_struct.recover.finetune import DistContext
+    from dimap_struct.recover.finetune import save_state
+
+    options = FinetuneOptions(model="reference", pretrained=False, flops="0.6", output=str(tmp_path / "x.onnx"),
+                              resume=True)
+    old_recipe = {k: v for k, v in options.recipe().items() if k != "policy"}
+    well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "epoch": 1, "step": 8}
+    save_state(tmp_path / "x.resume.pt", well_formed, {"recipe": old_recipe, "world_size": 1})
+    assert _resume_state(options, DistContext())["step"] == 8

@@ -73,3 +73,10 @@ def test_any_options_are_valid_or_a_user_error(cls, data):
             assert spec.minimum is None or value >= spec.minimum
             assert spec.maximum is None or value <= spec.maximum
     assert cls.make(options.recipe()).recipe() == options.recipe()  # a recipe reproduces its options
+
+
+@given(st.integers(min_value=1, max_value=10**12 - 1))
+def test_an_absolute_budget_reads_back_as_the_same_count(macs):
+    from dimap_struct.prune.budget import Budget
+
+    assert Budget.parse(Budget.absolute(macs).text).target_macs(10**12) == macs

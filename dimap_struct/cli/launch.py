@@ -39,7 +39,7 @@ def _launch(prog: str, module: str) -> int:
               f"{limit / 2**30:.2f} GiB and this torch build needs about {CUDA_TORCH_ADDRESS_SPACE / 2**30:.1f} GiB; "
               "raise it", file=sys.stderr)
         return 2
-    try:
+    try:  # inside the try: a Ctrl-C before the handler is in place is caught below
         from .common import exit_on_interrupt
 
         with exit_on_interrupt(prog):

@@ -190,7 +190,11 @@ def _resume_state(options: FinetuneOptions, ctx: DistContext) -> dict | None:
     if not path.is_file():
         raise UserError(f"--resume: no {path} to continue from")
     state = read_state(path)
-    if state["meta"] != _identity(options, ctx):
+    saved = state["meta"]
+    # a state saved before `policy` existed (0.2.0 without --policy) meant the criterion's own policy
+    if isinstance(saved.get("recipe"), dict):
+        saved = {**saved, "recipe": {"policy": None, **saved["recipe"]}}
+    if saved != _identity(options, ctx):
         raise UserError(f"--resume: {path} was saved by a different command (model, target, criterion, "
                         "seed, process count or training options differ)")
     return state

@@ -58,8 +58,8 @@ class Budget:
 
     @classmethod
     def absolute(cls, macs: int) -> "Budget":
-        """A computed MACs count."""
-        return cls(f"{macs} MACs", macs=macs)
+        """A computed MACs count; its text (in G, 12 significant digits) parses back to it."""
+        return cls(f"{macs / 1e9:.12g}G", macs=macs)
 
     def target_macs(self, original_macs: int) -> int:
         """MACs to keep of a model with `original_macs`; UserError for a count outside (0, original]."""

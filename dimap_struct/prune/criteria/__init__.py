@@ -1,5 +1,7 @@
 """Scores, one file each (importing this package registers them all, see `registry`), and the
 criterion names that pair a score with a selection policy (`aliases`)."""
+import warnings
+
 from .registry import (SCORES, Calibration, GroupScores, Score, ScoreContext, per_group, register,
                        residual_by_views, unregister)
 from . import calibrated, dimap, magnitude, random, taylor  # noqa: F401,E402  (register the built-in scores)
@@ -13,8 +15,6 @@ def __getattr__(name: str):
     """`CRITERIA`, the registry of criterion names before a criterion became a score and a
     policy: still readable, with a DeprecationWarning (timm's way with renamed names)."""
     if name == "CRITERIA":
-        import warnings
-
         warnings.warn("dimap_struct.prune.criteria.CRITERIA is deprecated: use ALIASES and get_criterion(name)",
                       DeprecationWarning, stacklevel=2)
         return {alias: get_criterion(alias) for alias in ALIASES}

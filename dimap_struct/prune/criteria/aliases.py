@@ -2,7 +2,8 @@
 (`prune.select.POLICIES`).
 
 `--criterion NAME` takes a name of `ALIASES`, which stands for a score and a policy, or the name
-of a score, which takes the default's policy; `--policy` replaces the policy either way. The
+of a score, which takes the default's policy unless it is also a name of `ALIASES` (`taylor`,
+`l1`, `l2`, `random`); `--policy` replaces the policy either way. The
 names a run typed, the score and the policy all go into its report. See docs/method.md
 sections 3-4.
 """
