@@ -1,14 +1,15 @@
 """Each supported family at its real input size and window, but narrow and shallow (embed 32,
-1-4 heads, two blocks per stage): the same module layout and merges as the released models, at
+2-8 heads, two blocks per stage): the same module layout and merges as the released models, at
 a fraction of their cost; and swin_t with its own head counts at head width 16 (`tiny_heads`),
-for selection rules, where the number of heads matters. Tests of structure (surgery, export, bookkeeping) use these; the
-released sizes run where the size itself is the point (the end-to-end CLI runs, -m slow)."""
+for selection rules, where the number of heads matters. Tests of structure (surgery, export,
+bookkeeping) use these; the released sizes run where the size itself is the point (the
+end-to-end CLI runs, -m slow)."""
 import timm
 import torch
 import torchvision
 
 TV_SWIN = torchvision.models.swin_transformer
-NARROW = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
+NARROW = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 4, 4, 8))
 
 
 def _torchvision(window: int, v2: bool = False) -> torch.nn.Module:

@@ -273,7 +273,7 @@ def test_an_off_target_bisection_falls_back_to_a_scan(monkeypatch):
     can mislead the bisection; the search then scans q and finds a plan on target."""
     from dimap_struct.prune import select
 
-    class Jumpy(select._Policy):
+    class Jumpy(select.Policy):
         def removed(self, q):
             if int(q * 40) % 2 and q < 0.9:
                 return [0, 0]

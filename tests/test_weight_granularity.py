@@ -65,6 +65,7 @@ def test_weight_mode_flops_target(swin):
     result = dimap_struct.compress(swin, 0.7, granularity="weight")
     report = result.report
     assert abs(report.achieved.ratio - 0.7) <= 0.01
-    kept = [m["kept_fraction"] for m in report.selection["modules"].values()]
-    assert max(kept) - min(kept) < 1e-6
+    modules = report.selection["modules"].values()
+    kept = [m["kept_fraction"] for m in modules]
+    assert max(kept) - min(kept) <= 1 / min(m["weights"] for m in modules)  # equal, to one weight
     assert any("NOT faster" in n for n in report.notes)

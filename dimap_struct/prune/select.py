@@ -16,7 +16,7 @@ The policies (docs/method.md section 4), by their names in `POLICIES`:
 - `module-aware-per-mac`, `one-module-per-mac`, `bound-split-per-mac`: the same rules on each
   group's score divided by the MACs it costs.
 
-Adding a policy means one `_Policy` subclass and its entry in `POLICIES`.
+Adding a policy means one `Policy` subclass and its entry in `POLICIES`.
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ class _Module:
         return self.score[removed - 1] if removed else None
 
 
-class _Policy:
+class Policy:
     """Maps a knob q in [0, 1] (more pruning as q grows) to the groups each module removes.
 
     `modules` are the `_Module`s in a fixed order (attention heads, MLP channels and, with
@@ -170,7 +170,7 @@ class _Policy:
         return [m.threshold(r) for m, r in zip(self.modules, self.removed(q))]
 
 
-class ModuleAware(_Policy):
+class ModuleAware(Policy):
     """The paper's rule: each module loses the same fraction q of its weights, lowest score first."""
 
     summary = "heads and MLP channels are two modules, each losing the same fraction of its weights"
@@ -179,7 +179,7 @@ class ModuleAware(_Policy):
         return [m.removed_for_fraction(q) for m in self.modules]
 
 
-class OneModule(_Policy):
+class OneModule(Policy):
     """All groups ranked together: one threshold, the q-quantile of all candidate scores."""
 
     summary = "all groups ranked together under one threshold"
@@ -196,7 +196,7 @@ class OneModule(_Policy):
         return [m.removed_below(t) for m in self.modules]
 
 
-class Uniform(_Policy):
+class Uniform(Policy):
     """Every block (stage) removes the same fraction q of each kind of group (best kept)."""
 
     summary = "every block loses the same fraction of each kind of group"
@@ -213,7 +213,7 @@ class Uniform(_Policy):
         return [None] * len(self.modules)
 
 
-class DistortionBudget(_Policy):
+class DistortionBudget(Policy):
     """DIMAP's bound as the objective (docs/method.md section 4): the scores are energy
     fractions f_g (`scoring.energy_fractions`), and each block's heads, each block's MLP
     channels and each stage's residual channels form one stream whose relative distortion is
@@ -274,7 +274,7 @@ class DistortionBudget(_Policy):
         return [None] * len(self.modules)
 
 
-class BoundSplit(_Policy):
+class BoundSplit(Policy):
     """Each module removes a prefix of its own removal order (lowest score first); how much each
     removes is searched to minimise DIMAP's squared bound, the sum of the removed groups'
     energy fractions, among the splits that remove at least the MACs the knob asks for: q times
@@ -345,7 +345,7 @@ class BoundSplitPerMac(BoundSplit):
     per_mac = MODULE_NAMES
 
 
-POLICIES: dict[str, type[_Policy]] = {
+POLICIES: dict[str, type[Policy]] = {
     "module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform, "distortion": DistortionBudget,
     "bound-split": BoundSplit, "module-aware-per-mac": ModuleAwarePerMac, "one-module-per-mac": OneModulePerMac,
     "bound-split-per-mac": BoundSplitPerMac}
