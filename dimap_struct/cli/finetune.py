@@ -4,8 +4,9 @@
     torchrun --nproc_per_node 2 -m dimap_struct.cli.finetune reference --flops 0.5 -o r_ft.onnx
 
 Under torchrun every process prunes the same way, trains on its shard with DDP, and rank 0
-writes the outputs. After each full epoch rank 0 saves OUT.resume.pt; `--resume` continues from
-it after an interruption. The ONNX / JSON outputs appear only when everything succeeded.
+writes the outputs. Rank 0 saves OUT.resume.pt after each full epoch, every --save-every steps,
+and when SIGTERM or Ctrl-C stops training (at the end of the step); `--resume` continues from
+its step. The ONNX / JSON outputs appear only when everything succeeded.
 """
 from __future__ import annotations
 
