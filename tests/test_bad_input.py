@@ -138,7 +138,7 @@ def _second_pass_files(root: Path, state: dict) -> None:
             from dimap_struct.recover.finetune import rng_state
 
             torch.save({"student": {"w": torch.tensor([float("nan")])}, "optimizer": {"state": {}, "param_groups": []},
-                        "scaler": {}, "rng": rng_state(torch.device("cpu")), "epoch": 1, "position": 0, "step": 3,
+                        "scaler": {}, "ema": {}, "rng": rng_state(torch.device("cpu")), "epoch": 1, "position": 0, "step": 3,
                         "meta": {}}, path)
         elif resume == "cut":
             torch.save({"student": state, "optimizer": {}, "epoch": 1, "step": 3, "meta": {}}, path)
@@ -323,6 +323,10 @@ FINETUNE = {
                          ["--workers must be an integer >= 0"], ["{p}/f.onnx"], []),
     "log-every-zero": (["reference", "-o", "{p}/f.onnx", "--log-every", "0"], 2,
                        ["--log-every must be an integer >= 1"], ["{p}/f.onnx"], []),
+    "accum-steps-not-dividing": (["reference", "-o", "{p}/f.onnx", "--batch-size", "64", "--accum-steps", "3"], 2,
+                                 ["--accum-steps 3 does not divide --batch-size 64"], ["{p}/f.onnx"], []),
+    "unknown-optimizer": (["reference", "-o", "{p}/f.onnx", "--opt", "adamww"], 2,
+                          ["--opt 'adamww' is not one of timm's optimizers (did you mean"], ["{p}/f.onnx"], []),
     "amp-unknown": (["reference", "-o", "{p}/f.onnx", "--amp", "fp8"], 2, ["--amp must be one of"], [], []),
     **({} if torch.cuda.is_available() else {  # a single process trains on the GPU when there is one
         "amp-fp16-on-a-cpu": (["reference", "-o", "{p}/f.onnx", "--amp", "fp16"], 2,

@@ -165,6 +165,50 @@ def test_amp_resolves_per_device():
         autocast_dtype("fp16", cpu)
 
 
+def _without_drop_path(model):
+    """`model` with drop-path off: it draws per forward, so two halves of a batch would draw other
+    masks than the whole batch."""
+    for module in model.modules():
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    return model
+
+
+def test_timm_training_parts(tiny_mnist):
+    """--accum-steps 2 takes the step of one whole batch (within float rounding); --opt, --clip-grad
+    and --smoothing change the steps; with --ema-decay the moving average is the result, and a
+    resumed run restores it."""
+    import copy
+
+    from dimap_struct.models import load_model
+    from dimap_struct.options import TrainingOptions
+    from dimap_struct.recover.finetune import finetune
+
+    loaded = load_model("reference")
+
+    def train(**settings):
+        student = _without_drop_path(load_model("reference").model)
+        saved = []
+        summary = finetune(student, loaded.model, tiny_mnist, loaded.data_config,
+                           TrainingOptions(max_steps=3, batch_size=8, **settings),
+                           on_save=lambda state: saved.append(copy.deepcopy(state)))  # it holds the live tensors
+        return student.state_dict(), summary, saved
+
+    whole, _, _ = train()
+    halves, _, _ = train(accum_steps=2)
+    # Adam divides by the gradients' size: rounding moves a weight by at most lr per step
+    assert all(torch.allclose(whole[k], halves[k], rtol=0, atol=3 * 5e-4) for k in whole)
+    for other in (dict(opt="sgd"), dict(clip_grad=0.01), dict(smoothing=0.1)):
+        weights, summary, _ = train(**other)
+        assert math.isfinite(summary["final_loss"]) and any(not torch.equal(whole[k], weights[k]) for k in whole)
+    averaged, _, saved = train(ema_decay=0.5, save_every=2)
+    assert saved and saved[0]["ema"] and any(not torch.equal(whole[k], averaged[k]) for k in whole)
+    student = _without_drop_path(load_model("reference").model)
+    finetune(student, loaded.model, tiny_mnist, loaded.data_config,
+             TrainingOptions(max_steps=3, batch_size=8, ema_decay=0.5, save_every=2), state=saved[0])
+    assert all(torch.equal(averaged[k], v) for k, v in student.state_dict().items())
+
+
 def test_resume_refuses_a_different_command(tmp_path, capsys):
     from dimap_struct.cli import finetune as cli_finetune
 
@@ -175,7 +219,7 @@ def test_resume_refuses_a_different_command(tmp_path, capsys):
     from dimap_struct.recover.finetune import rng_state, save_state
 
     other = FinetuneOptions(model="reference", pretrained=False, flops="0.6").recipe()
-    well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "scaler": {},
+    well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "scaler": {}, "ema": {},
                    "rng": rng_state(torch.device("cpu")), "epoch": 1, "position": 0, "step": 8}
     save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), well_formed, {"recipe": other, "world_size": 1})
     code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])

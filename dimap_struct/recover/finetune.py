@@ -6,15 +6,17 @@ Single process, or one process per device under `torchrun --nproc_per_node N`
 averages the gradients, so all ranks hold identical weights after every step.
 
 Loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(labels).
-AdamW with a linear warm-up then a cosine decay, stepped per batch. Both forwards run under the
-same autocast (--amp); fp16 scales the loss (`torch.amp.GradScaler`). The loss stays on the
-device between read-backs (--log-every).
+AdamW (or another of timm's optimizers, --opt) with a linear warm-up then a cosine decay, stepped
+per batch; optionally clipped gradients, label smoothing of the CE term, gradient accumulation over
+parts of the batch and a moving average of the weights (timm's ModelEmaV3), which is then the
+result. Both forwards run under the same autocast (--amp); fp16 scales the loss
+(`torch.amp.GradScaler`). The loss stays on the device between read-backs (--log-every).
 
-A resume state (`save_state` / `read_state`) holds everything the next step depends on: the
-weights, the optimizer, the loss scaler, the global RNG states, and the place in the data (epoch
-and batch). The batches' order depends on the seed and the epoch only, and each batch's
-augmentation on its own seed (`batch_seed`), so a run resumed from any step ends on the weights
-of one that never stopped.
+A resume state (`save_state` / `read_state`) holds everything the next step depends on: the weights,
+the optimizer, the loss scaler, the moving average, the global RNG states, and the place in the data
+(epoch and batch). The batches' order depends on the seed and the epoch only, and each batch's
+augmentation on its own seed (`batch_seed`), so a run resumed from any step ends on the weights of
+one that never stopped.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
@@ -60,6 +63,11 @@ class TrainingConfig(Protocol):
     weight_decay: float
     alpha: float
     temperature: float
+    opt: str
+    clip_grad: float | None
+    smoothing: float
+    ema_decay: float | None
+    accum_steps: int
     amp: str
     workers: int | None
     compile: bool
@@ -127,11 +135,12 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float) -> torch.Tensor:
+def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float,
+            smoothing: float = 0.0) -> torch.Tensor:
     t = temperature
     soft = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                     reduction="batchmean", log_target=True) * t * t
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=smoothing)
 
 
 def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
@@ -277,8 +286,8 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
 
     `state`: a state `on_save` was given (`read_state`): training continues at its step, and
     ends with the weights an uninterrupted run ends with (same world size).
-    `on_save(state)`: called on every rank with a resume state (student, optimizer, scaler, RNG
-    states, epoch, position in the epoch, step) after each full epoch, every `cfg.save_every`
+    `on_save(state)`: called on every rank with a resume state (student, optimizer, scaler, EMA,
+    RNG states, epoch, position in the epoch, step; the live tensors: serialise them at once) after each full epoch, every `cfg.save_every`
     steps, and when a KeyboardInterrupt (a signal, `signals.Terminated`) stops training between
     two steps (one arriving during a step is held until the step ends); the interruption then
     goes on. No state is saved after a non-finite loss.
@@ -286,6 +295,7 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
     (every `cfg.log_every` steps, at step 1 and at the end).
     `keep_masks`: (parameter, 0/1 mask) pairs re-applied after every step, so weights zeroed by
     weight-granularity pruning stay zero.
+    With `cfg.ema_decay` the student ends with the moving average of its weights.
     UserError when the loss is not finite (naming the step), or `state` does not fit the data.
     """
     ctx = ctx or DistContext()
@@ -314,8 +324,9 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
     masks = [(param, mask.to(param.device)) for param, mask in keep_masks or []]
     model = nn.parallel.DistributedDataParallel(student) if ctx.distributed else student
     forward = torch.compile(model) if cfg.compile else model
-    optimizer = create_optimizer_v2(decay_groups(student, cfg.weight_decay), opt="adamw", lr=cfg.lr,
+    optimizer = create_optimizer_v2(decay_groups(student, cfg.weight_decay), opt=cfg.opt, lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
+    ema = ModelEmaV3(student, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
     step, epoch, position = 0, 0, 0
     if state is not None:
@@ -326,6 +337,11 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
         optimizer.load_state_dict(state["optimizer"])
         if scaler.is_enabled() and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            if not state["ema"]:
+                raise UserError("the resume state holds no moving average of the weights, and --ema-decay asks "
+                                "for one")
+            ema.module.load_state_dict(state["ema"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
         set_rng_state(state["rng"], ctx.device)
     losses = _Losses(step)
@@ -335,7 +351,8 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
         nonlocal saved
         if on_save is not None:
             on_save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rng_state(ctx.device), "epoch": epoch,
+                     "scaler": scaler.state_dict(), "ema": {} if ema is None else ema.module.state_dict(),
+                     "rng": rng_state(ctx.device), "epoch": epoch,
                      "position": position, "step": step})
         saved = step
 
@@ -349,19 +366,17 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
                     labels = labels.to(ctx.device, non_blocking=True)
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(step, total, cfg)
-                    with _autocast(ctx.device, dtype):
-                        with torch.no_grad():
-                            target = teacher(images)
-                        logits = forward(images)
-                    loss = kd_loss(logits.float(), target.float(), labels, cfg.alpha, cfg.temperature)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = _accumulate(forward, model, teacher, images, labels, cfg, ctx, dtype, scaler)
                     losses.add(loss)
                     ends_epoch = position + 1 == steps_per_epoch
                     saving = on_save is not None and (ends_epoch or (cfg.save_every is not None
                                                                      and (step + 1) % cfg.save_every == 0))
                     if losses.last is None or (step + 1) % cfg.log_every == 0 or step + 1 == total or saving:
                         losses.read_back()  # before the step: on a non-finite loss the weights are the last read's
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
+                    if cfg.clip_grad is not None:
+                        scaler.unscale_(optimizer)
+                        dispatch_clip_grad(student.parameters(), cfg.clip_grad, mode="norm")
                     scaler.step(optimizer)
                     scaler.update()
                     if masks:
@@ -369,6 +384,8 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
                             for param, mask in masks:
                                 param.mul_(mask)
                     step += 1
+                    if ema is not None:
+                        ema.update(student, step=step)
                     epoch, position = (epoch + 1, 0) if ends_epoch else (epoch, position + 1)
                     busy = False
                     if saving:
@@ -379,10 +396,30 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
         if not busy and step > saved and on_save is not None and losses.finite():
             save()
         raise
+    if ema is not None:  # the average is the result
+        student.load_state_dict(ema.module.state_dict())
     return {"steps": step, "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size,
             "images_seen": step * cfg.batch_size * ctx.world_size, "final_loss": losses.last,
-            "mean_loss_last_10": losses.mean_of_last(), "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "none"),
-            "workers": loader.num_workers, "config": cfg.as_dict()}
+            "mean_loss_last_10": losses.mean_of_last(), "workers": loader.num_workers,
+            "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "none"), "config": cfg.as_dict()}
+
+
+def _accumulate(forward, model, teacher, images, labels, cfg, ctx, dtype, scaler) -> torch.Tensor:
+    """Forward and backward over the batch in `cfg.accum_steps` parts (DDP synchronises the
+    gradients on the last one only); the batch's loss, still on the device."""
+    parts = list(zip(images.chunk(cfg.accum_steps), labels.chunk(cfg.accum_steps)))
+    total = torch.zeros((), device=images.device)
+    for i, (x, y) in enumerate(parts):
+        last = i == len(parts) - 1
+        with model.no_sync() if ctx.distributed and not last else nullcontext():
+            with _autocast(ctx.device, dtype):
+                with torch.no_grad():
+                    target = teacher(x)
+                logits = forward(x)
+            loss = kd_loss(logits.float(), target.float(), y, cfg.alpha, cfg.temperature, cfg.smoothing) / len(parts)
+            scaler.scale(loss).backward()
+        total = total + loss.detach()
+    return total
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -433,8 +470,8 @@ _RNG = {"torch": torch.Tensor, "cuda": [torch.Tensor],
         "numpy": {"keys": torch.Tensor, "pos": int, "has_gauss": int, "gauss": float},
         "python": {"version": int, "state": torch.Tensor, "gauss": [float]}}
 
-STATE_SHAPE = {"student": dict, "optimizer": {"state": dict, "param_groups": [dict]}, "scaler": dict, "rng": _RNG,
-               "epoch": int, "position": int, "step": int, "meta": dict}
+STATE_SHAPE = {"student": dict, "optimizer": {"state": dict, "param_groups": [dict]}, "scaler": dict, "ema": dict,
+               "rng": _RNG, "epoch": int, "position": int, "step": int, "meta": dict}
 """What `save_state` writes (and `read_state` accepts): `epoch` counts the epochs done,
 `position` the batches done in the next one."""
 
@@ -492,6 +529,7 @@ def read_state(path: Path) -> dict:
             check_shape(None, int, where, name)
     _check_rng(state["rng"], where)
     check_tensors(state["student"], where)
+    check_tensors(state["ema"], where)
     for values in state["optimizer"]["state"].values():
         check_tensors(values if isinstance(values, dict) else {}, where)
     return state
