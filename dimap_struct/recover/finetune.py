@@ -287,10 +287,11 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
     `state`: a state `on_save` was given (`read_state`): training continues at its step, and
     ends with the weights an uninterrupted run ends with (same world size).
     `on_save(state)`: called on every rank with a resume state (student, optimizer, scaler, EMA,
-    RNG states, epoch, position in the epoch, step; the live tensors: serialise them at once) after each full epoch, every `cfg.save_every`
-    steps, and when a KeyboardInterrupt (a signal, `signals.Terminated`) stops training between
-    two steps (one arriving during a step is held until the step ends); the interruption then
-    goes on. No state is saved after a non-finite loss.
+    RNG states, epoch, position in the epoch, step; live tensors: serialise them at once) after
+    each full epoch, every `cfg.save_every` steps, and when a KeyboardInterrupt (a signal,
+    `signals.Terminated`) stops training between two steps (one arriving during a step is held
+    until the step ends); the interruption then goes on. No state is saved after a non-finite
+    loss.
     `on_step(step, total, loss)`: progress after each step; `loss` is the last one read back
     (every `cfg.log_every` steps, at step 1 and at the end).
     `keep_masks`: (parameter, 0/1 mask) pairs re-applied after every step, so weights zeroed by
