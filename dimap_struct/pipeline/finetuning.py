@@ -194,7 +194,24 @@ def _resume_state(options: FinetuneOptions, ctx: DistContext) -> dict | None:
     if not path.is_file():
         raise UserError(f"--resume: no {path} to continue from")
     state = read_state(path)
-    if state["meta"] != _identity(options, ctx):
-        raise UserError(f"--resume: {path} was saved by a different command (model, target, criterion, "
-                        "seed, process count or training options differ)")
+    saved, now = state["meta"], _identity(options, ctx)
+    if saved != now:
+        raise UserError(f"--resume: {path} was saved by a different command ({_differences(saved, now)})")
     return state
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """What differs between two identities, e.g. "flops 0.6 there, 0.5 here; process count 2 there, 1 here"."""
+    def parts(a: dict, b: dict) -> list[str]:
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            x, y = a.get(key, "unset"), b.get(key, "unset")
+            if isinstance(x, dict) and isinstance(y, dict):
+                out += parts(x, y)
+            elif x != y:
+                name = "process count" if key == "world_size" else str(key)
+                out.append(f"{name} {x} there, {y} here")
+        return out
+
+    found = parts(saved, now)
+    return "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "") or "another identity"
