@@ -482,6 +482,10 @@ class CompressOptions(PruneOptions):
         resolve_scheme(self.quantize, self.calib_data)
 
 
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+"""Values of --amp (`recover.finetune.autocast_dtype` resolves them for a device)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingOptions(Options):
     """Knowledge-distillation fine-tuning (see `recover.finetune`)."""
@@ -502,6 +506,45 @@ class TrainingOptions(Options):
                           group="training")
     temperature: float = option(2.0, "distillation temperature", kind=float, minimum=0, exclusive_minimum=True,
                                 group="training")
+    opt: str = option("adamw", "optimizer, by its name in timm's factory (timm.optim.list_optimizers(); the "
+                      "position terms and 1-D weights are not decayed)", metavar="NAME", group="training")
+    clip_grad: float | None = option(None, "clip the gradients' global L2 norm to X before each step",
+                                     kind=float, minimum=0, exclusive_minimum=True, group="training")
+    smoothing: float = option(0.0, "label smoothing of the cross-entropy term", kind=float, minimum=0, maximum=0.5,
+                              group="training")
+    ema_decay: float | None = option(None, "keep an exponential moving average of the weights with this decay "
+                                     "(timm.utils.ModelEmaV3); the average is what is evaluated and exported",
+                                     kind=float, minimum=0, exclusive_minimum=True, maximum=1, group="training")
+    accum_steps: int = option(1, "split each step's batch into N parts whose gradients add up: less memory, the "
+                              "same step", kind=int, minimum=1, group="training")
+    amp: str = option("auto", "mixed precision of the student's and the teacher's forward: auto = bf16 on a CUDA "
+                      "device that supports it, none elsewhere (bf16 autocast on a CPU is not measured faster); "
+                      "fp16 scales the loss (CUDA only)", choices=AMP_MODES, group="training")
+    workers: int | None = option(None, "data-loading processes per training process (default: 0 for MNIST, "
+                                 "which is held in memory; else min(8, CPUs / processes - 1), at least 0)",
+                                 kind=int, minimum=0, group="training", recipe=False)
+    compile: bool = option(False, "torch.compile the student (the first steps are slower while it compiles)",
+                           kind=bool, group="training", recipe=False)
+    log_every: int = option(20, "read the loss back from the device every N steps (and at the end); the check "
+                            "for a non-finite loss runs then and names the steps it covers", kind=int, minimum=1,
+                            group="training", recipe=False)
+    save_every: int | None = option(None, "also save the resume state (OUT.resume.pt) every N optimiser steps, "
+                                    "mid-epoch; it is always saved after each epoch and when a signal stops "
+                                    "training", kind=int, minimum=1, metavar="STEPS", group="output", recipe=False)
+
+
+    def check(self) -> None:
+        super().check()
+        if self.batch_size % self.accum_steps:
+            raise UserError(f"--accum-steps {self.accum_steps} does not divide --batch-size {self.batch_size}")
+        from timm.optim import list_optimizers  # deferred: start-up (torch, timm), as in _criteria
+
+        names = list_optimizers()
+        if self.opt not in names:
+            close = difflib.get_close_matches(self.opt, names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"--opt {self.opt!r} is not one of timm's optimizers{hint}; "
+                            "timm.optim.list_optimizers() lists them")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -515,7 +558,8 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
     output: str | None = option(None, "fine-tuned ONNX model (and OUT.json beside it)", metavar="OUT.onnx",
                                 group="output", recipe=False)
     force: bool = option(False, "overwrite existing output files", kind=bool, group="output", recipe=False)
-    resume: bool = option(False, "continue from OUT.resume.pt (saved after each epoch)", kind=bool,
+    resume: bool = option(False, "continue from OUT.resume.pt at the step it was saved (after each epoch, every "
+                          "--save-every steps, and when a signal stopped training)", kind=bool,
                           group="output", recipe=False)
     plain_export: bool = option(False, "export the model's own forward (timm's or torchvision's graph) instead "
                                 "of the lean graph of the same function", kind=bool, group="output")
@@ -550,7 +594,7 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
 
 
 def resume_path(output: str | os.PathLike) -> Path:
-    """The resume state of `dimap-finetune -o OUT.onnx`: OUT.resume.pt, saved after each epoch."""
+    """The resume state of `dimap-finetune -o OUT.onnx`: OUT.resume.pt (`recover.finetune.save_state`)."""
     return Path(output).with_suffix(".resume.pt")
 
 

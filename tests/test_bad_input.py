@@ -135,8 +135,11 @@ def _second_pass_files(root: Path, state: dict) -> None:
         elif resume == "list":
             torch.save([1, 2, 3], path)
         elif resume == "nan":
+            from dimap_struct.recover.finetune import rng_state
+
             torch.save({"student": {"w": torch.tensor([float("nan")])}, "optimizer": {"state": {}, "param_groups": []},
-                        "epoch": 1, "step": 3, "meta": {}}, path)
+                        "scaler": {}, "ema": {}, "rng": rng_state(torch.device("cpu")), "epoch": 1, "position": 0, "step": 3,
+                        "meta": {}}, path)
         elif resume == "cut":
             torch.save({"student": state, "optimizer": {}, "epoch": 1, "step": 3, "meta": {}}, path)
             path.write_bytes(path.read_bytes()[:2000])
@@ -314,6 +317,20 @@ FINETUNE = {
                           ["does not work with --steps > 1"], [], []),
     "weight-granularity": (["reference", "-o", "{p}/f.onnx", "--granularity", "weight"], 2,
                            ["dimap-finetune prunes structurally"], ["{p}/f.onnx"], []),
+    "save-every-zero": (["reference", "-o", "{p}/f.onnx", "--save-every", "0"], 2,
+                        ["--save-every must be an integer >= 1"], ["{p}/f.onnx"], []),
+    "workers-negative": (["reference", "-o", "{p}/f.onnx", "--workers", "-1"], 2,
+                         ["--workers must be an integer >= 0"], ["{p}/f.onnx"], []),
+    "log-every-zero": (["reference", "-o", "{p}/f.onnx", "--log-every", "0"], 2,
+                       ["--log-every must be an integer >= 1"], ["{p}/f.onnx"], []),
+    "accum-steps-not-dividing": (["reference", "-o", "{p}/f.onnx", "--batch-size", "64", "--accum-steps", "3"], 2,
+                                 ["--accum-steps 3 does not divide --batch-size 64"], ["{p}/f.onnx"], []),
+    "unknown-optimizer": (["reference", "-o", "{p}/f.onnx", "--opt", "adamww"], 2,
+                          ["--opt 'adamww' is not one of timm's optimizers (did you mean"], ["{p}/f.onnx"], []),
+    "amp-unknown": (["reference", "-o", "{p}/f.onnx", "--amp", "fp8"], 2, ["--amp must be one of"], [], []),
+    **({} if torch.cuda.is_available() else {  # a single process trains on the GPU when there is one
+        "amp-fp16-on-a-cpu": (["reference", "-o", "{p}/f.onnx", "--amp", "fp16"], 2,
+                              ["--amp fp16 needs a CUDA device"], ["{p}/f.onnx"], [])}),
 }
 
 BENCH = {

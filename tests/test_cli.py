@@ -182,7 +182,8 @@ def test_bad_structure_options(capsys):
 
 
 def test_finetune_progress_shows_steps_per_second_and_eta():
-    """The fine-tuning bar on a terminal: loss, steps done of all, steps per second, elapsed, ETA."""
+    """The fine-tuning bar on a terminal: loss, steps done of all, steps per second (and images per
+    second when the batch is known), elapsed, ETA."""
     import io
     import time
 
@@ -197,3 +198,9 @@ def test_finetune_progress_shows_steps_per_second_and_eta():
         update(step, 6, 1.0 / step)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # the last frame is drawn when it ends
     assert re.search(r"fine-tuning \(loss 0\.167\) .* 6/6 \d+\.\d\d steps/s 0:00:0\d eta 0:00:00", text), text
+    screen = io.StringIO()
+    update = _train_progress(Console(file=screen, force_terminal=True, width=150), images_per_step=64)
+    for step in range(1, 4):
+        time.sleep(0.05)
+        update(step, 3, 1.0)
+    assert re.search(r"steps/s \(\d+ images/s\)", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()))

@@ -1,5 +1,6 @@
 """dimap-finetune: single process, torchrun with 2 gloo processes, interruption and --resume."""
 import json
+import math
 import os
 import re
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from dimap_struct.deploy.evaluate import accuracy, onnx_classifier
 from shared_data import mnist_dir
@@ -17,22 +19,32 @@ BASE = ["reference", "--no-pretrained", "--flops", "0.5", "--quiet"]
 LOUD = [*BASE, "--debug"]  # off a terminal, each rank prints its weights' digest only with --debug
 
 
-@pytest.fixture(scope="module")
-def small_mnist(tmp_path_factory):
-    """The first 1,000 real digits as an MNIST directory (train split 800, eval 200): fast epochs."""
+def _mnist_subset(root, count: int) -> str:
+    """The first `count` real digits as an MNIST directory (4/5 train, 1/5 eval)."""
     import gzip
     import struct
 
     from dimap_struct.data import MNIST_FILES, read_idx
 
-    root = tmp_path_factory.mktemp("mnist_small")
-    images = read_idx(mnist_dir() / f"{MNIST_FILES[0]}.gz")[:1000]
-    labels = read_idx(mnist_dir() / f"{MNIST_FILES[1]}.gz")[:1000]
+    images = read_idx(mnist_dir() / f"{MNIST_FILES[0]}.gz")[:count]
+    labels = read_idx(mnist_dir() / f"{MNIST_FILES[1]}.gz")[:count]
     with gzip.open(root / f"{MNIST_FILES[0]}.gz", "wb") as f:
         f.write(struct.pack(">iiii", 2051, len(images), 28, 28) + images.tobytes())
     with gzip.open(root / f"{MNIST_FILES[1]}.gz", "wb") as f:
         f.write(struct.pack(">ii", 2049, len(labels)) + labels.tobytes())
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def small_mnist(tmp_path_factory):
+    """The first 1,000 real digits (train split 800, eval 200): fast epochs."""
+    return _mnist_subset(tmp_path_factory.mktemp("mnist_small"), 1000)
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+    """The first 100 real digits (train split 80): epochs of 10 steps of 8 images."""
+    return _mnist_subset(tmp_path_factory.mktemp("mnist_tiny"), 100)
 
 
 def _env():
@@ -59,30 +71,142 @@ def test_two_gloo_processes_agree_and_match_the_log(tmp_path, small_mnist):
 
 
 def test_sigterm_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
-    """SIGTERM (what Slurm, Docker and `timeout` send; Ctrl-C takes the same path) in the second
-    epoch: exit 143, no ONNX / JSON, no temporary file, the first epoch kept for --resume."""
+    """SIGTERM (what Slurm, Docker and `timeout` send; Ctrl-C takes the same path) mid-epoch,
+    once --save-every has written a state: exit 143, no ONNX / JSON, no temporary file, a state
+    saved at the end of the step the signal arrived in, and --resume finishes the run."""
     out = tmp_path / "r.onnx"
     resume = out.with_suffix(".resume.pt")
-    cmd = [sys.executable, "-m", "dimap_struct.cli.finetune", *BASE, "--epochs", "2", "--batch-size", "100",
-           "--data", small_mnist, "-o", str(out)]
+    cmd = [sys.executable, "-m", "dimap_struct.cli.finetune", *BASE, "--max-steps", "6", "--batch-size", "100",
+           "--save-every", "2", "--data", small_mnist, "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     deadline = time.time() + 240
     while not resume.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert resume.exists(), "no resume checkpoint after the first epoch"
+        time.sleep(0.05)
+    assert resume.exists(), "no resume state after --save-every steps"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "--resume" in err
     assert not out.exists() and not out.with_suffix(".json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    from dimap_struct.recover.finetune import read_state
+
+    kept = read_state(resume)
+    assert kept["step"] >= 2 and kept["position"] == kept["step"] and kept["epoch"] == 0
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
-    assert ft["resumed"] and ft["steps"] == 2 * ft["steps_per_epoch"] == 16
+    assert ft["resumed"] and ft["steps"] == 6 and ft["steps_per_epoch"] == 8
     assert out.exists() and not resume.exists()
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, tiny_mnist):
+    """Stopped by a signal in epoch 1 (the state saved at the end of that step), or killed with
+    only the --save-every state of epoch 2 left: each resumed run, from the state written and
+    read back, ends on the weights of a run that was never stopped."""
+    from dimap_struct import signals
+    from dimap_struct.models import load_model
+    from dimap_struct.options import TrainingOptions
+    from dimap_struct.recover.finetune import finetune, read_state, save_state, weights_digest
+
+    loaded = load_model("reference")
+    cfg = TrainingOptions(epochs=2, max_steps=14, batch_size=8, save_every=3)
+
+    def run(name, state=None, on_step=None):
+        student = load_model("reference").model
+        finetune(student, loaded.model, tiny_mnist, loaded.data_config, cfg, state=state, on_step=on_step,
+                 on_save=lambda st: save_state(tmp_path / f"{name}{st['step']}.pt", st, {}))
+        return weights_digest(student)
+
+    def stop(step, total, loss):
+        if step == 5:
+            raise signals.Terminated(signal.SIGTERM)
+
+    whole = run("whole")
+    assert sorted(int(p.stem[5:]) for p in tmp_path.glob("whole*.pt")) == [3, 6, 9, 10, 12]
+    killed = read_state(tmp_path / "whole12.pt")
+    assert (killed["epoch"], killed["position"]) == (1, 2)
+    with pytest.raises(signals.Terminated):
+        run("stopped", on_step=stop)
+    stopped = read_state(tmp_path / "stopped5.pt")
+    assert (stopped["epoch"], stopped["position"], stopped["step"]) == (0, 5, 5)
+    assert run("resumed", stopped) == whole
+    assert run("resumed", killed) == whole
+
+
+def test_workers_do_not_change_the_batches(tiny_mnist):
+    """Each batch's augmentation comes from its own seed: with or without a worker process the
+    training ends on the same weights."""
+    from dimap_struct.models import load_model
+    from dimap_struct.options import TrainingOptions
+    from dimap_struct.recover.finetune import finetune, weights_digest
+
+    loaded = load_model("reference")
+    digests = []
+    for workers in (0, 1):
+        student = load_model("reference").model
+        summary = finetune(student, loaded.model, tiny_mnist, loaded.data_config,
+                           TrainingOptions(max_steps=2, batch_size=8, workers=workers))
+        assert summary["workers"] == workers and summary["amp"] == "none" and math.isfinite(summary["final_loss"])
+        digests.append(weights_digest(student))
+    assert digests[0] == digests[1]
+
+
+def test_amp_resolves_per_device():
+    from dimap_struct.errors import UserError
+    from dimap_struct.recover.finetune import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("none", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(UserError, match="--amp fp16 needs a CUDA device"):
+        autocast_dtype("fp16", cpu)
+
+
+def _without_drop_path(model):
+    """`model` with drop-path off: it draws per forward, so two halves of a batch would draw other
+    masks than the whole batch."""
+    for module in model.modules():
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    return model
+
+
+def test_timm_training_parts(tiny_mnist):
+    """--accum-steps 2 takes the step of one whole batch (within float rounding); --opt, --clip-grad
+    and --smoothing change the steps; with --ema-decay the moving average is the result, and a
+    resumed run restores it."""
+    import copy
+
+    from dimap_struct.models import load_model
+    from dimap_struct.options import TrainingOptions
+    from dimap_struct.recover.finetune import finetune
+
+    loaded = load_model("reference")
+
+    def train(**settings):
+        student = _without_drop_path(load_model("reference").model)
+        saved = []
+        summary = finetune(student, loaded.model, tiny_mnist, loaded.data_config,
+                           TrainingOptions(max_steps=3, batch_size=8, **settings),
+                           on_save=lambda state: saved.append(copy.deepcopy(state)))  # it holds the live tensors
+        return student.state_dict(), summary, saved
+
+    whole, _, _ = train()
+    halves, _, _ = train(accum_steps=2)
+    # Adam divides by the gradients' size: rounding moves a weight by at most lr per step
+    assert all(torch.allclose(whole[k], halves[k], rtol=0, atol=3 * 5e-4) for k in whole)
+    for other in (dict(opt="sgd"), dict(clip_grad=0.01), dict(smoothing=0.1)):
+        weights, summary, _ = train(**other)
+        assert math.isfinite(summary["final_loss"]) and any(not torch.equal(whole[k], weights[k]) for k in whole)
+    averaged, _, saved = train(ema_decay=0.5, save_every=2)
+    assert saved and saved[0]["ema"] and any(not torch.equal(whole[k], averaged[k]) for k in whole)
+    student = _without_drop_path(load_model("reference").model)
+    finetune(student, loaded.model, tiny_mnist, loaded.data_config,
+             TrainingOptions(max_steps=3, batch_size=8, ema_decay=0.5, save_every=2), state=saved[0])
+    assert all(torch.equal(averaged[k], v) for k, v in student.state_dict().items())
 
 
 def test_resume_refuses_a_different_command(tmp_path, capsys):
@@ -92,13 +216,15 @@ def test_resume_refuses_a_different_command(tmp_path, capsys):
     assert code == 2 and "no " in capsys.readouterr().err
     # a checkpoint whose identity (recipe, process count) is another command's is refused
     from dimap_struct.options import FinetuneOptions
-    from dimap_struct.recover.finetune import save_state
+    from dimap_struct.recover.finetune import rng_state, save_state
 
     other = FinetuneOptions(model="reference", pretrained=False, flops="0.6").recipe()
-    well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "epoch": 1, "step": 8}
+    well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "scaler": {}, "ema": {},
+                   "rng": rng_state(torch.device("cpu")), "epoch": 1, "position": 0, "step": 8}
     save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), well_formed, {"recipe": other, "world_size": 1})
     code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
-    assert code == 2 and "different command" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "different command (flops 0.6 there, 0.5 here)" in err and len(err.splitlines()) == 1
 
 
 def test_iterative_rounds_reach_the_target_and_trace_heads_back(tmp_path, small_mnist):
@@ -198,18 +324,3 @@ def test_the_python_api_keeps_weight_pruning_zeros_and_writes_nothing_without_ou
     zeroed = sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
     assert zeroed == pytest.approx(1 - report.achieved.kept_prunable_fraction, abs=1e-6)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_resume_state_saved_before_policy_existed_is_accepted(tmp_path):
-    """0.2.0 recipes had no `policy`: such a state means the criterion's own policy, not another command."""
-    from dimap_struct.options import FinetuneOptions
-    from dimap_struct.pipeline.finetuning import _resume_state
-    from dimap_struct.recover.finetune import DistContext
-    from dimap_struct.recover.finetune import save_state
-
-    options = FinetuneOptions(model="reference", pretrained=False, flops="0.6", output=str(tmp_path / "x.onnx"),
-                              resume=True)
-    old_recipe = {k: v for k, v in options.recipe().items() if k != "policy"}
-    well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "epoch": 1, "step": 8}
-    save_state(tmp_path / "x.resume.pt", well_formed, {"recipe": old_recipe, "world_size": 1})
-    assert _resume_state(options, DistContext())["step"] == 8

@@ -196,7 +196,10 @@ def test_r22_ctrl_c_while_the_libraries_load_is_one_line():
         assert proc.returncode in (0, 130, -signal.SIGINT), (delay, proc.returncode, err)
 
 
-def test_r20_training_that_diverges_stops_at_the_first_non_finite_loss(monkeypatch):
+@pytest.mark.parametrize("log_every", [1, 20])
+def test_r20_training_that_diverges_stops_at_the_first_non_finite_loss(monkeypatch, log_every):
+    """Read back every step, the non-finite loss stops training before its step; read back every
+    20 steps, the message names the step and the steps that one read covered. No state is saved."""
     from shared_data import mnist_dir
 
     from dimap_struct.models import load_model
@@ -219,9 +222,14 @@ def test_r20_training_that_diverges_stops_at_the_first_non_finite_loss(monkeypat
 
     monkeypatch.setattr(ft, "kd_loss", loss_that_explodes)
     saved = []
-    with pytest.raises(UserError, match="training diverged at step 3"):
-        ft.finetune(student, loaded.model, data, loaded.data_config, TrainingOptions(max_steps=5, batch_size=8),
-                    on_epoch_end=lambda epoch, state: saved.append(state))
+    with pytest.raises(UserError, match="training diverged at step 3") as err:
+        ft.finetune(student, loaded.model, data, loaded.data_config,
+                    TrainingOptions(max_steps=5, batch_size=8, log_every=log_every,
+                                    save_every=1 if log_every == 1 else None), on_save=saved.append)
+    assert [s["step"] for s in saved] == ([1, 2] if log_every == 1 else [])
+    if log_every > 1:  # steps 3 and 4 were taken before the read at the end (step 5)
+        assert "steps 2-5 were read back" in str(err.value)
+        return
     after = student.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the two good steps were taken

@@ -4,8 +4,9 @@
     torchrun --nproc_per_node 2 -m dimap_struct.cli.finetune reference --flops 0.5 -o r_ft.onnx
 
 Under torchrun every process prunes the same way, trains on its shard with DDP, and rank 0
-writes the outputs. After each full epoch rank 0 saves OUT.resume.pt; `--resume` continues from
-it after an interruption. The ONNX / JSON outputs appear only when everything succeeded.
+writes the outputs. Rank 0 saves OUT.resume.pt after each full epoch, every --save-every steps,
+and when SIGTERM or Ctrl-C stops training (at the end of the step); `--resume` continues from
+its step. The ONNX / JSON outputs appear only when everything succeeded.
 """
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def _run(args: argparse.Namespace) -> int:
     with distributed() as ctx:  # under torchrun: this process's rank in the launch
         console = Console(stderr=True)
         shown = ctx.is_main and not args.quiet
+        bar = _train_progress(console, options.batch_size * ctx.world_size) if shown else None
         result = finetune(options.model, options, ctx=ctx, on_step=progress(console) if shown else None,
-                          on_train_step=_train_progress(console) if shown else None, on_interrupted=_interrupted)
+                          on_train_step=bar, on_interrupted=_interrupted)
         if args.debug or not args.quiet:  # each rank's digest: the check that DDP ranks agree
             print(f"rank {ctx.rank}: weights sha256 {result.weights_sha256}", file=sys.stderr, flush=True)
         if ctx.is_main:
@@ -78,8 +80,9 @@ def _print(result, as_json: bool, world_size: int) -> None:
               f"{world_size} process(es))")
 
 
-def _train_progress(console):
-    """A bar over all optimiser steps: loss, steps done, steps per second, elapsed time, ETA."""
+def _train_progress(console, images_per_step: int | None = None):
+    """A bar over all optimiser steps: loss, steps done, steps per second (and images per second,
+    given `images_per_step`: a run starved of data shows there), elapsed time, ETA."""
     # deferred: start-up, as in _run
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
@@ -87,7 +90,10 @@ def _train_progress(console):
 
     class StepsPerSecond(ProgressColumn):
         def render(self, task) -> Text:
-            return Text(f"{task.speed:.2f} steps/s" if task.speed else "- steps/s", style="progress.data.speed")
+            text = f"{task.speed:.2f} steps/s" if task.speed else "- steps/s"
+            if images_per_step and task.speed:
+                text += f" ({task.speed * images_per_step:.0f} images/s)"
+            return Text(text, style="progress.data.speed")
 
     bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), StepsPerSecond(),
                    TimeElapsedColumn(), "eta", TimeRemainingColumn(), console=console, transient=True)

@@ -227,6 +227,11 @@ class MNISTDataset(Dataset):
             return self._cache[index]
         return self._transform(index, None)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation draws of this process (or of this DataLoader worker) from
+        ``seed``: a batch fetched next is then a function of ``seed`` and its indices only."""
+        self._rng().manual_seed(seed)
+
     def _rng(self) -> torch.Generator:
         # In a DataLoader worker the copied generator would repeat the other workers' draws.
         info = torch.utils.data.get_worker_info()

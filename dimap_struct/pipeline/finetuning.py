@@ -25,7 +25,8 @@ from ..models.adapters import adapter_for_model
 from ..options import FinetuneOptions, TrainingOptions, resume_path
 from ..prune.replay import load_any
 from ..prune.unstructured import zero_masks
-from ..recover.finetune import DistContext, finetune as train_loop, read_state, save_state, weights_digest
+from ..recover.finetune import (DistContext, autocast_dtype, finetune as train_loop, read_state, save_state,
+                                weights_digest)
 from ..report.schema import Report
 from .compression import check_outputs, compress, make_options
 from .rounds import prune_in_rounds
@@ -56,21 +57,24 @@ def finetune(model, options: FinetuneOptions | float | str | None = None, *, ctx
 
     options: a `FinetuneOptions`, or a budget as shorthand for `flops`; keyword `overrides` update
         it. The data is `data`, else the directory in $DIMAP_DATA.
-    ctx: this process in a torchrun launch (`recover.finetune.distributed`); default one process.
+    ctx: this process in a torchrun launch (`recover.finetune.distributed`); default one process,
+        training on the first CUDA device if there is one.
     on_step(label): each pruning stage, as in `compress`; on_train_step(step, total, loss): training.
-    on_interrupted(path): training was interrupted with a resume state saved at `path`; the
-        interruption then goes on.
+    on_interrupted(path): training was interrupted with a resume state saved at `path` (at the
+        end of the step it arrived in); the interruption then goes on.
     teacher_top1: the unpruned model's top-1, when the caller has measured it (one evaluation less).
     eval_batch_size: images per batch when measuring top-1 (larger is faster, and needs more memory).
-    With `output`, the training state is saved after each full epoch (OUT.resume.pt,
-    `dimap_struct.options.resume_path`), `resume` continues from it, and it is removed once the
-    outputs are written. Raises UserError for bad options or input, before any heavy work where
+    With `output`, the main rank saves the training state (OUT.resume.pt,
+    `dimap_struct.options.resume_path`) after each full epoch, every `save_every` steps and when
+    a signal stops training; `resume` continues from its step, and it is removed once the outputs
+    are written. Raises UserError for bad options or input, before any heavy work where
     it can.
     """
     options = make_options(model, options, overrides, FinetuneOptions)
     paths = check_outputs(options)
     data = default_data(options.data)
-    ctx = ctx or DistContext()
+    ctx = ctx or DistContext.local()
+    autocast_dtype(options.amp, ctx.device)  # checked before any heavy work
     state = _resume_state(options, ctx)
     loaded = load_any(model, checkpoint=options.checkpoint, pretrained=options.pretrained, seed=options.seed,
                       model_kwargs=options.model_kwargs)
@@ -112,7 +116,7 @@ class _Job:
 
     def train(self, student: nn.Module, cfg: TrainingOptions, seed: int, **resume) -> dict:
         """Fine-tune `student` in place (`recover.finetune.finetune`); `resume`: its state,
-        on_epoch_end and keep_masks."""
+        on_save and keep_masks."""
         return train_loop(student, self.loaded.model, self.data, self.loaded.data_config, cfg, self.ctx, seed=seed,
                           on_step=self.on_train_step, **resume)
 
@@ -128,13 +132,13 @@ def _one_cut(job: _Job, on_step, teacher_top1, state: dict | None, on_interrupte
                   "pruned_top1": job.top1(student)}
     resume = None if options.output is None else resume_path(options.output)
 
-    def save(epoch: int, st: dict) -> None:
+    def save(st: dict) -> None:
         if ctx.is_main and resume is not None:
             save_state(resume, st, _identity(options, ctx))
 
     masks = zero_masks(adapter_for_model(student).blocks()) if options.granularity == "weight" else None
     try:
-        summary = job.train(student, options.training(), options.seed, state=state, on_epoch_end=save,
+        summary = job.train(student, options.training(), options.seed, state=state, on_save=save,
                             keep_masks=masks)
     except KeyboardInterrupt:
         if resume is not None and resume.is_file() and on_interrupted is not None:
@@ -190,11 +194,24 @@ def _resume_state(options: FinetuneOptions, ctx: DistContext) -> dict | None:
     if not path.is_file():
         raise UserError(f"--resume: no {path} to continue from")
     state = read_state(path)
-    saved = state["meta"]
-    # a state saved before `policy` existed (0.2.0 without --policy) meant the criterion's own policy
-    if isinstance(saved.get("recipe"), dict):
-        saved = {**saved, "recipe": {"policy": None, **saved["recipe"]}}
-    if saved != _identity(options, ctx):
-        raise UserError(f"--resume: {path} was saved by a different command (model, target, criterion, "
-                        "seed, process count or training options differ)")
+    saved, now = state["meta"], _identity(options, ctx)
+    if saved != now:
+        raise UserError(f"--resume: {path} was saved by a different command ({_differences(saved, now)})")
     return state
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """What differs between two identities, e.g. "flops 0.6 there, 0.5 here; process count 2 there, 1 here"."""
+    def parts(a: dict, b: dict) -> list[str]:
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            x, y = a.get(key, "unset"), b.get(key, "unset")
+            if isinstance(x, dict) and isinstance(y, dict):
+                out += parts(x, y)
+            elif x != y:
+                name = "process count" if key == "world_size" else str(key)
+                out.append(f"{name} {x} there, {y} here")
+        return out
+
+    found = parts(saved, now)
+    return "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "") or "another identity"

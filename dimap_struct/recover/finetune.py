@@ -6,7 +6,17 @@ Single process, or one process per device under `torchrun --nproc_per_node N`
 averages the gradients, so all ranks hold identical weights after every step.
 
 Loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(labels).
-AdamW with a linear warm-up then a cosine decay, stepped per batch.
+AdamW (or another of timm's optimizers, --opt) with a linear warm-up then a cosine decay, stepped
+per batch; optionally clipped gradients, label smoothing of the CE term, gradient accumulation over
+parts of the batch and a moving average of the weights (timm's ModelEmaV3), which is then the
+result. Both forwards run under the same autocast (--amp); fp16 scales the loss
+(`torch.amp.GradScaler`). The loss stays on the device between read-backs (--log-every).
+
+A resume state (`save_state` / `read_state`) holds everything the next step depends on: the weights,
+the optimizer, the loss scaler, the moving average, the global RNG states, and the place in the data
+(epoch and batch). The batches' order depends on the seed and the epoch only, and each batch's
+augmentation on its own seed (`batch_seed`), so a run resumed from any step ends on the weights of
+one that never stopped.
 """
 from __future__ import annotations
 
@@ -15,20 +25,25 @@ import io
 import itertools
 import math
 import os
-from contextlib import contextmanager
+import random
+from collections import deque
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from ..data import build_dataset
+from .. import signals
+from ..data import MNISTDataset, build_dataset
 from ..errors import UserError
 from ..files import atomic_output
 from ..models.adapters import adapter_for_model
@@ -48,6 +63,16 @@ class TrainingConfig(Protocol):
     weight_decay: float
     alpha: float
     temperature: float
+    opt: str
+    clip_grad: float | None
+    smoothing: float
+    ema_decay: float | None
+    accum_steps: int
+    amp: str
+    workers: int | None
+    compile: bool
+    log_every: int
+    save_every: int | None
 
     def as_dict(self) -> dict: ...
 
@@ -66,6 +91,11 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @classmethod
+    def local(cls) -> "DistContext":
+        """One process, on the first CUDA device when there is one, else on the CPU."""
+        return cls(device=torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+
 
 @contextmanager
 def distributed() -> Iterator[DistContext]:
@@ -82,7 +112,7 @@ def distributed() -> Iterator[DistContext]:
 def _join() -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistContext()
+        return DistContext.local()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     if not dist.is_initialized():
@@ -105,11 +135,12 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float) -> torch.Tensor:
+def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float,
+            smoothing: float = 0.0) -> torch.Tensor:
     t = temperature
     soft = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                     reduction="batchmean", log_target=True) * t * t
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=smoothing)
 
 
 def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
@@ -120,13 +151,108 @@ def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def default_workers(dataset, world_size: int) -> int:
+    """DataLoader workers per training process when --workers is not given: 0 for MNIST (held in
+    memory, batched in one call: a worker would only add copying), else one CPU per process is
+    left to the training loop, at most 8 workers: min(8, CPUs // world_size - 1), at least 0."""
+    if isinstance(dataset, MNISTDataset):
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) // max(1, world_size) - 1))
+
+
+def batch_seed(seed: int, rank: int, epoch: int, position: int) -> int:
+    """The seed of one batch's augmentation: a function of the run's seed, the rank and the
+    batch's place in the run only, so a resumed run (any worker count) draws what it would have."""
+    key = f"{seed}/{rank}/{epoch}/{position}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+class EpochBatches(Sampler):
+    """The batches of this rank's shard for one epoch, from batch `start` on; each batch is
+    `(batch_seed, indices)`. The shard's order depends on the sampler's seed and the epoch only
+    (`DistributedSampler`), so skipping `start` batches resumes the epoch where it stopped."""
+
+    def __init__(self, shard: DistributedSampler, batch_size: int, seed: int, rank: int):
+        self.shard, self.batch_size, self.seed, self.rank = shard, batch_size, seed, rank
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.shard.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.shard) // self.batch_size
+
+    def __len__(self) -> int:
+        return self.per_epoch - self.start
+
+    def __iter__(self):
+        order = list(self.shard)
+        for position in range(self.start, self.per_epoch):
+            yield (batch_seed(self.seed, self.rank, self.epoch, position),
+                   order[position * self.batch_size:(position + 1) * self.batch_size])
+
+
+class SeededBatches(Dataset):
+    """`dataset` fetched a batch at a time, the augmentation of each batch drawn from its seed
+    (python's, numpy's and torch's CPU generators, and an MNIST dataset's own). In the training
+    process itself those generators are put back afterwards: the training keeps its own draws."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, key):
+        seed, indices = key
+        with _kept_rng(get_worker_info() is None):
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            torch.default_generator.manual_seed(seed)
+            if isinstance(self.dataset, MNISTDataset):
+                self.dataset.reseed(seed)
+                index = torch.as_tensor(indices, dtype=torch.long)
+                return self.dataset.batch(index), self.dataset.labels[index]
+            items = (self.dataset.__getitems__(indices) if hasattr(self.dataset, "__getitems__")
+                     else [self.dataset[i] for i in indices])
+            return default_collate(items)
+
+
+@contextmanager
+def _kept_rng(keep: bool):
+    if not keep:
+        yield
+        return
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+def _as_is(batch):
+    return batch
+
+
 def train_loader(data, data_config: dict, cfg: TrainingConfig, ctx: DistContext,
-                 seed: int = 0) -> tuple[DataLoader, DistributedSampler]:
-    # augmentation draws differ per rank (different images), the shard order is shared
+                 seed: int = 0) -> tuple[DataLoader, EpochBatches]:
+    """The training batches of this rank: its shard of every epoch (the order shared by all
+    ranks through `seed`), `cfg.workers` worker processes (default `default_workers`), pinned
+    memory on CUDA. The augmentation differs per rank and per batch (`batch_seed`)."""
     dataset = build_dataset(data, "train", data_config, train_augment=True, seed=seed + 1000 * ctx.rank)
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=seed, drop_last=True)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True), sampler
+    shard = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                               seed=seed, drop_last=True)
+    batches = EpochBatches(shard, cfg.batch_size, seed, ctx.rank)
+    workers = cfg.workers if cfg.workers is not None else default_workers(dataset, ctx.world_size)
+    # its own generator: a new iterator must not draw from the training's global RNG
+    loader = DataLoader(SeededBatches(dataset), batch_sampler=batches, collate_fn=_as_is, num_workers=workers,
+                        pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, batches
 
 
 def decay_groups(student: nn.Module, weight_decay: float) -> list[dict]:
@@ -137,79 +263,259 @@ def decay_groups(student: nn.Module, weight_decay: float) -> list[dict]:
     return param_groups_weight_decay(student, weight_decay, no_weight_decay_list=skip)
 
 
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast type of `--amp` on `device`, None for full precision. auto: bf16 on a CUDA
+    device that supports it, else none (bf16 autocast on a CPU is not measured faster, so it is
+    not chosen for you). UserError for fp16 without CUDA."""
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device (its loss scaling is for GPUs); on a CPU use --amp bf16 "
+                        "or none")
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
 def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cfg: TrainingConfig,
              ctx: DistContext | None = None, *, seed: int = 0, state: dict | None = None,
-             on_epoch_end: Callable[[int, dict], None] | None = None,
+             on_save: Callable[[dict], None] | None = None,
              on_step: Callable[[int, int, float], None] | None = None,
              keep_masks: list[tuple[nn.Parameter, torch.Tensor]] | None = None) -> dict:
     """Fine-tune `student` in place with KD from `teacher`; return a summary. `cfg` holds the
-    training options; `seed` fixes the initial RNG, the data order and the augmentation.
+    training options; `seed` fixes the initial RNG, the data order and the augmentation. Both
+    models train on `ctx.device` and are back on the CPU when it returns or raises.
 
-    `state`: what `on_epoch_end` was given at the end of an earlier epoch (resume).
-    `on_epoch_end(epoch, state)`: called on every rank after each full epoch with a state dict
-    (student, optimizer, epoch, step) to save for `--resume`.
-    `on_step(step, total, loss)`: progress.
+    `state`: a state `on_save` was given (`read_state`): training continues at its step, and
+    ends with the weights an uninterrupted run ends with (same world size).
+    `on_save(state)`: called on every rank with a resume state (student, optimizer, scaler, EMA,
+    RNG states, epoch, position in the epoch, step; live tensors: serialise them at once) after
+    each full epoch, every `cfg.save_every` steps, and when a KeyboardInterrupt (a signal,
+    `signals.Terminated`) stops training between two steps (one arriving during a step is held
+    until the step ends); the interruption then goes on. No state is saved after a non-finite
+    loss.
+    `on_step(step, total, loss)`: progress after each step; `loss` is the last one read back
+    (every `cfg.log_every` steps, at step 1 and at the end).
     `keep_masks`: (parameter, 0/1 mask) pairs re-applied after every step, so weights zeroed by
     weight-granularity pruning stay zero.
+    With `cfg.ema_decay` the student ends with the moving average of its weights.
+    UserError when the loss is not finite (naming the step), or `state` does not fit the data.
     """
     ctx = ctx or DistContext()
+    dtype = autocast_dtype(cfg.amp, ctx.device)
     torch.manual_seed(seed)
-    loader, sampler = train_loader(data, data_config, cfg, ctx, seed)
-    steps_per_epoch = len(loader)
+    loader, batches = train_loader(data, data_config, cfg, ctx, seed)
+    steps_per_epoch = batches.per_epoch
     if steps_per_epoch == 0:
         raise UserError(f"the training split has fewer than {cfg.batch_size * ctx.world_size} images for one step")
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    teacher.eval()
-    student.train()
+    try:
+        return _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_save, on_step,
+                      keep_masks)
+    finally:
+        student.to("cpu")
+        teacher.to("cpu")
+        student.eval()
+
+
+def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_save, on_step, keep_masks) -> dict:
+    steps_per_epoch = batches.per_epoch
+    teacher.to(ctx.device).eval()
+    student.to(ctx.device).train()
+    masks = [(param, mask.to(param.device)) for param, mask in keep_masks or []]
     model = nn.parallel.DistributedDataParallel(student) if ctx.distributed else student
-    optimizer = create_optimizer_v2(decay_groups(student, cfg.weight_decay), opt="adamw", lr=cfg.lr,
+    forward = torch.compile(model) if cfg.compile else model
+    optimizer = create_optimizer_v2(decay_groups(student, cfg.weight_decay), opt=cfg.opt, lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
-    step, epoch = 0, 0
+    ema = ModelEmaV3(student, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
+    step, epoch, position = 0, 0, 0
     if state is not None:
+        if state["position"] >= steps_per_epoch:
+            raise UserError(f"the resume state stopped at batch {state['position']} of an epoch that has "
+                            f"{steps_per_epoch}; was it saved with other data or another --batch-size?")
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
-        step, epoch = state["step"], state["epoch"]
-    losses = []
-    while step < total:  # resumed runs start at an epoch boundary
-        sampler.set_epoch(epoch)
-        start = step
-        for images, labels in itertools.islice(loader, total - step):
-            images, labels = images.to(ctx.device), labels.to(ctx.device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, cfg)
-            with torch.no_grad():
-                target = teacher(images)
-            loss = kd_loss(model(images), target, labels, cfg.alpha, cfg.temperature)
-            if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
-                raise UserError(f"training diverged at step {step + 1} (loss {loss.item()}); the last saved state "
-                                "is kept: lower --lr and try again")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if keep_masks:
-                with torch.no_grad():
-                    for param, mask in keep_masks:
-                        param.mul_(mask)
-            losses.append(loss.item())
-            step += 1
-            if on_step:
-                on_step(step, total, losses[-1])
-        if step - start == steps_per_epoch:
-            epoch += 1
-            if on_epoch_end:
-                on_epoch_end(epoch, {"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch, "step": step})
-    student.eval()
+        if scaler.is_enabled() and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            if not state["ema"]:
+                raise UserError("the resume state holds no moving average of the weights, and --ema-decay asks "
+                                "for one")
+            ema.module.load_state_dict(state["ema"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        set_rng_state(state["rng"], ctx.device)
+    losses = _Losses(step)
+    saved, busy = step, False
+
+    def save() -> None:
+        nonlocal saved
+        if on_save is not None:
+            on_save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "ema": {} if ema is None else ema.module.state_dict(),
+                     "rng": rng_state(ctx.device), "epoch": epoch,
+                     "position": position, "step": step})
+        saved = step
+
+    try:
+        while step < total:
+            batches.set_epoch(epoch, position)
+            for images, labels in itertools.islice(loader, total - step):
+                with signals.deferred():  # a signal waits for the step to end: the state stays whole
+                    busy = True
+                    images = images.to(ctx.device, non_blocking=True)
+                    labels = labels.to(ctx.device, non_blocking=True)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(step, total, cfg)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = _accumulate(forward, model, teacher, images, labels, cfg, ctx, dtype, scaler)
+                    losses.add(loss)
+                    ends_epoch = position + 1 == steps_per_epoch
+                    saving = on_save is not None and (ends_epoch or (cfg.save_every is not None
+                                                                     and (step + 1) % cfg.save_every == 0))
+                    if losses.last is None or (step + 1) % cfg.log_every == 0 or step + 1 == total or saving:
+                        losses.read_back()  # before the step: on a non-finite loss the weights are the last read's
+                    if cfg.clip_grad is not None:
+                        scaler.unscale_(optimizer)
+                        dispatch_clip_grad(student.parameters(), cfg.clip_grad, mode="norm")
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if masks:
+                        with torch.no_grad():
+                            for param, mask in masks:
+                                param.mul_(mask)
+                    step += 1
+                    if ema is not None:
+                        ema.update(student, step=step)
+                    epoch, position = (epoch + 1, 0) if ends_epoch else (epoch, position + 1)
+                    busy = False
+                    if saving:
+                        save()
+                if on_step:
+                    on_step(step, total, losses.last)
+    except KeyboardInterrupt:
+        if not busy and step > saved and on_save is not None and losses.finite():
+            save()
+        raise
+    if ema is not None:  # the average is the result
+        student.load_state_dict(ema.module.state_dict())
     return {"steps": step, "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size,
-            "images_seen": step * cfg.batch_size * ctx.world_size, "final_loss": losses[-1] if losses else None,
-            "mean_loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])), "config": cfg.as_dict()}
+            "images_seen": step * cfg.batch_size * ctx.world_size, "final_loss": losses.last,
+            "mean_loss_last_10": losses.mean_of_last(), "workers": loader.num_workers,
+            "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "none"), "config": cfg.as_dict()}
 
 
-STATE_SHAPE = {"student": dict, "optimizer": {"state": dict, "param_groups": [dict]}, "epoch": int, "step": int,
-               "meta": dict}
-"""What `save_state` writes (and `read_state` accepts)."""
+def _accumulate(forward, model, teacher, images, labels, cfg, ctx, dtype, scaler) -> torch.Tensor:
+    """Forward and backward over the batch in `cfg.accum_steps` parts (DDP synchronises the
+    gradients on the last one only); the batch's loss, still on the device."""
+    parts = list(zip(images.chunk(cfg.accum_steps), labels.chunk(cfg.accum_steps)))
+    total = torch.zeros((), device=images.device)
+    for i, (x, y) in enumerate(parts):
+        last = i == len(parts) - 1
+        with model.no_sync() if ctx.distributed and not last else nullcontext():
+            with _autocast(ctx.device, dtype):
+                with torch.no_grad():
+                    target = teacher(x)
+                logits = forward(x)
+            loss = kd_loss(logits.float(), target.float(), y, cfg.alpha, cfg.temperature, cfg.smoothing) / len(parts)
+            scaler.scale(loss).backward()
+        total = total + loss.detach()
+    return total
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+class _Losses:
+    """The losses of the steps since the last read-back, kept on the device: reading one back
+    waits for the device, so it happens only at `read_back`."""
+
+    def __init__(self, step: int):
+        self.pending: list[torch.Tensor] = []
+        self.first = step + 1  # the step of pending[0]
+        self.last: float | None = None
+        self.recent: deque[float] = deque(maxlen=10)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss.detach())
+
+    def read_back(self) -> None:
+        """Read the pending losses; UserError naming the first non-finite one's step."""
+        if not self.pending:
+            return
+        values = torch.stack(self.pending).float().cpu().tolist()
+        first, last = self.first, self.first + len(values) - 1
+        self.pending, self.first = [], last + 1
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                found = "" if first == last else f", found when steps {first}-{last} were read back"
+                raise UserError(f"training diverged at step {first + offset} (loss {value}{found}); the last saved "
+                                "state is kept: lower --lr and try again")
+        self.recent.extend(values)
+        self.last = values[-1]
+
+    def finite(self) -> bool:
+        try:
+            self.read_back()
+        except UserError:
+            return False
+        return True
+
+    def mean_of_last(self) -> float:
+        self.read_back()
+        return sum(self.recent) / max(1, len(self.recent))
+
+
+_RNG = {"torch": torch.Tensor, "cuda": [torch.Tensor],
+        "numpy": {"keys": torch.Tensor, "pos": int, "has_gauss": int, "gauss": float},
+        "python": {"version": int, "state": torch.Tensor, "gauss": [float]}}
+
+STATE_SHAPE = {"student": dict, "optimizer": {"state": dict, "param_groups": [dict]}, "scaler": dict, "ema": dict,
+               "rng": _RNG, "epoch": int, "position": int, "step": int, "meta": dict}
+"""What `save_state` writes (and `read_state` accepts): `epoch` counts the epochs done,
+`position` the batches done in the next one."""
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global RNG states (torch's CPU and `device`'s CUDA generator, numpy's, python's) as
+    tensors, numbers and lists: what torch's weights-only loader reads back."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "gauss": float(gauss)},
+            "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64),
+                       "gauss": [] if gauss_next is None else [float(gauss_next)]}}
+
+
+def set_rng_state(rng: dict, device: torch.device) -> None:
+    """Put back what `rng_state` returned (checked by `read_state`)."""
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng["cuda"]:
+        torch.cuda.set_rng_state(rng["cuda"][0], device)
+    n = rng["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = rng["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"][0] if py["gauss"] else None))
+
+
+def _check_rng(rng: dict, where: str) -> None:
+    words = 2 ** 32
+
+    def fits(t: torch.Tensor, size: int, dtype: torch.dtype, high: int | None = None) -> bool:
+        shaped = t.dtype == dtype and tuple(t.shape) == (size,)
+        return shaped and (high is None or bool(((t >= 0) & (t < high)).all()))
+
+    checks = {"rng.torch": fits(rng["torch"], torch.get_rng_state().numel(), torch.uint8),
+              "rng.numpy.keys": fits(rng["numpy"]["keys"], 624, torch.int64, words)
+              and 0 <= rng["numpy"]["pos"] <= 624,
+              "rng.python.state": fits(rng["python"]["state"], 625, torch.int64, words)
+              and 0 <= int(rng["python"]["state"][-1]) <= 624 and len(rng["python"]["gauss"]) <= 1}
+    for name, ok in checks.items():
+        if not ok:
+            check_shape(None, int, where, name)
 
 
 def read_state(path: Path) -> dict:
@@ -219,16 +525,20 @@ def read_state(path: Path) -> dict:
     state = torch_load(path, "resume state")
     where = f"resume state {path}"
     check_shape(state, STATE_SHAPE, where)
-    if state["epoch"] < 0 or state["step"] < 0:
-        check_shape(None, int, where, "step")
+    for name in ("epoch", "position", "step"):
+        if state[name] < 0:
+            check_shape(None, int, where, name)
+    _check_rng(state["rng"], where)
     check_tensors(state["student"], where)
+    check_tensors(state["ema"], where)
     for values in state["optimizer"]["state"].values():
         check_tensors(values if isinstance(values, dict) else {}, where)
     return state
 
 
 def save_state(path: Path, state: dict, meta: dict) -> None:
-    """Write a resume checkpoint atomically (temporary file, then rename)."""
+    """Write a resume checkpoint atomically (temporary file, then rename): after a kill during
+    the write the previous one is still there, whole."""
     buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError
     torch.save({**state, "meta": meta}, buffer)
     with atomic_output(path) as tmp:
