@@ -288,7 +288,7 @@ def test_rounds_pass_their_budgets_as_numbers(monkeypatch):
     from dimap_struct import load_model
     from dimap_struct.options import CompressOptions
     from dimap_struct.pipeline import prune_in_rounds, rounds, schedule
-    from dimap_struct.prune.budget import target_macs
+    from dimap_struct.prune.budget import Budget
 
     seen = []
     real = rounds.compress_to
@@ -302,7 +302,7 @@ def test_rounds_pass_their_budgets_as_numbers(monkeypatch):
     current = original
     for (budget, _), ratio, record in zip(seen, schedule(0.3, 3), records):
         wanted = min(ratio * original, current)
-        assert budget.target_macs(current) == target_macs(f"{wanted / 1e9:.12g}G", current)
+        assert budget.target_macs(current) == Budget.parse(f"{wanted / 1e9:.12g}G").target_macs(current)
         current = round(record["achieved_ratio"] * original)
     assert report.pruned.macs == current and report.target.flops == "0.3" and report.recipe["flops"] == "0.3"
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from dimap_struct.errors import UserError
 from dimap_struct.options import BenchOptions, CompressOptions, EvalOptions, FinetuneOptions
-from dimap_struct.prune.budget import check_fraction, target_macs
+from dimap_struct.prune.budget import Budget
 
 ORIGINAL = 4_500_000_000
 
@@ -22,7 +22,7 @@ budget_text = st.one_of(
 @settings(max_examples=400, deadline=None)
 def test_any_budget_text_is_a_budget_or_a_user_error(text):
     try:
-        macs = target_macs(text, ORIGINAL)
+        macs = Budget.parse(text).target_macs(ORIGINAL)
     except UserError as err:
         assert "\n" not in str(err)
         return
@@ -33,10 +33,10 @@ def test_any_budget_text_is_a_budget_or_a_user_error(text):
 @settings(max_examples=200, deadline=None)
 def test_the_early_budget_check_agrees_with_the_parser(text):
     try:
-        check_fraction(text)
+        Budget.parse(text)
     except UserError:
         try:
-            target_macs(text, ORIGINAL)
+            Budget.parse(text).target_macs(ORIGINAL)
         except UserError:
             return
         raise AssertionError(f"{text!r} refused early but accepted later")
@@ -77,6 +77,4 @@ def test_any_options_are_valid_or_a_user_error(cls, data):
 
 @given(st.integers(min_value=1, max_value=10**12 - 1))
 def test_an_absolute_budget_reads_back_as_the_same_count(macs):
-    from dimap_struct.prune.budget import Budget
-
     assert Budget.parse(Budget.absolute(macs).text).target_macs(10**12) == macs

@@ -72,12 +72,3 @@ class Budget:
                             f"{original_macs / 1e9:.2f}G MACs")
         return int(round(self.macs))
 
-
-def target_macs(flops: float | str, original_macs: int) -> int:
-    """MACs to keep: `Budget.parse(flops).target_macs(original_macs)`."""
-    return Budget.parse(flops).target_macs(original_macs)
-
-
-def check_fraction(flops: float | str) -> None:
-    """Validate `flops` before any heavy work (the absolute form is checked against the model later)."""
-    Budget.parse(flops)
