@@ -385,8 +385,10 @@ class PruneOptions(SourceOptions):
     score_mode: str = option("group", "DIMAP group score: group = per-group energies (option A); weight = mean "
                              "of the paper's per-weight scores over the group (option B)",
                              choices=("group", "weight"), flag="--score", group="selection")
-    min_heads: int = option(1, "heads every block keeps", kind=int, minimum=1, group="selection")
-    min_mlp: int = option(8, "MLP channels every block keeps", kind=int, minimum=1, group="selection")
+    min_heads: int = option(1, "heads every block keeps (0: a block may lose its whole attention branch)",
+                            kind=int, minimum=0, group="selection")
+    min_mlp: int = option(8, "MLP channels every block keeps (0: a block may lose its whole MLP)", kind=int,
+                          minimum=0, group="selection")
     round_to: int = option(1, "round kept MLP widths, residual widths and heads' total width to multiples of N "
                            "(e.g. 8 or 16 for faster kernels)", kind=int, minimum=1, group="selection")
     prune_embed: bool = option(False, "also remove residual (embedding) channels of every stage: a narrower, "
@@ -412,6 +414,7 @@ class PruneOptions(SourceOptions):
     def check(self) -> None:
         super().check()
         from .prune.criteria import get_criterion  # deferred: start-up (torch, timm), as in _criteria
+        from .prune.select import POLICIES
 
         if self.flops is not None:
             _ = self.budget  # parsed, so checked, before any heavy work
@@ -430,6 +433,9 @@ class PruneOptions(SourceOptions):
         if self.latency is not None and self.flops is not None:
             raise UserError("give either --flops or --latency, not both")
         criterion = get_criterion(self.criterion, self.policy)
+        if POLICIES[criterion.policy].needs_latency and (self.latency is None or self.prune_embed):
+            raise UserError(f"policy '{criterion.policy}' ranks by the latency table: it needs --latency, "
+                            "and does not take --prune-embed")
         if self.score_mode != "group" and not criterion.score.uses_score_mode:
             raise UserError(f"--score applies to criteria that use DIMAP scores, not to '{self.criterion}'")
         if criterion.needs_data and self.calib_data is None:

@@ -19,18 +19,18 @@ import dimap_struct
 from dimap_struct.cli import bench as bench_cli, compress as compress_cli
 from dimap_struct.deploy import bench, latency_probe
 from dimap_struct.errors import UserError
-from dimap_struct.prune.latency import LatencyModel, StageLatency, with_fixed_part
+from dimap_struct.prune.latency import LatencyModel, StageTable, with_fixed_part
 
 
-def _synthetic_ms(module, shape, threads, **kw):
-    return 0.05 + 1e-4 * sum(p.numel() for p in module.parameters())
+def _synthetic_ms(modules, shape, threads, **kw):
+    return [0.05 + 1e-4 * sum(p.numel() for p in module.parameters()) for module in modules]
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty DIMAP_CACHE and synthetic timing; yields the cache root."""
     monkeypatch.setenv("DIMAP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(latency_probe, "_time_module", _synthetic_ms)
+    monkeypatch.setattr(latency_probe, "_time_modules", _synthetic_ms)
     return tmp_path / "cache"
 
 
@@ -70,8 +70,8 @@ def _edit(path: pathlib.Path, change) -> None:
 
 
 def _nan_coefficients(node: dict) -> None:
-    if "coefficients" in node:
-        node["coefficients"] = [float("nan")] * len(node["coefficients"])
+    if "heads_ms" in node:
+        node["heads_ms"] = [float("nan")] * len(node["heads_ms"])
 
 
 # --- #10: damaged cache entries ----------------------------------------------------------------
@@ -127,24 +127,25 @@ def test_an_entry_for_another_key_is_measured_again(cache, reference, capsys):
 
 
 def _sound() -> dict:
-    stages = [StageLatency([0.01, 0.001, 0.2, 0.003, 0.0004], [{"heads": 2, "mlp": 8, "width": 16, "ms": 0.3}])
-              for _ in range(2)]
+    stages = [StageTable([0.0, 0.2, 0.3], [0, 4, 8], [0.0, 0.1, 0.15], 16) for _ in range(2)]
     return with_fixed_part({"threads": 2}, stages, [0, 1], [16, 32], [2, 2], [64, 128], 5.0).to_dict()
 
 
 @pytest.mark.parametrize("damage", [
-    lambda d: d["stages"][0]["coefficients"].__setitem__(2, float("nan")),
-    lambda d: d["stages"][1]["coefficients"].__setitem__(0, float("inf")),
-    lambda d: d["stages"][0]["coefficients"].__setitem__(4, -0.5),
-    lambda d: d["stages"][0]["samples"][0].__setitem__("ms", float("nan")),
+    lambda d: d["stages"][0]["heads_ms"].__setitem__(2, float("nan")),
+    lambda d: d["stages"][1]["mlp_ms"].__setitem__(2, float("inf")),
+    lambda d: d["stages"][0]["mlp_ms"].__setitem__(1, -0.5),
+    lambda d: d["stages"][0]["heads_ms"].__setitem__(2, 0.1),
     lambda d: d.__setitem__("dense_ms", 0.0),
     lambda d: d.__setitem__("unpruned_ms", float("-inf")),
     lambda d: d.__setitem__("fixed_ms", float("nan")),
     lambda d: d.__setitem__("block_stages", [0, 5]),
     lambda d: d.__setitem__("stage_widths", [16, 0]),
-    lambda d: d["stages"][0].__setitem__("coefficients", [1.0, 2.0]),
-], ids=["nan-coefficient", "inf-coefficient", "negative-coefficient", "nan-sample", "zero-dense", "inf-unpruned",
-        "nan-fixed", "stage-out-of-range", "zero-width", "too-few-coefficients"])
+    lambda d: d["stages"][0].__setitem__("mlp_widths", [0, 4]),
+    lambda d: d["stages"][1].__setitem__("mlp_widths", [1, 4, 8]),
+    lambda d: d["stages"][1]["heads_ms"].__setitem__(0, 0.05),
+], ids=["nan-timing", "inf-timing", "negative-timing", "falling-timing", "zero-dense", "inf-unpruned",
+        "nan-fixed", "stage-out-of-range", "zero-width", "grid-without-timing", "grid-not-from-0", "removed-not-free"])
 def test_a_latency_model_with_impossible_numbers_is_refused(damage):
     data = _sound()
     assert LatencyModel.from_dict(data).unpruned_ms == pytest.approx(5.0)
@@ -165,7 +166,7 @@ def _one_warning(err: str) -> str:
 def test_a_cache_under_a_file_is_skipped_with_one_warning(tmp_path, monkeypatch, capsys):
     """DIMAP_CACHE names a regular file: the cache directory cannot be made. Before: exit 1 after
     the timing."""
-    monkeypatch.setattr(latency_probe, "_time_module", _synthetic_ms)
+    monkeypatch.setattr(latency_probe, "_time_modules", _synthetic_ms)
     (tmp_path / "afile").write_text("not a directory")
     monkeypatch.setenv("DIMAP_CACHE", str(tmp_path / "afile"))
     for _ in range(2):  # the second run reads under the file too

@@ -177,7 +177,7 @@ def test_unreachable_hub_fails_fast_in_one_line(tmp_path, capsys, monkeypatch):
 def test_bad_structure_options(capsys):
     code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--round-to", "0")
     _assert_user_error(code, err, "round-to")
-    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--min-heads", "0")
+    code, _, err = _run(capsys, "swin_t", "--no-pretrained", "--min-heads", "-1")
     _assert_user_error(code, err, "min-heads")
 
 

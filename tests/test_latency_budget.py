@@ -1,49 +1,76 @@
-"""`--latency R`: the per-block latency model (prune/latency.py) and the budget search on it,
-with synthetic timings (real timing in tests is unstable); bad input."""
+"""`--latency R`: the measured latency table (prune/latency.py), the chains the probe times,
+and the budget search on the table, with synthetic timings (real timing in tests is unstable);
+bad input."""
 import numpy as np
 import pytest
+import torch
 
 import dimap_struct
 from dimap_struct.cli import compress as cli
-from dimap_struct.prune import latency as lat
-from dimap_struct.prune.latency import LatencyModel, fit_stage, with_fixed_part
-from test_select_synthetic import CHANNELS, HEADS, _costs, _scores
+from dimap_struct.deploy import latency_probe
+from dimap_struct.models.adapters import adapter_for_model
+from dimap_struct.prune.latency import LatencyModel, StageTable, mlp_grid, monotone, with_fixed_part
 from dimap_struct.prune.select import select_to_budget
-
-TRUE = [0.05, 0.001, 0.2, 0.003, 0.0004]  # ms per feature (1, c, h, h*c, m*c)
-
-
-def _samples(noise: float = 0.0):
-    rng = np.random.default_rng(0)
-    from dimap_struct.deploy.latency_probe import configurations
-
-    return [{"heads": h, "mlp": m, "width": c,
-             "ms": float(np.dot(TRUE, lat.features(h, m, c)) * (1 + noise * rng.standard_normal()))}
-            for h, m, c in configurations(8, 256, 64)]
+from small_models import small
+from test_select_synthetic import CHANNELS, HEADS, _costs, _scores
 
 
-def test_the_fit_recovers_a_linear_latency_exactly():
-    stage = fit_stage(_samples())
-    assert np.allclose(stage.coefficients, TRUE, rtol=1e-6, atol=1e-9)
+def linear_table(heads: int, mlp: int, per_head: float, per_channel: float, width: int = 1,
+                 steps: int = 16) -> StageTable:
+    widths = mlp_grid(mlp, steps)
+    return StageTable([per_head * h for h in range(heads + 1)], widths, [per_channel * m for m in widths], width)
 
 
-def test_a_noisy_fit_never_predicts_a_slower_smaller_block():
-    samples = _samples()
-    samples[1]["ms"] *= 3  # fewer heads timed slower: plain least squares would give k2 < 0
-    stage = fit_stage(samples)
-    assert min(stage.coefficients) >= 0
-    assert stage.block_ms(4, 128, 64) <= stage.block_ms(8, 256, 64)
+def test_the_table_interpolates_between_its_grid_points_and_scales_with_the_residual_width():
+    table = StageTable([0.0, 1.0, 1.5], [0, 8, 16], [0.0, 2.0, 3.0], width=32)
+    assert table.block_ms(2, 16, 32) == 4.5
+    assert table.block_ms(1, 12, 32) == pytest.approx(1.0 + 2.5)  # halfway between 8 and 16
+    assert table.block_ms(0, 4, 32) == pytest.approx(1.0)
+    assert table.block_ms(2, 16, 16) == pytest.approx(4.5 / 2)
+    assert table.head_saving(2) == pytest.approx(0.5) and table.channel_saving(12) == pytest.approx(1 / 8)
 
 
-def test_the_timed_widths_determine_every_coefficient():
-    with pytest.raises(ValueError, match="independently"):
-        fit_stage([{"heads": 2, "mlp": 8 * k, "width": 32, "ms": float(k)} for k in range(1, 7)])
+def test_noisy_timings_become_a_cost_that_never_grows_as_groups_go():
+    assert monotone([0.0, 0.3, 0.2, -0.1, 0.5]) == [0.0, 0.3, 0.3, 0.3, 0.5]
+    assert monotone([0.0, -0.2, 0.1]) == [0.0, 0.0, 0.1]
+
+
+def test_the_mlp_grid_runs_from_0_to_the_width_in_sixteenths():
+    assert mlp_grid(64) == list(range(0, 65, 4))
+    assert mlp_grid(8) == list(range(9))
+
+
+@pytest.mark.parametrize("family", ["swin_tiny_patch4_window7_224", "torchvision:swin_v2_t"])
+def test_the_probe_times_a_chain_per_stage_at_every_head_count_and_mlp_width(family, monkeypatch):
+    """Every chain runs at its shape (branches removed included); the table is the chain's time
+    over the baseline per block; the fixed part makes the dense prediction the measured one."""
+    calls = []
+
+    def fake_time(modules, shape, threads, **kw):
+        for module in modules:
+            with torch.no_grad():
+                out = module(torch.zeros(*shape))
+            assert tuple(out.shape[1:]) == ((1000,) if len(shape) == 4 else tuple(shape[1:]))
+        calls.extend([shape] * len(modules))
+        return [0.05 + 1e-4 * sum(p.numel() for p in module.parameters()) for module in modules]
+
+    monkeypatch.setattr(latency_probe, "_time_modules", fake_time)
+    adapter = adapter_for_model(small(family))
+    size = tuple(adapter.data_config()["input_size"])
+    model = latency_probe._measure(adapter.lean_spec(size), size, 1, 2, {}, lambda text: None)
+    blocks = adapter.blocks()
+    for stage, table in enumerate(model.stages):
+        first = next(b for b in blocks if b.stage == stage)
+        assert len(table.heads_ms) == first.attn.num_heads + 1 and table.mlp_widths == mlp_grid(first.mlp.width)
+        assert table.heads_ms[0] == 0 and table.mlp_ms[0] == 0 and table.heads_ms[-1] > 0 < table.mlp_ms[-1]
+    assert len(calls) == sum(len(t.heads_ms) + len(t.mlp_ms) - 1 for t in model.stages) + 1  # + the dense model
+    dense = model.predict([b.attn.num_heads for b in blocks], [b.mlp.width for b in blocks])
+    assert dense == pytest.approx(model.unpruned_ms) and model.unpruned_ms >= model.dense_ms
 
 
 def _model(fixed_ms: float = 1.0) -> LatencyModel:
-    stages = [lat.StageLatency([0.01, 0.0, 0.5 * (i + 1), 0.0, 0.0]) for i in range(3)]
-    for s in stages:  # one MLP channel costs 0.02 ms (c = 1 in this model)
-        s.coefficients[4] = 0.02
+    # one head of stage i costs 0.5 * (i + 1) ms, one MLP channel 0.02 ms (c = 1 in this model)
+    stages = [linear_table(h, m, 0.5 * (i + 1), 0.02, steps=m) for i, (h, m) in enumerate(zip(HEADS, CHANNELS))]
     dense = sum(s.block_ms(h, m, 1) for s, h, m in zip(stages, HEADS, CHANNELS)) + fixed_ms
     return with_fixed_part({"test": True}, stages, [0, 1, 2], [1, 1, 1], list(HEADS), list(CHANNELS), dense)
 
@@ -66,13 +93,14 @@ def test_blocks_that_overshoot_the_whole_model_set_the_scale_of_the_budget():
     assert LatencyModel.from_dict(shrunk.to_dict()).unpruned_ms == pytest.approx(shrunk.unpruned_ms)
 
 
-@pytest.mark.parametrize("policy", ["module-aware", "one-module", "distortion", "bound-split"])
+@pytest.mark.parametrize("policy", ["module-aware", "one-module", "distortion", "bound-split", "one-module-per-ms"])
 @pytest.mark.parametrize("ratio", [0.85, 0.6, 0.45])
 def test_the_search_meets_a_latency_target_as_closely_as_any_knob(policy, ratio):
     model = _model()
     target = ratio * model.dense_ms
     sel = select_to_budget(_scores(), _costs(), head_weights=[40, 50, 60], channel_weights=[8, 8, 8], target_macs=0,
-                           policy=policy, min_heads=1, min_mlp=1, cost=model.predict, target_cost=target)
+                           policy=policy, min_heads=1, min_mlp=1, cost=model.predict, target_cost=target,
+                           latency=model)
     got = model.predict(sel.plan.head_counts, sel.plan.mlp_widths)
     assert sel.achieved_cost == pytest.approx(got) and sel.target_cost == target
     assert sel.achieved_macs == _costs().count(sel.plan.head_counts, sel.plan.mlp_widths).macs
@@ -89,7 +117,72 @@ def _plan_counts(policy, q):
     modules = [_Module(scores.heads, [40, 50, 60], 1, [b.macs_per_head for b in costs.blocks],
                        scores.distortion.heads),
                _Module(scores.mlp, [8, 8, 8], 1, [b.macs_per_channel for b in costs.blocks], scores.distortion.mlp)]
-    return POLICIES[policy](modules, [1, 1]).kept_counts(float(q))
+    extra = {"latency": _model()} if POLICIES[policy].needs_latency else {}
+    return POLICIES[policy](modules, [1, 1], **extra).kept_counts(float(q))
+
+
+def _greedy_by_hand(scores, model, floors):
+    """The per-ms rule written out: repeatedly remove, of every block's lowest-scored head and
+    lowest-scored channel still removable, the one with the least score per ms saved."""
+    heads = [sorted(float(v) for v in s) for s in scores.heads]
+    mlp = [sorted(float(v) for v in s) for s in scores.mlp]
+    counts = [[len(h) for h in heads], [len(m) for m in mlp]]
+    order = []
+    while True:
+        best = None
+        for kind, groups in enumerate((heads, mlp)):
+            for b, left in enumerate(groups):
+                removed = len(left) - counts[kind][b]
+                if counts[kind][b] <= floors[kind]:
+                    continue
+                table = model.stages[b]
+                saved = (table.head_saving if kind == 0 else table.channel_saving)(counts[kind][b])
+                value = (max(left[removed], 0.0) / max(saved, 1e-9), kind, b)
+                best = value if best is None or value < best else best
+        if best is None:
+            return order
+        _, kind, b = best
+        counts[kind][b] -= 1
+        order.append((kind, b, [list(c) for c in counts]))
+
+
+def test_the_per_ms_policy_is_the_greedy_rule_by_hand():
+    from dimap_struct.prune.select import POLICIES, _Module
+
+    model, scores = _whole_branch_model(), _scores()
+    modules = [_Module(scores.heads, [40, 50, 60], 0), _Module(scores.mlp, [8, 8, 8], 0)]
+    rule = POLICIES["one-module-per-ms"](modules, [0, 0], latency=model)
+    steps = _greedy_by_hand(scores, model, [0, 0])
+    assert [(i, b) for i, b, _ in rule.sequence] == [(kind, b) for kind, b, _ in steps]
+    for k, (_, _, counts) in enumerate(steps, 1):
+        assert rule.kept_counts(k / len(steps)) == counts
+
+
+def _whole_branch_model() -> LatencyModel:
+    """Each branch carries 1 ms of overhead that only its last group's removal saves."""
+    stages = [StageTable([0.0] + [1.0 + 0.1 * h for h in range(1, heads + 1)], list(range(mlp + 1)),
+                         [0.0] + [1.0 + 0.01 * m for m in range(1, mlp + 1)], 1)
+              for heads, mlp in zip(HEADS, CHANNELS)]
+    dense = sum(s.block_ms(h, m, 1) for s, h, m in zip(stages, HEADS, CHANNELS))
+    return with_fixed_part({"test": True}, stages, [0, 1, 2], [1, 1, 1], list(HEADS), list(CHANNELS), dense)
+
+
+def test_where_branches_cost_more_than_their_groups_the_per_ms_plan_removes_them_whole():
+    model = _whole_branch_model()
+    sel = select_to_budget(_scores(), _costs(), head_weights=[40, 50, 60], channel_weights=[8, 8, 8], target_macs=0,
+                           policy="one-module-per-ms", min_heads=0, min_mlp=0, latency=model,
+                           target_cost=0.45 * model.unpruned_ms)  # the costs move in steps of about 1/7 here
+    assert abs(sel.achieved_cost / model.unpruned_ms - 0.45) <= 0.01
+    assert 0 in sel.plan.head_counts + sel.plan.mlp_widths
+
+
+def test_the_default_under_latency_ranks_by_score_per_ms(monkeypatch):
+    monkeypatch.setattr(latency_probe, "load_or_measure", _fake_probe)
+    result = dimap_struct.compress("reference", latency=0.6, min_heads=0)
+    assert result.report.policy == "one-module-per-ms" and result.selection.policy == "one-module-per-ms"
+    assert abs(result.report.latency["predicted_ratio"] - 0.6) <= 0.01
+    embed = dimap_struct.compress("reference", latency=0.6, prune_embed=True)
+    assert embed.report.policy == "one-module-per-mac"  # the per-ms rule ranks heads and channels only
 
 
 def test_latency_and_flops_together_are_refused(capsys):
@@ -107,18 +200,7 @@ def test_a_latency_outside_0_1_is_refused(value, capsys):
 def test_a_latency_below_the_minimums_names_the_nearest(monkeypatch, capsys):
     from dimap_struct.deploy import latency_probe
 
-    def fake(model, adapter, input_size, batch=1, threads=2, **kw):
-        blocks = adapter.blocks()
-        stages = sorted({b.stage for b in blocks})
-        per_stage = [lat.StageLatency([0.0, 0.0, 0.1, 0.0, 0.001]) for _ in stages]
-        heads = [b.attn.num_heads for b in blocks]
-        widths = [b.mlp.width for b in blocks]
-        blocks_sum = sum(0.1 * h + 0.001 * m for h, m in zip(heads, widths))
-        # Measured whole model faster than its blocks timed alone, as on swin_t/s/b.
-        return with_fixed_part({}, per_stage, [b.stage for b in blocks], [1] * len(stages), heads, widths,
-                               0.6 * blocks_sum), "measured"
-
-    monkeypatch.setattr(latency_probe, "load_or_measure", fake)
+    monkeypatch.setattr(latency_probe, "load_or_measure", _fake_probe)
     assert cli.main(["reference", "--latency", "0.02"]) == 2
     err = capsys.readouterr().err
     assert "allow no less than" in err and len(err.strip().splitlines()) == 1
@@ -130,3 +212,17 @@ def test_a_latency_below_the_minimums_names_the_nearest(monkeypatch, capsys):
     assert latency["predicted_unpruned_ms"] == pytest.approx(latency["dense_ms"] / 0.6)
     assert abs(latency["predicted_ms"] / latency["predicted_unpruned_ms"] - 0.97) <= 0.01
     assert result.report.latency["model_source"] == "measured"
+
+
+def _fake_probe(model, adapter, input_size, batch=1, threads=2, **kw):
+    """A probe without timing: 0.1 ms a head and 0.001 ms an MLP channel in every stage, the
+    whole model measured 0.6 of its blocks' sum (as on swin_t/s/b, blocks overshoot)."""
+    blocks = adapter.blocks()
+    stages = sorted({b.stage for b in blocks})
+    first = [next(b for b in blocks if b.stage == s) for s in stages]
+    per_stage = [linear_table(b.attn.num_heads, b.mlp.width, 0.1, 0.001, width=b.attn.in_features) for b in first]
+    heads = [b.attn.num_heads for b in blocks]
+    widths = [b.mlp.width for b in blocks]
+    blocks_sum = sum(0.1 * h + 0.001 * m for h, m in zip(heads, widths))
+    return with_fixed_part({}, per_stage, [b.stage for b in blocks], [b.attn.in_features for b in first], heads,
+                           widths, 0.6 * blocks_sum), "measured"

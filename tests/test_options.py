@@ -19,8 +19,9 @@ from dimap_struct.prune.criteria import (GroupScores, Score, criterion_names, pe
                                          unregister)
 
 BAD = [  # (option overrides, words the one-line message must hold)
-    ({"min_mlp": 0}, ["--min-mlp", ">= 1"]),
-    ({"min_heads": -2}, ["--min-heads", ">= 1"]),
+    ({"min_mlp": -1}, ["--min-mlp", ">= 0"]),
+    ({"min_heads": -2}, ["--min-heads", ">= 0"]),
+    ({"policy": "one-module-per-ms"}, ["one-module-per-ms", "needs --latency"]),
     ({"round_to": 2.5}, ["--round-to", "integer"]),
     ({"calib_batches": -3}, ["--calib-batches", ">= 1"]),
     ({"calib_batches": 0}, ["--calib-batches", ">= 1"]),
@@ -66,9 +67,9 @@ def test_the_same_checks_hold_in_a_recipe_file(tmp_path, capsys, overrides, word
 
 
 def test_the_same_checks_hold_for_flags(capsys):
-    code = cli.main(["reference", "--min-mlp", "0", "--quiet"])
+    code = cli.main(["reference", "--min-mlp", "-1", "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == "dimap-compress: error: --min-mlp must be an integer >= 1, got 0"
+    assert code == 2 and err == "dimap-compress: error: --min-mlp must be an integer >= 0, got -1"
 
 
 def test_compress_validates_its_keywords():

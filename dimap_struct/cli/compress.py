@@ -99,6 +99,9 @@ def _run(args: argparse.Namespace) -> int:
         _plot(args.plot, source, options, result.report, compare)
     if args.json:
         print(json.dumps(result.report.to_dict(), indent=2))
+        for note in result.report.notes:  # the table prints its notes; JSON on stdout keeps stderr for these
+            if note.startswith("warning:"):
+                print(note, file=sys.stderr)
     else:
         print_report(result.report, Console(), blocks=args.blocks)
     return 0

@@ -104,3 +104,28 @@ def accuracy(classifier: Classifier, data: str | os.PathLike | None, *, split: s
         raise UserError("the evaluation data is empty")
     return {"top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen, "images": seen, "split": split,
             "warnings": warnings}
+
+
+AGREEMENT_WARNING = 50.0
+"""Top-1 agreement (%) with the dense model under which a run warns that the plan breaks it."""
+
+
+@torch.no_grad()
+def logits(model: nn.Module, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """`model`'s outputs (eval mode) on `images`, in batches."""
+    model.eval()
+    outs = [model(images[i:i + batch]) for i in range(0, len(images), batch)]
+    return torch.cat([getattr(o, "logits", o) for o in outs]).float()
+
+
+def agreement(dense: torch.Tensor, pruned: torch.Tensor, labels: torch.Tensor | None, source: str) -> dict:
+    """How far a pruned model's logits are from the dense model's on the same images: top-1
+    agreement (%), relative logit error ||pruned - dense|| / ||dense|| (Frobenius, over the whole
+    batch), and each one's top-1 (%) when `labels` are given."""
+    result = {"images": len(dense), "source": source,
+              "agreement_top1": float(100 * (dense.argmax(1) == pruned.argmax(1)).float().mean()),
+              "relative_logit_error": float((pruned - dense).norm() / dense.norm().clamp(min=1e-12))}
+    if labels is not None:
+        result["dense_top1"] = float(100 * (dense.argmax(1) == labels).float().mean())
+        result["pruned_top1"] = float(100 * (pruned.argmax(1) == labels).float().mean())
+    return result

@@ -1,11 +1,10 @@
-"""Measure the per-block latency model of `prune.latency` on this machine and runtime, and cache it.
+"""Measure the latency table of `prune.latency` on this machine and runtime, and cache it.
 
-For each stage, one block of the model's lean form (models/lean.py: same window, shift and
-attention kind) is rebuilt with random weights at a few (heads, MLP width, residual width)
-configurations, preceded by the token gather a block pays, exported alone with a static batch
-and timed in onnxruntime (median of at least 15 runs and 0.5 s, after 3 warm-up runs). The
-unpruned lean model is timed whole
-for the fixed part. Timing depends on shapes, not on weights, so the model's own weights are
+For each stage, a chain of its first two blocks in the model's lean form (models/lean.py: same
+windows, shifts, norms and attention kind) is rebuilt with random weights at every head count
+and on a grid of MLP widths (`_measure`), exported with a static batch and timed in onnxruntime
+(median of at least 15 runs and 0.5 s). The unpruned lean model is timed whole for the fixed
+part. Timing depends on shapes, not on weights, so the model's own weights are
 never needed.
 
 Cache: one JSON file per key (machine, onnxruntime version, family, architecture, input size,
@@ -21,6 +20,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -33,12 +33,12 @@ from torch import nn
 from ..data.decoded import cache_dir as user_cache
 from ..errors import UserError
 from ..files import atomic_output
-from ..models.lean import LeanAttention, LeanBlock, LeanBlockSpec, LeanSwin, Permute
-from ..prune.latency import LatencyModel, fit_stage, with_fixed_part
+from ..models.lean import LeanAttention, LeanBlockSpec, LeanSwin, headless, lean_blocks, window_order
+from ..prune.latency import LatencyModel, StageTable, mlp_grid, monotone, with_fixed_part
 from .bench import machine_record, time_batch
 from .onnx_file import open_session
 
-CACHE_VERSION = 3  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256
+CACHE_VERSION = 4  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256;\n# 4: a measured table per stage instead of a fitted linear model
 
 
 def cache_dir() -> Path:
@@ -56,16 +56,6 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {info['usable_cpus']} CPUs, {info['platform']}"
-
-
-def configurations(heads: int, mlp: int, width: int) -> list[tuple[int, int, int]]:
-    """The (heads, MLP width, residual width) points timed for one stage: full, and shrunk
-    along each axis alone and together, so the five coefficients are determined."""
-    half_h, half_m, half_c = max(1, heads // 2), max(8, mlp // 2), max(16, width // 2)
-    points = [(heads, mlp, width), (half_h, mlp, width), (1, mlp, width), (heads, half_m, width),
-              (heads, max(8, mlp // 8), width), (heads, mlp, half_c), (half_h, half_m, half_c),
-              (1, max(8, mlp // 8), half_c)]
-    return list(dict.fromkeys(points))
 
 
 def load_or_measure(model: nn.Module, adapter, input_size, batch: int = 1, threads: int = 2, *,
@@ -164,26 +154,35 @@ def _skip_cache(directory: Path, why: str) -> None:
 
 def _measure(spec, input_size: tuple, batch: int, threads: int, key: dict,
              notify: Callable[[str], None]) -> LatencyModel:
-    """Time each stage's block at `configurations` and the whole lean model; fit the model."""
+    """Each stage's table (`prune.latency.StageTable`), then the whole lean model for the fixed part.
+
+    A stage is timed as a chain of its first two blocks (one unshifted, one shifted, as the stage
+    runs them) on the stage's token map, every block of the chain at the same widths: with h heads
+    for every h (the MLP whole), and at every width of `mlp_grid` (the attention whole). A branch's
+    cost per block is the chain's time over the chain without that branch, divided by the chain's
+    length, so the call's own overhead cancels. A stage's chains are timed in turns
+    (`_time_modules`)."""
     stages, grid = [], spec.grid
     for s, stage in enumerate(spec.stages):
         if stage.merge is not None:
             grid = (grid[0] // 2, grid[1] // 2)
-        template = stage.blocks[1] if len(stage.blocks) > 1 else stage.blocks[0]  # a shifted one if any
-        samples = []
-        for h, m, c in configurations(_heads(template), _mlp(template), _width(template)):
-            notify(f"timing stage {s + 1}/{len(spec.stages)}: {h} heads, MLP {m}, width {c}")
-            unit = _block_unit(template, grid, h, m, c)
-            tokens = grid[0] * grid[1]
-            samples.append({"heads": h, "mlp": m, "width": c,
-                            "ms": _time_module(unit, (batch, tokens, c), threads)})
-        stages.append(fit_stage(samples))
+        chain = stage.blocks[:2]
+        heads, mlp, width = _heads(chain[0]), _mlp(chain[0]), _width(chain[0])
+        widths = mlp_grid(mlp)
+        configs = [(h, mlp) for h in range(heads + 1)] + [(heads, m) for m in widths[:-1]]
+        notify(f"timing stage {s + 1}/{len(spec.stages)}: {len(configs)} chains of {len(chain)} blocks")
+        ms = _time_modules([_chain_unit(chain, grid, h, m, width) for h, m in configs],
+                           (batch, grid[0] * grid[1], width), threads)
+        by_heads, by_mlp = ms[:heads + 1], ms[heads + 1:] + [ms[heads]]
+        attention = [(t - by_heads[0]) / len(chain) for t in by_heads]
+        channels = [(t - by_mlp[0]) / len(chain) for t in by_mlp]
+        stages.append(StageTable(monotone(attention), widths, monotone(channels), width))
     notify("timing the unpruned model")
-    dense = _time_module(LeanSwin(spec, input_size).eval(), (batch, *input_size), threads)
+    dense = _time_modules([LeanSwin(spec, input_size).eval()], (batch, *input_size), threads, seconds_each=1.0)[0]
     blocks = [b for stage in spec.stages for b in stage.blocks]
     block_stages = [s for s, stage in enumerate(spec.stages) for _ in stage.blocks]
-    widths = [_width(stage.blocks[0]) for stage in spec.stages]
-    return with_fixed_part(key, stages, block_stages, widths, [_heads(b) for b in blocks],
+    stage_widths = [_width(stage.blocks[0]) for stage in spec.stages]
+    return with_fixed_part(key, stages, block_stages, stage_widths, [_heads(b) for b in blocks],
                            [_mlp(b) for b in blocks], dense)
 
 
@@ -200,32 +199,54 @@ def _mlp(block: LeanBlockSpec) -> int:
     return linears[0].out_features
 
 
-def _block_unit(template: LeanBlockSpec, grid, heads: int, mlp: int, width: int) -> nn.Module:
-    """A random-weight block shaped like `template` with the given widths, after a token gather."""
+def _chain_unit(chain: list[LeanBlockSpec], grid, heads: int, mlp: int, width: int) -> nn.Module:
+    """Random-weight blocks shaped like `chain` (windows, shifts, norms) with `heads` heads and
+    `mlp` MLP channels each (0: the branch removed), in the stage's order, as `LeanSwin` runs them."""
+    with warnings.catch_warnings():  # a removed branch is built with zero-width layers, and torch warns
+        warnings.simplefilter("ignore")
+        blocks = [_random_block(template, heads, mlp, width) for template in chain]
+    residual = window_order(grid, chain[0].window, chain[0].shift)
+    return nn.Sequential(*lean_blocks(blocks, grid, residual)).eval()
+
+
+def _random_block(template: LeanBlockSpec, heads: int, mlp: int, width: int) -> LeanBlockSpec:
     head_dim = template.attention.qkv_weight.shape[0] // (3 * template.attention.heads)
     tokens = template.window[0] * template.window[1]
     cosine = template.attention.temperature is not None
-    attention = LeanAttention(torch.randn(3 * heads * head_dim, width) * 0.02, torch.zeros(3 * heads * head_dim),
-                              heads, torch.zeros(heads, tokens, tokens), nn.Linear(heads * head_dim, width),
-                              scale=None if cosine else head_dim ** -0.5,
-                              temperature=torch.ones(heads) if cosine else None)
+    if heads == 0:
+        attention = headless(nn.Linear(0, width))
+    else:
+        attention = LeanAttention(torch.randn(3 * heads * head_dim, width) * 0.02, torch.zeros(3 * heads * head_dim),
+                                  heads, torch.zeros(heads, tokens, tokens), nn.Linear(heads * head_dim, width),
+                                  scale=None if cosine else head_dim ** -0.5,
+                                  temperature=torch.ones(heads) if cosine else None)
     mlp_module = nn.Sequential(nn.Linear(width, mlp), nn.GELU(), nn.Linear(mlp, width))
-    spec = LeanBlockSpec(attention, nn.LayerNorm(width), nn.LayerNorm(width), mlp_module, template.window,
+    return LeanBlockSpec(attention, nn.LayerNorm(width), nn.LayerNorm(width), mlp_module, template.window,
                          template.shift, template.post_norm)
-    order = torch.randperm(grid[0] * grid[1], generator=torch.Generator().manual_seed(0))
-    return nn.Sequential(Permute(order), LeanBlock(spec, grid)).eval()
 
 
-def _time_module(module: nn.Module, shape, threads: int, min_runs: int = 15, min_time: float = 0.5) -> float:
-    """Median ms of `module` exported alone (static shape) in onnxruntime, timed like dimap-bench."""
+def _time_modules(modules: list[nn.Module], shape, threads: int, seconds_each: float = 0.25,
+                  min_rounds: int = 15) -> list[float]:
+    """Median ms of each module, exported alone (static shape) and run in onnxruntime as
+    dimap-bench runs it, in turns (each round runs every module once), so that a change in the
+    machine's load falls on all of them alike. Rounds: enough for about `seconds_each` per module,
+    at least `min_rounds`."""
     with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
-        path = Path(tmp) / "unit.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"])
-        session = open_session(path, threads, tuned=True)
+        sessions = []
+        for i, module in enumerate(modules):
+            path = Path(tmp) / f"unit{i}.onnx"
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
+                                  input_names=["input"])
+            sessions.append(open_session(path, threads, tuned=True))
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        times = time_batch([lambda: session.run(None, {"input": x})], shape[0], warmup=0.0, min_iters=min_runs,
-                            min_time=min_time, max_iters=10_000, on_run=None)[0]
-    return 1e3 * statistics.median(times)
+        runners = [lambda session=session: session.run(None, {"input": x}) for session in sessions]
+        start = time.perf_counter()
+        for run in runners:  # one round, to size the rest
+            run()
+        per_round = time.perf_counter() - start
+        rounds = min(10_000, max(min_rounds, int(seconds_each * len(runners) / max(per_round, 1e-9))))
+        times = time_batch(runners, shape[0], warmup=0.0, min_iters=rounds, min_time=0.0, max_iters=rounds,
+                           on_run=None)
+    return [1e3 * statistics.median(t) for t in times]

@@ -63,6 +63,12 @@ class LeanAttention:
     """How many times the family adds the shift mask (transformers' Swin v2 adds it twice)."""
 
 
+def headless(proj: nn.Linear) -> LeanAttention:
+    """An attention with every head removed: `LeanBlock` adds `proj`'s bias instead of a branch."""
+    return LeanAttention(proj.weight.new_zeros(0, proj.out_features), None, 0,
+                         proj.weight.new_zeros(0, 1, 1), proj, scale=1.0)
+
+
 @dataclass
 class LeanBlockSpec:
     """One block: pre-norm (x + attn(norm1(x)), x + mlp(norm2(x))) or, with `post_norm`,
@@ -188,22 +194,44 @@ class LeanBlock(nn.Module):
     def __init__(self, spec: LeanBlockSpec, grid: tuple[int, int], gather: torch.Tensor | None = None,
                  scatter: torch.Tensor | None = None):
         super().__init__()
-        self.attn = LeanWindowAttention(spec.attention, grid, spec.window, spec.shift)
         self.norm1, self.norm2, self.mlp = spec.norm1, spec.norm2, spec.mlp
         self.norm3 = spec.norm3 if spec.norm3 is not None else nn.Identity()
         self.post_norm = spec.post_norm
-        self.gather = Permute(gather) if gather is not None else nn.Identity()
-        self.scatter = Permute(scatter) if scatter is not None else nn.Identity()
+        # A branch with nothing kept (every head, or every MLP channel, removed) gives the same
+        # vector for every token: its output bias, after norm1 / norm2 in a post-norm block. It
+        # is folded into one constant add, so the graph has no LayerNorm, window gather, Softmax
+        # or zero-width MatMul left for it.
+        self.attn = None
+        if spec.attention.heads == 0:
+            self.register_buffer("attn_constant", self._constant(spec.attention.proj(
+                spec.attention.proj.weight.new_zeros(1, 0)), spec.norm1))
+        else:
+            self.attn = LeanWindowAttention(spec.attention, grid, spec.window, spec.shift)
+            self.gather = Permute(gather) if gather is not None else nn.Identity()
+            self.scatter = Permute(scatter) if scatter is not None else nn.Identity()
+        if _hidden_width(spec.mlp) == 0:
+            zeros = spec.attention.proj.weight.new_zeros(1, spec.attention.proj.out_features)
+            self.register_buffer("mlp_constant", self._constant(spec.mlp(zeros), spec.norm2))
+            self.mlp = None
 
-    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+    def _constant(self, output: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return (norm(output) if self.post_norm else output).detach().reshape(-1).clone()
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
         return self.scatter(self.attn(self.gather(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.post_norm:
-            x = x + self.norm1(self._branch(x))
-            return self.norm3(x + self.norm2(self.mlp(x)))
-        x = x + self._branch(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+            x = x + (self.attn_constant if self.attn is None else self.norm1(self._attention(x)))
+            return self.norm3(x + (self.mlp_constant if self.mlp is None else self.norm2(self.mlp(x))))
+        x = x + (self.attn_constant if self.attn is None else self._attention(self.norm1(x)))
+        return x + (self.mlp_constant if self.mlp is None else self.mlp(self.norm2(x)))
+
+
+def _hidden_width(mlp: nn.Module) -> int:
+    """Hidden channels of a two-layer MLP: its first Linear's outputs."""
+    return next(m for m in mlp.modules() if isinstance(m, nn.Linear)).out_features
 
 
 class LeanMerge(nn.Module):
@@ -268,11 +296,7 @@ class LeanSwin(nn.Module):
                 layers.append(LeanMerge(stage.merge, _merge_index(order, grid, merged, residual)))
             elif not torch.equal(order, residual):
                 layers.append(Permute(_transition(order, residual)))
-            for block in stage.blocks:
-                target = window_order(merged, block.window, block.shift)
-                same = torch.equal(target, residual)
-                layers.append(LeanBlock(block, merged, None if same else _transition(residual, target),
-                                        None if same else _transition(target, residual)))
+            layers.extend(lean_blocks(stage.blocks, merged, residual))
             order, grid = residual, merged
         self.layers = nn.Sequential(*layers)
 
@@ -281,6 +305,18 @@ class LeanSwin(nn.Module):
         x = x.reshape(-1, self.grid[0] * self.grid[1], self.width)
         x = self.final_norm(self.layers(x))
         return self.classifier(x.mean(dim=1))
+
+
+def lean_blocks(blocks: list[LeanBlockSpec], grid: tuple[int, int], residual: torch.Tensor) -> list[LeanBlock]:
+    """The blocks of one stage on a `grid` token map held in `residual` order, each gathering its
+    attention branch's input into its own windows where they differ."""
+    layers = []
+    for block in blocks:
+        target = window_order(grid, block.window, block.shift)
+        same = torch.equal(target, residual)
+        layers.append(LeanBlock(block, grid, None if same else _transition(residual, target),
+                                None if same else _transition(target, residual)))
+    return layers
 
 
 def _check_windows(grid: tuple[int, int], window: tuple[int, int]) -> None:

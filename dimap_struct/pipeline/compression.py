@@ -19,7 +19,8 @@ from torch import nn
 from ..data import build_dataset, data_fingerprint, num_classes
 from ..deploy.export import write_model_and_report
 from ..deploy import latency_probe
-from ..deploy.quantize import make_request
+from ..deploy.evaluate import AGREEMENT_WARNING, agreement, logits
+from ..deploy.quantize import labelled_sample, make_request
 from ..errors import UserError
 from ..files import check_output, same_file, staged
 from ..models import LoadedModel
@@ -29,7 +30,7 @@ from ..options import CompressOptions, Options
 from ..prune.budget import Budget
 from ..prune.calibration import RIDGE, calibration_images, collect_stats
 from ..prune.costs import CostModel, build_cost_model
-from ..prune.criteria import Calibration, ScoreContext, get_criterion
+from ..prune.criteria import LATENCY_POLICY, Calibration, ScoreContext, get_criterion
 from ..prune.cut import cut
 from ..prune.replay import load_any
 from ..prune.residual import residual_options
@@ -184,7 +185,10 @@ def input_files(options) -> tuple[str, ...]:
 def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Budget, steps: Steps):
     net, adapter = loaded.model, loaded.adapter
     input_size = tuple(loaded.data_config["input_size"])
-    criterion = get_criterion(options.criterion, options.policy)
+    policy = options.policy
+    if policy is None and options.latency is not None and options.criterion == "dimap" and not options.prune_embed:
+        policy = LATENCY_POLICY
+    criterion = get_criterion(options.criterion, policy)
     with steps("find groups and count MACs"):
         blocks = adapter.blocks()
         costs = build_cost_model(net, adapter, blocks, input_size)
@@ -210,7 +214,8 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
     if options.latency is not None:
         with steps("per-block latency model (timed once per machine, then cached)"):
             latency, latency_source = _latency_model(loaded, options)
-        by_latency = {"cost": latency.predict, "target_cost": options.latency * latency.unpruned_ms}
+        by_latency = {"cost": latency.predict, "target_cost": options.latency * latency.unpruned_ms,
+                      "latency": latency}
     with steps("select to the MACs budget" if latency is None else "select to the latency budget"):
         selection = select_to_budget(
             scores, costs,
@@ -225,6 +230,12 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
                         f"{selection.achieved_cost / latency.unpruned_ms:.3f} of the predicted dense latency")
     plan = selection.plan
 
+    held_out = None
+    if options.calib_data is not None:
+        with steps("dense outputs on held-out images"):
+            held_out = _held_out(loaded, options)
+            if held_out is not None:
+                held_out = (*held_out, logits(net, held_out[0]))
     with steps("cut heads and channels"):
         reference = copy.deepcopy(net)
         mask(reference, adapter.__class__(reference), plan)
@@ -249,7 +260,29 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
     if stats is not None and options.recovery != "none":
         with steps(f"recover ({options.recovery})"):
             report.recovery = _recover(net, adapter, plan, stats, options)
+    if held_out is not None:
+        with steps("estimate accuracy"):
+            images, labels, source, dense = held_out
+            report.accuracy_estimate = agreement(dense, logits(net, images), labels, source)
+            if report.accuracy_estimate["agreement_top1"] < AGREEMENT_WARNING:
+                report.notes.append(f"warning: the pruned model agrees with the dense model on only "
+                                    f"{report.accuracy_estimate['agreement_top1']:.1f}% of "
+                                    f"{len(images)} held-out images: this plan breaks the model "
+                                    "(try a larger budget, --calib-data recovery or dimap-finetune)")
     return net, selection, report
+
+
+def _held_out(loaded: LoadedModel, options: CompressOptions):
+    """(images, labels or None, source) of the calibration data's train split that calibration
+    does not use: the next `--calib-images` of its seeded permutation (as INT8's check), fewer
+    when the split is short; None when nothing is left."""
+    size = len(build_dataset(options.calib_data, "train", loaded.data_config, labels_required=False))
+    count = min(options.calib_images, size - options.calib_images)
+    if count <= 0:
+        return None
+    images, labels = labelled_sample(options.calib_data, loaded.data_config, count, options.seed,
+                                     skip=options.calib_images)
+    return images, labels, f"train split of {options.calib_data}, images not used to calibrate"
 
 
 def _latency_model(loaded: LoadedModel, options: CompressOptions):
@@ -289,7 +322,7 @@ def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
 def _structured_report(loaded: LoadedModel, options: CompressOptions, budget: Budget, costs: CostModel,
                        before: Counts, after: Counts, selection: Selection, mask_diff: float) -> Report:
     plan = selection.plan
-    criterion = get_criterion(options.criterion, options.policy)
+    criterion = get_criterion(options.criterion, selection.policy)  # the policy that ran (--latency's default)
     blocks = [cut_row(bc.name, bc.stage, bc.num_heads, bc.mlp_width, h, len(m))
               for bc, h, m in zip(costs.blocks, plan.heads, plan.mlp)]
     residual = None if plan.residual is None else [

@@ -51,11 +51,14 @@ def cut(model: nn.Module, adapter: FamilyAdapter, plan: Plan, input_size) -> Non
 
 def cut_heads(adapter: FamilyAdapter, site: AttentionSite, keep: list[int]) -> None:
     """Remove every head of `site` not in `keep` (qkv rows, proj columns, per-head tensors
-    and per-head layer rows)."""
+    and per-head layer rows). With `keep` empty the whole branch goes: its module then returns
+    its output bias (`FamilyAdapter.remove_attention`)."""
     kept = set(keep)
     drop = [h for h in range(site.num_heads) if h not in kept]
     if not drop:
         return
+    if not keep:
+        site.module.removed_head_dim = site.head_dim  # no head left to infer it from
     for layer, rows in site.projection_rows(drop):
         tp.prune_linear_out_channels(layer, rows)
     tp.prune_linear_in_channels(site.proj, head_columns(site, drop))
@@ -70,6 +73,8 @@ def cut_heads(adapter: FamilyAdapter, site: AttentionSite, keep: list[int]) -> N
         setattr(tensor.module, tensor.name, new)  # a plain tensor stays a registered buffer
     adapter.set_num_heads(site, len(keep))
     site.num_heads = len(keep)
+    if not keep:
+        adapter.remove_attention(site)
 
 
 def build_dependency_graph(model: nn.Module, blocks: list[BlockSite], input_size) -> tp.DependencyGraph:

@@ -1,76 +1,72 @@
-"""A per-block latency model, the cost that `--latency R` budgets instead of MACs
+"""A measured latency table, the cost that `--latency R` budgets instead of MACs
 (docs/method.md section 11).
 
-One block of stage s with h kept heads, m kept MLP channels and residual width c costs
+For each stage, the table holds what one block's attention branch costs with h heads kept, for
+every h from 0 to the stage's head count, and what its MLP costs at a grid of kept widths from 0
+to the full width (`mlp_grid`), in milliseconds, each measured inside a chain of the stage's
+blocks (`deploy.latency_probe`), so that a call's overhead is not counted once per block. A branch
+with nothing kept costs 0: it is removed (`models.lean.LeanBlock`). Between grid points the MLP's
+cost is interpolated linearly. A plan costs `fixed_ms` (stem, merges, head, and what a block costs
+with both branches removed) plus, over blocks, attention(h) + mlp(m).
 
-    t_s(h, m, c) = k0 + k1*c + k2*h + k3*h*c + k4*m*c   (milliseconds)
-
-(k2*h: the attention matmuls, which do not depend on c; k3*h*c: qkv and proj; k4*m*c: the MLP;
-k0 + k1*c: norms, adds, the token gather). The coefficients of each stage are fitted by least
-squares to the timed latencies of a few widths (`deploy.latency_probe`). The model's latency is
-a fixed part (stem, merges, head: the measured dense latency minus the dense blocks' sum, floored
-at zero) plus the sum over blocks. A budget is a fraction of the model's own prediction for the
-unpruned plan (`LatencyModel.unpruned_ms`). `select.select_to_budget` searches on it exactly as it
-searches on MACs.
+With narrower residual streams (`--prune-embed`) each branch's cost is scaled by c / C, the
+fraction of the stage's width kept: qkv, proj and the MLP are linear in C; the attention matmuls
+are not, so this is an estimate there.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-FEATURES = ("1", "c", "h", "h*c", "m*c")
 
-
-def features(h: int, m: int, c: int) -> list[float]:
-    return [1.0, float(c), float(h), float(h * c), float(m * c)]
+def mlp_grid(width: int, steps: int = 16) -> list[int]:
+    """0, width/steps, ..., width (rounded, distinct): the MLP widths a stage is timed at."""
+    return sorted({round(width * k / steps) for k in range(steps + 1)})
 
 
 @dataclass
-class StageLatency:
-    """The fitted coefficients of one stage (ms, in FEATURES order) and the timings behind them."""
+class StageTable:
+    """One stage's branch costs (ms per block), non-decreasing, 0 for a removed branch."""
 
-    coefficients: list[float]
-    samples: list[dict] = field(default_factory=list)
-    """{"heads", "mlp", "width", "ms"} per timed configuration."""
+    heads_ms: list[float]
+    """Index h: the attention branch with h heads kept (h = 0 .. the stage's heads)."""
+    mlp_widths: list[int]
+    """Increasing, from 0 to the full MLP width."""
+    mlp_ms: list[float]
+    """The MLP branch at each of `mlp_widths`."""
+    width: int
+    """The residual width the stage was timed at."""
 
     def block_ms(self, h: int, m: int, c: int) -> float:
-        return float(np.dot(self.coefficients, features(h, m, c)))
+        scale = c / self.width
+        return scale * (self.heads_ms[h] + float(np.interp(m, self.mlp_widths, self.mlp_ms)))
+
+    def head_saving(self, h: int, c: int | None = None) -> float:
+        """ms saved by removing one head from a block holding `h` (> 0)."""
+        return (self.heads_ms[h] - self.heads_ms[h - 1]) * (1.0 if c is None else c / self.width)
+
+    def channel_saving(self, m: int, c: int | None = None) -> float:
+        """ms saved by removing one MLP channel from a block holding `m` (> 0): the slope of the
+        interpolation across that channel."""
+        saved = float(np.interp(m, self.mlp_widths, self.mlp_ms) - np.interp(m - 1, self.mlp_widths, self.mlp_ms))
+        return saved * (1.0 if c is None else c / self.width)
 
 
-def fit_stage(samples: list[dict]) -> StageLatency:
-    """Least-squares fit of t = k . features(h, m, c) to `samples` with every k >= 0 (at least
-    len(FEATURES) samples spanning h, m and c, else the fit is underdetermined: ValueError).
-
-    Non-negative so that a block never gets slower as it loses heads or channels (the budget
-    search needs a monotone cost). numpy has no NNLS and scipy is not a dependency, so this is
-    a greedy active-set heuristic, not exact NNLS: while a coefficient is negative, the most
-    negative one is fixed at zero and the others refitted."""
-    if len(samples) < len(FEATURES):
-        raise ValueError(f"{len(samples)} timings cannot fit {len(FEATURES)} coefficients")
-    a = np.array([features(s["heads"], s["mlp"], s["width"]) for s in samples])
-    b = np.array([s["ms"] for s in samples])
-    if np.linalg.matrix_rank(a) < len(FEATURES):
-        raise ValueError("the timed widths do not vary heads, MLP width and residual width independently")
-    active = list(range(len(FEATURES)))
-    coefficients = np.zeros(len(FEATURES))
-    while active:
-        fitted, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
-        if (fitted >= 0).all():
-            coefficients[active] = fitted
-            break
-        active.pop(int(np.argmin(fitted)))
-    return StageLatency([float(k) for k in coefficients], list(samples))
+def monotone(values: list[float]) -> list[float]:
+    """`values` made non-decreasing from 0 (a running maximum): timings are noisy, and the budget
+    search needs a cost that never grows as groups go."""
+    return [float(v) for v in np.maximum.accumulate(np.maximum(np.asarray(values, dtype=float), 0.0))]
 
 
 @dataclass
 class LatencyModel:
-    """Predicted latency (ms) of a plan: `fixed_ms` plus each block's stage model."""
+    """Predicted latency (ms) of a plan: `fixed_ms` plus each block's stage table."""
 
     key: dict
     """What the timings hold for: machine, runtime and version, family, architecture, input
     size, batch, threads (the cache key)."""
-    stages: list[StageLatency]
+    stages: list[StageTable]
     block_stages: list[int]
     """Stage of each block, in `adapter.blocks()` order."""
     stage_widths: list[int]
@@ -79,11 +75,9 @@ class LatencyModel:
     """Measured latency of the unpruned (lean) model."""
     fixed_ms: float
     unpruned_ms: float
-    """This model's prediction for the unpruned plan: `dense_ms`, or more when the blocks timed
-    alone sum to more than the whole model (each block's own run carries a call overhead, and the
-    fixed part cannot go below zero). A `--latency` budget is a fraction of this, so that the
-    target and the plans are on one scale: a fraction of `dense_ms` landed 10-19% under target
-    on swin_t/s/b."""
+    """This model's prediction for the unpruned plan: `dense_ms`, or more when the blocks' branches
+    sum to more than the whole model (the fixed part cannot go below zero). A `--latency` budget is
+    a fraction of this, so that the target and the plans are on one scale."""
 
     def predict(self, heads: list[int], widths: list[int], residual: list[int] | None = None) -> float:
         c = residual if residual is not None else self.stage_widths
@@ -96,11 +90,11 @@ class LatencyModel:
     @classmethod
     def from_dict(cls, data: dict) -> "LatencyModel":
         """The model `to_dict` wrote, or ValueError when it cannot be one: every number finite,
-        coefficients and sample timings >= 0, dense and unpruned latency > 0, fixed part >= 0,
-        one coefficient per feature, widths > 0, and each block's stage one of the stages.
-        (A cache entry is read by this; NaN coefficients once cut a model to NaN predictions.)"""
+        timings >= 0 and non-decreasing from 0, MLP widths increasing from 0, dense and unpruned
+        latency > 0, fixed part >= 0, and each block's stage one of the stages. (A cache entry
+        is read by this; NaN coefficients once cut a model to NaN predictions.)"""
         try:
-            stages = [StageLatency(**s) for s in data["stages"]]
+            stages = [StageTable(**s) for s in data["stages"]]
             model = cls(**{**data, "stages": stages})
             model._check()
         except (TypeError, KeyError, AttributeError) as err:
@@ -111,12 +105,15 @@ class LatencyModel:
         if not isinstance(self.key, dict) or not self.stages:
             raise ValueError("a latency model needs its key and at least one stage")
         for s, stage in enumerate(self.stages):
-            if len(stage.coefficients) != len(FEATURES):
-                raise ValueError(f"stage {s} has {len(stage.coefficients)} coefficients, not {len(FEATURES)}")
-            _require(stage.coefficients, f"stage {s} coefficients", minimum=0.0)
-            for sample in stage.samples:
-                _require([sample["ms"]], f"stage {s} timings", minimum=0.0)
-                _require([sample["heads"], sample["mlp"], sample["width"]], f"stage {s} timed widths", above=0)
+            for what, values in (("attention", stage.heads_ms), ("MLP", stage.mlp_ms)):
+                _require(values, f"stage {s} {what} timings", minimum=0.0)
+                if not values or values[0] != 0 or any(b < a for a, b in zip(values, values[1:])):
+                    raise ValueError(f"stage {s} {what} timings do not rise from 0")
+            _require(stage.mlp_widths, f"stage {s} MLP widths", minimum=0)
+            if (len(stage.mlp_widths) != len(stage.mlp_ms) or stage.mlp_widths[0] != 0
+                    or any(b <= a for a, b in zip(stage.mlp_widths, stage.mlp_widths[1:]))):
+                raise ValueError(f"stage {s} MLP widths are not an increasing grid from 0 with one timing each")
+            _require([stage.width], f"stage {s} width", above=0)
         _require(self.stage_widths, "stage widths", above=0)
         if not all(isinstance(s, int) and 0 <= s < len(self.stages) for s in self.block_stages):
             raise ValueError(f"block stages {self.block_stages} are not all among the {len(self.stages)} stages")
@@ -135,7 +132,7 @@ def _require(values, what: str, minimum: float | None = None, above: float | Non
             raise ValueError(f"{what}: {v!r} is out of range")
 
 
-def with_fixed_part(key: dict, stages: list[StageLatency], block_stages: list[int], stage_widths: list[int],
+def with_fixed_part(key: dict, stages: list[StageTable], block_stages: list[int], stage_widths: list[int],
                     dense_heads: list[int], dense_widths: list[int], dense_ms: float) -> LatencyModel:
     """A LatencyModel whose fixed part makes it predict `dense_ms` for the unpruned model
     (never below zero: when the blocks' sum overshoots, the blocks alone are the model, and

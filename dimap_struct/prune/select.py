@@ -152,6 +152,8 @@ class Policy:
     costs before they are ranked."""
     needs_distortion: bool = False
     """The rule reads `GroupScores.distortion` (and, with residual channels, `residual_distortion`)."""
+    needs_latency: bool = False
+    """The rule reads the latency table (`--latency`; `select_to_budget`'s `latency`)."""
 
     def __init__(self, modules: list[_Module], floors: list[int]):
         self.modules, self.floors = modules, floors
@@ -274,6 +276,52 @@ class DistortionBudget(Policy):
         return [None] * len(self.modules)
 
 
+class PerMillisecond(DistortionBudget):
+    """Under `--latency`: every head and MLP channel ranked together by its score over the
+    milliseconds its removal saves, as the latency table predicts them at the block's current
+    width (the marginal cost). Greedy, like `distortion`: the next removal is the one, among each
+    block's lowest-scored head and lowest-scored channel still removable, with the least score
+    per ms saved. Removing a block's last head, or the last channels of its MLP, saves the whole
+    branch's overhead (norm, window gathers, Softmax), so whole branches compete with single
+    groups. The knob q is the fraction of the full greedy sequence removed."""
+
+    summary = "heads and MLP channels ranked together by score per millisecond saved (latency table)"
+    needs_latency = True
+
+    def __init__(self, modules, floors, latency=None):
+        Policy.__init__(self, modules, floors)
+        if latency is None or len(modules) != 2:
+            raise ValueError("the per-ms policy needs a latency table (--latency) and no residual pruning")
+        tables = [latency.stages[s] for s in latency.block_stages]
+        saving = (lambda b, n: tables[b].head_saving(n), lambda b, n: tables[b].channel_saving(n))
+        streams, heap = [], []
+        for i, m in enumerate(modules):
+            for b, ranked in enumerate(m.ranked):
+                streams.append((i, b, list(reversed(ranked[min(floors[i], len(ranked)):]))))
+        count = [m.sizes[b] for m in modules for b in range(len(m.sizes))]
+        position = [0] * len(streams)
+
+        def push(k: int) -> None:
+            i, b, removable = streams[k]
+            if position[k] < len(removable):
+                score = max(float(modules[i].block_scores[b][removable[position[k]]]), 0.0)
+                heapq.heappush(heap, (score / max(saving[i](b, count[k]), 1e-9), k))
+
+        for k in range(len(streams)):
+            push(k)
+        sequence = []
+        while heap:
+            _, k = heapq.heappop(heap)
+            i, b, removable = streams[k]
+            sequence.append((i, b, removable[position[k]]))
+            position[k] += 1
+            count[k] -= 1
+            push(k)
+        self.sequence = sequence
+        self.seq_module = torch.tensor([i for i, _, _ in sequence], dtype=torch.long)
+        self.seq_block = torch.tensor([b for _, b, _ in sequence], dtype=torch.long)
+
+
 class BoundSplit(Policy):
     """Each module removes a prefix of its own removal order (lowest score first); how much each
     removes is searched to minimise DIMAP's squared bound, the sum of the removed groups'
@@ -348,12 +396,12 @@ class BoundSplitPerMac(BoundSplit):
 POLICIES: dict[str, type[Policy]] = {
     "module-aware": ModuleAware, "one-module": OneModule, "uniform": Uniform, "distortion": DistortionBudget,
     "bound-split": BoundSplit, "module-aware-per-mac": ModuleAwarePerMac, "one-module-per-mac": OneModulePerMac,
-    "bound-split-per-mac": BoundSplitPerMac}
+    "bound-split-per-mac": BoundSplitPerMac, "one-module-per-ms": PerMillisecond}
 """Every selection policy by name (`--policy`)."""
 
 
 def _round_width(width: int, full: int, multiple: int, floor: int) -> int:
-    if multiple <= 1:
+    if multiple <= 1 or width == 0:  # a branch removed whole stays removed
         return width
     rounded = max(multiple, int(round(width / multiple)) * multiple)
     return min(full, max(rounded, floor))
@@ -378,6 +426,7 @@ def select_to_budget(
     tolerance: float = 0.01,
     cost: Callable[..., float] | None = None,
     target_cost: float | None = None,
+    latency=None,
 ) -> Selection:
     """Find the policy's knob whose pruned model has MACs closest to `target_macs`.
 
@@ -392,7 +441,8 @@ def select_to_budget(
 
     With `cost(heads, widths[, residual])` (e.g. `latency.LatencyModel.predict`, non-increasing
     as groups go) and `target_cost`, the search aims at that cost instead of the MACs;
-    `target_macs` is then ignored and reported as the MACs of the plan found."""
+    `target_macs` is then ignored and reported as the MACs of the plan found. `latency` (a
+    `latency.LatencyModel`) is what the per-ms policy ranks by; its `predict` is then the cost."""
     kind = POLICIES[policy]
     distortion = scores.distortion or GroupScores(heads=None, mlp=None)
 
@@ -410,7 +460,11 @@ def select_to_budget(
         modules.append(module("residual", residual_scores, residual_weights, min_embed,
                               residual_channel_macs(costs), residual_distortion))
         floors.append(min_embed)
-    rule = kind(modules, floors)
+    if kind.needs_latency:
+        rule = kind(modules, floors, latency=latency)
+        cost = cost or (None if latency is None else latency.predict)
+    else:
+        rule = kind(modules, floors)
     head_dims = head_dims or [1] * len(head_weights)
     steps = [[round_to // math.gcd(round_to, d) for d in head_dims]] + \
         [[round_to] * len(m.sizes) for m in modules[1:]]

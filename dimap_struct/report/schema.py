@@ -157,9 +157,12 @@ class Report:
     recovery: dict | None = None
     """One-shot recovery from calibration images (`recover.oneshot.RecoveryReport.to_dict`)."""
     quantization: dict | None = None
+    """`--quantize`: scheme, settings, calibration and the float-vs-INT8 check (`deploy.quantize`)."""
     latency: dict | None = None
     """`--latency R`: target, prediction, and the per-block latency model used (`prune.latency`)."""
-    """`--quantize`: scheme, settings, calibration and the float-vs-INT8 check (`deploy.quantize`)."""
+    accuracy_estimate: dict | None = None
+    """With `--calib-data`: the pruned model against the dense one on held-out train images
+    (`deploy.evaluate.agreement`): top-1 agreement, relative logit error, top-1 of each."""
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -37,6 +37,8 @@ def print_report(report: Report, console: Console, *, blocks: bool = False) -> N
         summary.add_row("onnx parity", f"max |diff| vs PyTorch {onnx.parity_max_abs_diff:.2e}")
     if report.plot is not None:
         summary.add_row("plot", report.plot)
+    if report.accuracy_estimate is not None:
+        summary.add_row("accuracy estimate", _estimate(report.accuracy_estimate))
     console.print(summary)
     if weight:
         _weight_tables(report, console, blocks)
@@ -44,6 +46,14 @@ def print_report(report: Report, console: Console, *, blocks: bool = False) -> N
         _structured_tables(report, console, blocks)
     for note in report.notes:
         console.print(f"[dim]note:[/] {note}", highlight=False)
+
+
+def _estimate(estimate: dict) -> str:
+    text = (f"{estimate['agreement_top1']:.1f}% top-1 agreement with the dense model, relative logit error "
+            f"{estimate['relative_logit_error']:.3f} ({estimate['images']} held-out images")
+    if "pruned_top1" in estimate:
+        text += f"; top-1 {estimate['dense_top1']:.1f}% -> {estimate['pruned_top1']:.1f}%"
+    return text + ")"
 
 
 def _structured_rows(summary: Table, report: Report) -> None:

@@ -102,6 +102,41 @@ class AttentionSite:
                           for layer in layers])
 
 
+def head_width(module: nn.Module, rows: int, heads: int) -> int:
+    """Width of one head of `module` from `rows` projection rows per part: rows // heads, or,
+    once every head is gone, the width `FamilyAdapter.remove_attention` recorded."""
+    return rows // heads if heads else module.removed_head_dim
+
+
+def is_headless(module: nn.Module) -> bool:
+    """Whether `remove_attention` removed every head of this attention module."""
+    return isinstance(module, HeadlessAttention)
+
+
+class HeadlessAttention:
+    """Mixin for an attention module whose heads were all removed (`--min-heads 0`). A Swin
+    block adds its attention branch to the residual stream, so with no head left the branch is
+    its output projection's bias, the same for every token: this forward returns that bias at
+    the input's shape (the projection of zero features), and the block around it is untouched.
+    The zero-width projections stay, so the state dict keeps one layout per plan."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.proj(x[..., :0])
+
+
+_HEADLESS: dict[tuple[type, type], type] = {}
+
+
+def make_headless(module: nn.Module, mixin: type = HeadlessAttention) -> None:
+    """Give `module` a subclass of its class with `mixin`'s forward (one class per pair, cached)."""
+    cls = type(module)
+    if not issubclass(cls, HeadlessAttention):
+        key = (cls, mixin)
+        if key not in _HEADLESS:
+            _HEADLESS[key] = type(f"Headless{cls.__name__}", (mixin, cls), {"__module__": __name__})
+        module.__class__ = _HEADLESS[key]
+
+
 @dataclass
 class MlpSite:
     """A two-layer MLP: hidden channel j is row j of `fc1` (and its bias) and column j of `fc2`."""
@@ -229,6 +264,12 @@ class FamilyAdapter(ABC):
         `num_heads`, all that attention needs when its forward infers the head width from qkv
         and its scale (or per-head temperature) is not derived from the head count."""
         site.module.num_heads = num_heads
+
+    def remove_attention(self, site: AttentionSite) -> None:
+        """After every head of `site` was cut: its module's forward becomes the branch's constant
+        output (`HeadlessAttention`). The default suits an attention module that applies its own
+        output projection `proj` and returns a tensor shaped like its input."""
+        make_headless(site.module)
 
     def residual_sites(self) -> list[ResidualSite]:
         """Residual channel groups per stage, for `--prune-embed`. Families that do not

@@ -35,9 +35,9 @@ from torch import nn
 
 from ...errors import UserError
 from ...untrusted import check_tensors
-from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
-from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, ResidualSite,
-                   parameters_named,
+from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported, headless
+from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, HeadlessAttention, MlpSite,
+                   PerHeadTensor, ResidualSite, head_width, is_headless, make_headless, parameters_named,
                    register_adapter)
 from .hub import hub_session
 
@@ -166,7 +166,7 @@ class HfSwinAdapter(FamilyAdapter):
             for b, layer in enumerate(stage.blocks):
                 module, (q, k, v), out = _attention_parts(layer)
                 heads = _heads(module)
-                d = q.out_features // heads
+                d = head_width(module, q.out_features, heads)
                 if self.v2:
                     per_head = [PerHeadTensor(module, "logit_scale", axis=0)]
                     per_head_layers = [module.continuous_position_bias_mlp[-1]]
@@ -182,6 +182,9 @@ class HfSwinAdapter(FamilyAdapter):
                                        per_head_layers=per_head_layers, separate=(q, k, v)),
                     mlp=MlpSite(fc1=fc1, fc2=fc2)))
         return sites
+
+    def remove_attention(self, site: AttentionSite) -> None:
+        make_headless(site.module, _HeadlessHfAttention)
 
     def set_num_heads(self, site: AttentionSite, num_heads: int) -> None:
         module = site.module
@@ -283,7 +286,7 @@ class HfSwinAdapter(FamilyAdapter):
                 if min(grid) <= window:  # transformers drops the shift and shrinks the window
                     window, shift = min(grid), 0
                 module, (q, k, v), out = _attention_parts(layer)
-                site = AttentionSite(module, None, out, _heads(module), q.out_features // _heads(module),
+                site = AttentionSite(module, None, out, _heads(module), head_width(module, q.out_features, _heads(module)),
                                      window * window, separate=(q, k, v))
                 fc1, fc2 = _mlp_parts(layer)
                 mlp = layer.mlp if hasattr(layer, "mlp") else nn.Sequential(layer.intermediate, layer.output)
@@ -297,6 +300,8 @@ class HfSwinAdapter(FamilyAdapter):
         return LeanSpec(stem, first, stages, bb.layernorm, classifier)
 
     def _lean_attention(self, module, site: AttentionSite, window: int, out, lean_attention):
+        if is_headless(module):
+            return headless(out)
         weight, bias = site.qkv_tensor(), site.qkv_bias()
         heads = site.num_heads
         if not self.v2:
@@ -328,6 +333,17 @@ class _HfStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embeddings(x)[0].reshape(-1, self.grid[0], self.grid[1], self.width)
+
+
+class _HeadlessHfAttention(HeadlessAttention):
+    """transformers' attention returns a tuple: in version 5 the module holds the output
+    projection `o_proj` and returns (output, weights); in 4.x `self` returns (context,) and the
+    sibling output projection adds the bias."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if hasattr(self, "o_proj"):
+            return self.o_proj(x[..., :0]), None
+        return (x[..., :0],)
 
 
 def _attention_parts(layer: nn.Module) -> tuple[nn.Module, tuple[nn.Linear, nn.Linear, nn.Linear], nn.Linear]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from timm.models import swin_transformer as timm_swin
 from torch import nn
 
-from ..lean import LeanAttention
-from .base import AttentionSite, PerHeadTensor, ResidualSite, register_adapter
+from ..lean import LeanAttention, headless
+from .base import AttentionSite, PerHeadTensor, ResidualSite, head_width, is_headless, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
 
@@ -29,11 +29,13 @@ class TimmSwinV1Adapter(TimmSwinFamilyAdapter):
     def attention_site(self, attn: nn.Module) -> AttentionSite:
         return AttentionSite(
             module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=attn.num_heads,
-            head_dim=attn.qkv.out_features // (3 * attn.num_heads), window_area=attn.window_area,
+            head_dim=head_width(attn, attn.qkv.out_features // 3, attn.num_heads), window_area=attn.window_area,
             per_head=[PerHeadTensor(attn, "relative_position_bias_table", axis=1)],
         )
 
     def lean_attention(self, attn: nn.Module):
+        if is_headless(attn):
+            return headless(attn.proj)
         return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, attn._get_rel_pos_bias()[0], attn.proj,
                              scale=attn.scale)
 

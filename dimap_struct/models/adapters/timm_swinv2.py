@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from timm.models import swin_transformer_v2 as timm_v2
 from torch import nn
 
-from ..lean import LeanAttention
-from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, register_adapter
+from ..lean import LeanAttention, headless
+from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, head_width, is_headless, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
 
@@ -66,7 +66,7 @@ class TimmSwinV2Adapter(TimmSwinFamilyAdapter):
     merge_norm_first = False
 
     def attention_site(self, attn: nn.Module) -> AttentionSite:
-        d = attn.qkv.out_features // (3 * attn.num_heads)
+        d = head_width(attn, attn.qkv.out_features // 3, attn.num_heads)
         per_head = [PerHeadTensor(attn, "logit_scale", axis=0)]
         if attn.q_bias is not None:
             per_head += [PerHeadTensor(attn, name, axis=0, per_head_size=d) for name in ("q_bias", "k_bias", "v_bias")]
@@ -77,6 +77,8 @@ class TimmSwinV2Adapter(TimmSwinFamilyAdapter):
         )
 
     def lean_attention(self, attn: nn.Module):
+        if is_headless(attn):
+            return headless(attn.proj)
         n = attn.window_size[0] * attn.window_size[1]
         bias = attn.qkv.bias
         if attn.q_bias is not None:

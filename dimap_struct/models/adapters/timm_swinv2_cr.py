@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from timm.models import swin_transformer_v2_cr as timm_cr
 from torch import nn
 
-from ..lean import LeanAttention
-from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, register_adapter
+from ..lean import LeanAttention, headless
+from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, head_width, is_headless, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
 
@@ -62,12 +62,14 @@ class TimmSwinV2CrAdapter(TimmSwinFamilyAdapter):
     def attention_site(self, attn: nn.Module) -> AttentionSite:
         return AttentionSite(
             module=attn, qkv=attn.qkv, proj=attn.proj, num_heads=attn.num_heads,
-            head_dim=attn.qkv.out_features // (3 * attn.num_heads),
+            head_dim=head_width(attn, attn.qkv.out_features // 3, attn.num_heads),
             window_area=attn.window_size[0] * attn.window_size[1],
             per_head=[PerHeadTensor(attn, "logit_scale", axis=0)], per_head_layers=[attn.meta_mlp.fc2],
         )
 
     def lean_attention(self, attn: nn.Module):
+        if is_headless(attn):
+            return headless(attn.proj)
         n = attn.window_size[0] * attn.window_size[1]
         position = attn._relative_positional_encodings().reshape(attn.num_heads, n, n)
         return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, position, attn.proj,

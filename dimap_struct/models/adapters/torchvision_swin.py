@@ -34,10 +34,9 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models import swin_transformer as tv_swin
 
-from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
+from ..lean import LeanAttention, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported, headless
 from .base import (MAX_LOGIT_SCALE, AttentionSite, BlockSite, FamilyAdapter, MlpSite, PerHeadTensor, fetch_error,
-                   parameters_named,
-                   register_adapter)
+                   head_width, is_headless, parameters_named, register_adapter)
 
 PREFIX = "torchvision:"
 NAMES = ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b")
@@ -55,7 +54,7 @@ class _HeadCountForward:
     @property
     def head_dim(self) -> int:
         # torchvision's width C // H at conversion; qkv keeps 3*H*d rows as heads are cut
-        return self.qkv.out_features // (3 * self.num_heads)
+        return head_width(self, self.qkv.out_features // 3, self.num_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
@@ -257,6 +256,8 @@ class TorchvisionSwinAdapter(FamilyAdapter):
 
     @staticmethod
     def _lean_attention(attn: nn.Module):
+        if is_headless(attn):
+            return headless(attn.proj)
         position = attn.get_relative_position_bias()[0]
         if not hasattr(attn, "logit_scale"):
             return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, position, attn.proj,

@@ -5,10 +5,11 @@ import warnings
 from .registry import (SCORES, Calibration, GroupScores, Score, ScoreContext, per_group, register,
                        residual_by_views, unregister)
 from . import calibrated, dimap, magnitude, random, taylor  # noqa: F401,E402  (register the built-in scores)
-from .aliases import ALIASES, DEFAULT_RULE, Criterion, criterion_names, get_criterion, score  # noqa: E402
+from .aliases import (ALIASES, DEFAULT_RULE, LATENCY_POLICY, Criterion, criterion_names, get_criterion,  # noqa: E402
+                      score)
 
-__all__ = ["ALIASES", "DEFAULT_RULE", "SCORES", "Calibration", "Criterion", "GroupScores", "Score", "ScoreContext",
-           "criterion_names", "get_criterion", "per_group", "register", "residual_by_views", "score", "unregister"]
+__all__ = ["ALIASES", "DEFAULT_RULE", "LATENCY_POLICY", "SCORES", "Calibration", "Criterion", "GroupScores", "Score",
+           "ScoreContext", "criterion_names", "get_criterion", "per_group", "register", "residual_by_views", "score", "unregister"]
 
 
 def __getattr__(name: str):

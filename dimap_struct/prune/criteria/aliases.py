@@ -22,6 +22,11 @@ of the decision rule of docs/method.md section 4 (`benchmarks/decide.py`).
 tests/test_default_decision.py applies that rule to the committed measurements and fails while
 its winner and this constant differ."""
 
+LATENCY_POLICY = "one-module-per-ms"
+"""The policy of the default criterion `dimap` under `--latency` (without `--prune-embed`): the
+default rule's ranking, with each group's score over the milliseconds it saves instead of its MACs
+(docs/method.md section 11)."""
+
 ALIASES: dict[str, tuple[str, str]] = {
     "dimap-cost-global": ("lamp", "one-module-per-mac"),
     "dimap-cost": ("lamp", "module-aware-per-mac"),
