@@ -63,7 +63,8 @@ def test_the_probe_times_a_chain_per_stage_at_every_head_count_and_mlp_width(fam
         first = next(b for b in blocks if b.stage == stage)
         assert len(table.heads_ms) == first.attn.num_heads + 1 and table.mlp_widths == mlp_grid(first.mlp.width)
         assert table.heads_ms[0] == 0 and table.mlp_ms[0] == 0 and table.heads_ms[-1] > 0 < table.mlp_ms[-1]
-    assert len(calls) == sum(len(t.heads_ms) + len(t.mlp_ms) - 1 for t in model.stages) + 1  # + the dense model
+    assert len(calls) == sum(len(t.heads_ms) + len(t.mlp_ms) - 1 for t in model.stages) + 2  # + dense and skeleton
+    assert 0 < model.fixed_ms < model.dense_ms and model.scale > 0
     dense = model.predict([b.attn.num_heads for b in blocks], [b.mlp.width for b in blocks])
     assert dense == pytest.approx(model.unpruned_ms) and model.unpruned_ms >= model.dense_ms
 
@@ -226,3 +227,16 @@ def _fake_probe(model, adapter, input_size, batch=1, threads=2, **kw):
     blocks_sum = sum(0.1 * h + 0.001 * m for h, m in zip(heads, widths))
     return with_fixed_part({}, per_stage, [b.stage for b in blocks], [b.attn.in_features for b in first], heads,
                            widths, 0.6 * blocks_sum), "measured"
+
+
+def test_with_a_measured_skeleton_the_blocks_are_scaled_to_the_dense_model():
+    """Blocks run slower inside the whole model than in a chain: the fixed part is the measured
+    skeleton, and the blocks' sum is scaled so the unpruned plan costs the measured dense model."""
+    stages = [linear_table(h, m, 0.5, 0.02, steps=m) for h, m in zip(HEADS, CHANNELS)]
+    blocks = sum(s.block_ms(h, m, 1) for s, h, m in zip(stages, HEADS, CHANNELS))
+    model = with_fixed_part({}, stages, [0, 1, 2], [1, 1, 1], list(HEADS), list(CHANNELS), 2.0 + 1.25 * blocks,
+                            skeleton_ms=2.0)
+    assert model.fixed_ms == 2.0 and model.scale == pytest.approx(1.25)
+    assert model.predict(list(HEADS), list(CHANNELS)) == pytest.approx(model.dense_ms) == pytest.approx(model.unpruned_ms)
+    assert model.predict([0, 0, 0], [0, 0, 0]) == pytest.approx(2.0)  # every branch removed: the skeleton
+    assert LatencyModel.from_dict(model.to_dict()).scale == pytest.approx(1.25)

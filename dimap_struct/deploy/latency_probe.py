@@ -3,8 +3,8 @@
 For each stage, a chain of its first two blocks in the model's lean form (models/lean.py: same
 windows, shifts, norms and attention kind) is rebuilt with random weights at every head count
 and on a grid of MLP widths (`_measure`), exported with a static batch and timed in onnxruntime
-(median of at least 15 runs and 0.5 s). The unpruned lean model is timed whole for the fixed
-part. Timing depends on shapes, not on weights, so the model's own weights are
+(median of at least 15 runs and 0.5 s). The unpruned lean model and its skeleton (every branch
+removed) are timed whole, in turns, for the fixed part and the blocks' scale. Timing depends on shapes, not on weights, so the model's own weights are
 never needed.
 
 Cache: one JSON file per key (machine, onnxruntime version, family, architecture, input size,
@@ -15,6 +15,7 @@ replaced. The cache is optional: where it cannot be written, the model is measur
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -38,7 +39,7 @@ from ..prune.latency import LatencyModel, StageTable, mlp_grid, monotone, with_f
 from .bench import machine_record, time_batch
 from .onnx_file import open_session
 
-CACHE_VERSION = 4  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256;\n# 4: a measured table per stage instead of a fitted linear model
+CACHE_VERSION = 5  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256;\n# 4: a measured table per stage instead of a fitted linear model; 5: a measured skeleton and a block scale
 
 
 def cache_dir() -> Path:
@@ -177,13 +178,24 @@ def _measure(spec, input_size: tuple, batch: int, threads: int, key: dict,
         attention = [(t - by_heads[0]) / len(chain) for t in by_heads]
         channels = [(t - by_mlp[0]) / len(chain) for t in by_mlp]
         stages.append(StageTable(monotone(attention), widths, monotone(channels), width))
-    notify("timing the unpruned model")
-    dense = _time_modules([LeanSwin(spec, input_size).eval()], (batch, *input_size), threads, seconds_each=1.0)[0]
+    notify("timing the unpruned model and its skeleton")
+    dense, skeleton = _time_modules([LeanSwin(spec, input_size).eval(), LeanSwin(_skeleton(spec), input_size).eval()],
+                                    (batch, *input_size), threads, seconds_each=1.0)
     blocks = [b for stage in spec.stages for b in stage.blocks]
     block_stages = [s for s, stage in enumerate(spec.stages) for _ in stage.blocks]
     stage_widths = [_width(stage.blocks[0]) for stage in spec.stages]
     return with_fixed_part(key, stages, block_stages, stage_widths, [_heads(b) for b in blocks],
-                           [_mlp(b) for b in blocks], dense)
+                           [_mlp(b) for b in blocks], dense, skeleton)
+
+
+def _skeleton(spec):
+    """`spec` with every block's branches removed: what no plan can prune (stem, merges, head,
+    the blocks' constant adds)."""
+    with warnings.catch_warnings():  # zero-width layers, and torch warns
+        warnings.simplefilter("ignore")
+        stages = [dataclasses.replace(stage, blocks=[_random_block(b, 0, 0, _width(b)) for b in stage.blocks])
+                  for stage in spec.stages]
+    return dataclasses.replace(spec, stages=stages)
 
 
 def _heads(block: LeanBlockSpec) -> int:
@@ -210,12 +222,12 @@ def _chain_unit(chain: list[LeanBlockSpec], grid, heads: int, mlp: int, width: i
 
 
 def _random_block(template: LeanBlockSpec, heads: int, mlp: int, width: int) -> LeanBlockSpec:
-    head_dim = template.attention.qkv_weight.shape[0] // (3 * template.attention.heads)
-    tokens = template.window[0] * template.window[1]
-    cosine = template.attention.temperature is not None
     if heads == 0:
         attention = headless(nn.Linear(0, width))
     else:
+        head_dim = template.attention.qkv_weight.shape[0] // (3 * template.attention.heads)
+        tokens = template.window[0] * template.window[1]
+        cosine = template.attention.temperature is not None
         attention = LeanAttention(torch.randn(3 * heads * head_dim, width) * 0.02, torch.zeros(3 * heads * head_dim),
                                   heads, torch.zeros(heads, tokens, tokens), nn.Linear(heads * head_dim, width),
                                   scale=None if cosine else head_dim ** -0.5,

@@ -6,8 +6,11 @@ every h from 0 to the stage's head count, and what its MLP costs at a grid of ke
 to the full width (`mlp_grid`), in milliseconds, each measured inside a chain of the stage's
 blocks (`deploy.latency_probe`), so that a call's overhead is not counted once per block. A branch
 with nothing kept costs 0: it is removed (`models.lean.LeanBlock`). Between grid points the MLP's
-cost is interpolated linearly. A plan costs `fixed_ms` (stem, merges, head, and what a block costs
-with both branches removed) plus, over blocks, attention(h) + mlp(m).
+cost is interpolated linearly. A plan costs `fixed_ms` (the model with every branch removed: stem,
+merges, head, the blocks' constant adds, timed whole) plus `scale` times the sum over blocks of
+attention(h) + mlp(m). `scale` makes the unpruned plan cost the measured dense model: blocks run
+slower inside the whole model than in a short chain (on reference-cifar10 at batch 8 the dense
+model took 1.18x its chains' sum beyond the skeleton), and that share shrinks with the blocks.
 
 With narrower residual streams (`--prune-embed`) each branch's cost is scaled by c / C, the
 fraction of the stage's width kept: qkv, proj and the MLP are linear in C; the attention matmuls
@@ -78,11 +81,13 @@ class LatencyModel:
     """This model's prediction for the unpruned plan: `dense_ms`, or more when the blocks' branches
     sum to more than the whole model (the fixed part cannot go below zero). A `--latency` budget is
     a fraction of this, so that the target and the plans are on one scale."""
+    scale: float = 1.0
+    """What the blocks' table costs are multiplied by inside the whole model."""
 
     def predict(self, heads: list[int], widths: list[int], residual: list[int] | None = None) -> float:
         c = residual if residual is not None else self.stage_widths
-        return self.fixed_ms + sum(self.stages[s].block_ms(h, m, c[s])
-                                   for s, h, m in zip(self.block_stages, heads, widths))
+        return self.fixed_ms + self.scale * sum(self.stages[s].block_ms(h, m, c[s])
+                                                for s, h, m in zip(self.block_stages, heads, widths))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +126,7 @@ class LatencyModel:
             raise ValueError(f"{len(self.stage_widths)} stage widths for {len(self.stages)} stages")
         _require([self.dense_ms, self.unpruned_ms], "dense and unpruned latency", above=0.0)
         _require([self.fixed_ms], "fixed latency", minimum=0.0)
+        _require([self.scale], "block scale", above=0.0)
 
 
 def _require(values, what: str, minimum: float | None = None, above: float | None = None) -> None:
@@ -133,11 +139,18 @@ def _require(values, what: str, minimum: float | None = None, above: float | Non
 
 
 def with_fixed_part(key: dict, stages: list[StageTable], block_stages: list[int], stage_widths: list[int],
-                    dense_heads: list[int], dense_widths: list[int], dense_ms: float) -> LatencyModel:
-    """A LatencyModel whose fixed part makes it predict `dense_ms` for the unpruned model
-    (never below zero: when the blocks' sum overshoots, the blocks alone are the model, and
-    `unpruned_ms` records that sum)."""
+                    dense_heads: list[int], dense_widths: list[int], dense_ms: float,
+                    skeleton_ms: float | None = None) -> LatencyModel:
+    """A LatencyModel that predicts `dense_ms` for the unpruned model. With `skeleton_ms` (the
+    model with every branch removed, measured), that is the fixed part, and the blocks' costs are
+    scaled to fill the rest (`scale`; at least 0.05, so a noisy skeleton cannot cancel the blocks).
+    Without it, the fixed part is `dense_ms` minus the blocks' sum, never below zero: when the
+    blocks overshoot, they alone are the model, and `unpruned_ms` records their sum."""
     blocks_ms = LatencyModel(key, stages, block_stages, stage_widths, dense_ms, 0.0, 0.0).predict(dense_heads,
                                                                                                  dense_widths)
-    return LatencyModel(key, stages, block_stages, stage_widths, dense_ms, max(0.0, dense_ms - blocks_ms),
-                        max(dense_ms, blocks_ms))
+    if skeleton_ms is None:
+        return LatencyModel(key, stages, block_stages, stage_widths, dense_ms, max(0.0, dense_ms - blocks_ms),
+                            max(dense_ms, blocks_ms))
+    fixed = max(0.0, skeleton_ms)
+    scale = max(0.05, (dense_ms - fixed) / blocks_ms) if blocks_ms > 0 else 1.0
+    return LatencyModel(key, stages, block_stages, stage_widths, dense_ms, fixed, fixed + scale * blocks_ms, scale)

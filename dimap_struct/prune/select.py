@@ -500,7 +500,7 @@ def select_to_budget(
     if abs(cost_for(best) - target) > tolerance * original_cost:
         # off target: the cost need not be monotone in q (bound-split's shares move as q grows, and
         # a latency model weighs heads and channels differently), so scan the knob before giving up
-        scan = [k / 400 for k in range(401)] + [best]
+        scan = [k / 400 for k in range(401)] + [best, hi]
         best = min(scan, key=lambda q: (abs(cost_for(q) - target), q))
     plan = plan_for(best)
     original = costs.macs(*[m.sizes for m in modules])
