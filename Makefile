@@ -11,13 +11,13 @@ PYTEST_ARGS ?= -n 2 --dist worksteal
 
 install: $(STAMP)
 
+# pip byte-compiles one file at a time (about 60 s here); compileall does it on every core.
+# Compiled files are needed: where PYTHONDONTWRITEBYTECODE is set (as on this project's
+# machines) nothing is compiled on import, and every process then takes seconds more to start.
+# Skipped: a torch test file in Python 3.12 syntax, pip, and transformers' models other than
+# Swin (a quarter of the code, never imported).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	# pip byte-compiles one file at a time (about 60 s here); compileall does it on every core
-	# (about 43 s). Compiled files are needed: with PYTHONDONTWRITEBYTECODE set (as on the CI
-	# machines) nothing is compiled on import, and every process then takes seconds more to start.
-	# Skipped: a torch test file in Python 3.12 syntax, pip, and transformers' models other than
-	# Swin (a quarter of the code, never imported).
 	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[test,dynamo,openvino,hf]'
 	$(BIN)/python -m compileall -q -j 0 -x 'py312_intrinsics|/site-packages/pip/|/transformers/models/(?!swin|auto)' \
 		$(VENV)/lib
