@@ -93,3 +93,23 @@ def test_the_pipeline_removes_whole_branches_when_the_floors_allow_it(tmp_path):
     assert abs(result.selection.achieved_macs / result.selection.original_macs - 0.15) <= 0.01
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
     assert ops["Softmax"] == sum(h > 0 for h in plan.head_counts)
+
+
+def test_removed_branches_with_narrower_residual_streams():
+    """--prune-embed beside removed branches: the zero-width projections lose their residual
+    columns / rows like any other, and the model still equals its masked original."""
+    from dimap_struct.models import load_model
+
+    loaded = load_model("reference")
+    adapter, size = loaded.adapter, tuple(loaded.data_config["input_size"])
+    blocks = adapter.blocks()
+    plan = branchless_plan(adapter)
+    plan.residual = [list(range(0, site.width, 2)) for site in adapter.residual_sites()]
+    reference = copy.deepcopy(adapter.model)
+    mask(reference, adapter_for_model(reference), plan)
+    cut(adapter.model, adapter, plan, size)
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(3))
+    assert float((_run(adapter.model, x) - _run(reference, x)).abs().max()) <= 1e-4
+    lean = lean_model(adapter.model, adapter_for_model(adapter.model), size)
+    assert float((_run(lean, x) - _run(adapter.model, x)).abs().max()) <= 1e-4
+    assert len(blocks) == len(plan.heads)
