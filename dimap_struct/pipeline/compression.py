@@ -224,10 +224,8 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
             target_macs=target, policy=criterion.policy, head_dims=[b.attn.head_dim for b in blocks],
             min_heads=options.min_heads, min_mlp=options.min_mlp, round_to=options.round_to,
             min_embed=options.min_embed, **embed, **by_latency)
-    floor = None if latency is None else latency.predict(
-        [min(options.min_heads, b.attn.num_heads) for b in blocks], [min(options.min_mlp, b.mlp.width) for b in blocks],
-        [min(options.min_embed, w) for w in latency.stage_widths] if options.prune_embed else None)
-    if latency is not None and selection.target_cost + 0.01 * latency.unpruned_ms < min(floor, selection.achieved_cost):
+    if latency is not None and selection.target_cost + 0.01 * latency.unpruned_ms < min(selection.floor_cost,
+                                                                                         selection.achieved_cost):
         # a plan near the target that lands over it because one removal takes a whole branch is
         # kept (the report says how far it is); only a target under what the floors allow is refused
         raise UserError(f"--latency {options.latency:g}: the minimums (--min-heads, --min-mlp"

@@ -24,8 +24,10 @@ import numpy as np
 
 
 def mlp_grid(width: int, steps: int = 16) -> list[int]:
-    """0, width/steps, ..., width (rounded, distinct): the MLP widths a stage is timed at."""
-    return sorted({round(width * k / steps) for k in range(steps + 1)})
+    """0, 1, width/steps, ..., width (rounded, distinct): the MLP widths a stage is timed at. One
+    channel is timed too: an MLP that keeps any channel pays the branch's whole overhead, which
+    interpolating from 0 to width/steps would spread over the first channels."""
+    return sorted({0, min(1, width)} | {round(width * k / steps) for k in range(steps + 1)})
 
 
 @dataclass
@@ -124,6 +126,15 @@ class LatencyModel:
             raise ValueError(f"block stages {self.block_stages} are not all among the {len(self.stages)} stages")
         if len(self.stage_widths) != len(self.stages):
             raise ValueError(f"{len(self.stage_widths)} stage widths for {len(self.stages)} stages")
+        architecture = self.key.get("architecture")
+        if architecture is not None:  # the entry must describe the model its key names
+            blocks = [block for stage in architecture for block in stage]
+            if len(blocks) != len(self.block_stages) or len(architecture) != len(self.stages):
+                raise ValueError(f"{len(self.block_stages)} blocks in {len(self.stages)} stages, not the key's "
+                                 f"{len(blocks)} in {len(architecture)}")
+            for s, (stage, table) in enumerate(zip(architecture, self.stages)):
+                if len(table.heads_ms) != stage[0][0] + 1 or table.mlp_widths[-1] != stage[0][1]:
+                    raise ValueError(f"stage {s}'s table is not for {stage[0][0]} heads and an MLP of {stage[0][1]}")
         _require([self.dense_ms, self.unpruned_ms], "dense and unpruned latency", above=0.0)
         _require([self.fixed_ms], "fixed latency", minimum=0.0)
         _require([self.scale], "block scale", above=0.0)

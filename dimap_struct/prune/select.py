@@ -85,6 +85,9 @@ class Selection:
     """With a cost other than MACs (`--latency`): its target, the plan's and the unpruned model's."""
     achieved_cost: float | None = None
     original_cost: float | None = None
+    floor_cost: float | None = None
+    """With a cost other than MACs: the cost of the policy's most pruned plan (every group it may
+    remove removed, widths rounded), what the floors allow."""
 
 
 class _Module:
@@ -531,6 +534,7 @@ def select_to_budget(
         target_cost=None if cost is None else target,
         achieved_cost=None if cost is None else achieved_cost,
         original_cost=None if cost is None else original_cost,
+        floor_cost=None if cost is None else cost_for(1.0),
         on_target=on_target,
         note=note,
     )

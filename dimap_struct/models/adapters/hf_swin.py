@@ -343,7 +343,7 @@ class _HeadlessHfAttention(HeadlessAttention):
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if hasattr(self, "o_proj"):
             return self.o_proj(x[..., :0]), None
-        return (x[..., :0],)
+        return x[..., :0], None
 
 
 def _attention_parts(layer: nn.Module) -> tuple[nn.Module, tuple[nn.Linear, nn.Linear, nn.Linear], nn.Linear]:
