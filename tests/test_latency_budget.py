@@ -35,8 +35,8 @@ def test_noisy_timings_become_a_cost_that_never_grows_as_groups_go():
     assert monotone([0.0, -0.2, 0.1]) == [0.0, 0.0, 0.1]
 
 
-def test_the_mlp_grid_runs_from_0_and_1_to_the_width_in_sixteenths():
-    assert mlp_grid(64) == [0, 1] + list(range(4, 65, 4))
+def test_the_mlp_grid_runs_from_0_to_the_width_in_sixteenths():
+    assert mlp_grid(64) == list(range(0, 65, 4))
     assert mlp_grid(8) == list(range(9))
 
 
@@ -69,7 +69,7 @@ def test_the_probe_times_a_chain_per_stage_at_every_head_count_and_mlp_width(fam
         # MLP channel once the branch exists: a table split at the wrong place would not be linear
         assert np.allclose(np.diff(table.heads_ms[1:]), np.diff(table.heads_ms[1:])[0])
         assert np.allclose(np.diff(table.mlp_ms[1:]) / np.diff(table.mlp_widths[1:]),
-                           (table.mlp_ms[-1] - table.mlp_ms[1]) / (table.mlp_widths[-1] - 1))
+                           (table.mlp_ms[-1] - table.mlp_ms[1]) / (table.mlp_widths[-1] - table.mlp_widths[1]))
         assert table.heads_ms[1] > np.diff(table.heads_ms[1:])[0]  # the first head pays the branch's norm and proj bias
     assert 0 < model.fixed_ms < model.dense_ms and model.scale > 0
 

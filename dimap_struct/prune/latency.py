@@ -24,10 +24,10 @@ import numpy as np
 
 
 def mlp_grid(width: int, steps: int = 16) -> list[int]:
-    """0, 1, width/steps, ..., width (rounded, distinct): the MLP widths a stage is timed at. One
-    channel is timed too: an MLP that keeps any channel pays the branch's whole overhead, which
-    interpolating from 0 to width/steps would spread over the first channels."""
-    return sorted({0, min(1, width)} | {round(width * k / steps) for k in range(steps + 1)})
+    """0, width/steps, ..., width (rounded, distinct): the MLP widths a stage is timed at. (A
+    grid that also timed one channel predicted worse: docs/decisions.md, the policy under
+    `--latency`.)"""
+    return sorted({round(width * k / steps) for k in range(steps + 1)})
 
 
 @dataclass
