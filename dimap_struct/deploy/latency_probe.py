@@ -3,9 +3,9 @@
 For each stage, a chain of its first two blocks in the model's lean form (models/lean.py: same
 windows, shifts, norms and attention kind) is rebuilt with random weights at every head count
 and on a grid of MLP widths (`_measure`), exported with a static batch and timed in onnxruntime
-(median of at least 15 runs and 0.5 s). The unpruned lean model and its skeleton (every branch
-removed) are timed whole, in turns, for the fixed part and the blocks' scale. Timing depends on shapes, not on weights, so the model's own weights are
-never needed.
+(each about 0.25 s, in turns with the stage's other chains). The unpruned lean model and its
+skeleton (every branch removed) are timed whole, in turns, for the fixed part and the blocks'
+scale. Timing depends on shapes, not on weights, so the model's own weights are never needed.
 
 Cache: one JSON file per key (machine, onnxruntime version, family, architecture, input size,
 batch, threads) in $DIMAP_CACHE/latency or ~/.cache/dimap_struct/latency, holding the model and
@@ -34,12 +34,14 @@ from torch import nn
 from ..data.decoded import cache_dir as user_cache
 from ..errors import UserError
 from ..files import atomic_output
-from ..models.lean import LeanAttention, LeanBlockSpec, LeanSwin, headless, lean_blocks, window_order
+from ..models.lean import LeanAttention, LeanBlockSpec, LeanSwin, headless, hidden_width, lean_blocks, window_order
 from ..prune.latency import LatencyModel, StageTable, mlp_grid, monotone, with_fixed_part
 from .bench import machine_record, time_batch
 from .onnx_file import open_session
 
-CACHE_VERSION = 5  # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256;\n# 4: a measured table per stage instead of a fitted linear model; 5: a measured skeleton and a block scale
+# 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256; 4: a measured
+# table per stage instead of a fitted linear model; 5: a measured skeleton and a block scale
+CACHE_VERSION = 5
 
 
 def cache_dir() -> Path:
@@ -207,8 +209,7 @@ def _width(block: LeanBlockSpec) -> int:
 
 
 def _mlp(block: LeanBlockSpec) -> int:
-    linears = [m for m in block.mlp.modules() if isinstance(m, nn.Linear)]
-    return linears[0].out_features
+    return hidden_width(block.mlp)
 
 
 def _chain_unit(chain: list[LeanBlockSpec], grid, heads: int, mlp: int, width: int) -> nn.Module:

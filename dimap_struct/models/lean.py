@@ -209,7 +209,7 @@ class LeanBlock(nn.Module):
             self.attn = LeanWindowAttention(spec.attention, grid, spec.window, spec.shift)
             self.gather = Permute(gather) if gather is not None else nn.Identity()
             self.scatter = Permute(scatter) if scatter is not None else nn.Identity()
-        if _hidden_width(spec.mlp) == 0:
+        if hidden_width(spec.mlp) == 0:
             zeros = spec.attention.proj.weight.new_zeros(1, spec.attention.proj.out_features)
             self.register_buffer("mlp_constant", self._constant(spec.mlp(zeros), spec.norm2))
             self.mlp = None
@@ -229,7 +229,7 @@ class LeanBlock(nn.Module):
         return x + (self.mlp_constant if self.mlp is None else self.mlp(self.norm2(x)))
 
 
-def _hidden_width(mlp: nn.Module) -> int:
+def hidden_width(mlp: nn.Module) -> int:
     """Hidden channels of a two-layer MLP: its first Linear's outputs."""
     return next(m for m in mlp.modules() if isinstance(m, nn.Linear)).out_features
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -218,44 +219,30 @@ class Uniform(Policy):
         return [None] * len(self.modules)
 
 
-class DistortionBudget(Policy):
-    """DIMAP's bound as the objective (docs/method.md section 4): the scores are energy
-    fractions f_g (`scoring.energy_fractions`), and each block's heads, each block's MLP
-    channels and each stage's residual channels form one stream whose relative distortion is
-    D = sqrt(sum of f over its removed groups). Greedy: remove next the group whose removal adds
-    the least distortion per MAC saved, sqrt(E + f_g) - sqrt(E), divided by its MACs; within a
-    stream that is always its lowest-f group still removable. The knob q is the fraction of
-    the full greedy sequence removed, so MACs fall monotonically with q."""
+class _Greedy(Policy):
+    """A policy that removes groups one at a time in a greedy order over streams: each block's
+    heads, each block's MLP channels (and each stage's residual channels) form a stream, taken
+    lowest score first; `priority(i, b, removable, position)` rates each stream's next group, and
+    the least is removed next. The knob q is the fraction of the full sequence removed, so the
+    cost falls monotonically with q."""
 
-    summary = "greedy on DIMAP's bound: the least relative distortion added per MAC saved"
+    def priority(self, i: int, b: int, removable: list[int], position: int) -> float:
+        raise NotImplementedError
 
-    def __init__(self, modules, floors):
-        super().__init__(modules, floors)
-        streams, heap = [], []
-        for i, m in enumerate(modules):
-            for b, ranked in enumerate(m.ranked):
-                removable = list(reversed(ranked[min(floors[i], len(ranked)):]))  # lowest score first
-                streams.append((i, b, removable, m.block_scores[b], max(m.macs_per_group[b], 1e-9)))
-        removed_energy = [0.0] * len(streams)
+    def _order(self) -> None:
+        streams = [(i, b, list(reversed(ranked[min(self.floors[i], len(ranked)):])))  # lowest score first
+                   for i, m in enumerate(self.modules) for b, ranked in enumerate(m.ranked)]
+        heap = [(self.priority(i, b, removable, 0), k) for k, (i, b, removable) in enumerate(streams) if removable]
+        heapq.heapify(heap)
         position = [0] * len(streams)
-
-        def push(k: int) -> None:
-            i, b, removable, scores, macs = streams[k]
-            if position[k] < len(removable):
-                f = max(float(scores[removable[position[k]]]), 0.0)
-                added = math.sqrt(removed_energy[k] + f) - math.sqrt(removed_energy[k])
-                heapq.heappush(heap, (added / macs, k, position[k]))
-
-        for k in range(len(streams)):
-            push(k)
         sequence = []
         while heap:
-            _, k, pos = heapq.heappop(heap)
-            i, b, removable, scores, _ = streams[k]
-            sequence.append((i, b, removable[pos]))
-            removed_energy[k] += max(float(scores[removable[pos]]), 0.0)
+            _, k = heapq.heappop(heap)
+            i, b, removable = streams[k]
+            sequence.append((i, b, removable[position[k]]))
             position[k] += 1
-            push(k)
+            if position[k] < len(removable):
+                heapq.heappush(heap, (self.priority(i, b, removable, position[k]), k))
         self.sequence = sequence
         self.seq_module = torch.tensor([i for i, _, _ in sequence], dtype=torch.long)
         self.seq_block = torch.tensor([b for _, b, _ in sequence], dtype=torch.long)
@@ -279,50 +266,52 @@ class DistortionBudget(Policy):
         return [None] * len(self.modules)
 
 
-class PerMillisecond(DistortionBudget):
+class DistortionBudget(_Greedy):
+    """DIMAP's bound as the objective (docs/method.md section 4): the scores are energy
+    fractions f_g (`scoring.energy_fractions`), and each block's heads, each block's MLP
+    channels and each stage's residual channels form one stream whose relative distortion is
+    D = sqrt(sum of f over its removed groups). Greedy: remove next the group whose removal adds
+    the least distortion per MAC saved, sqrt(E + f_g) - sqrt(E), divided by its MACs; within a
+    stream that is always its lowest-f group still removable."""
+
+    summary = "greedy on DIMAP's bound: the least relative distortion added per MAC saved"
+
+    def __init__(self, modules, floors):
+        super().__init__(modules, floors)
+        self._energy: dict[tuple[int, int], list[float]] = {}
+        self._order()
+
+    def priority(self, i, b, removable, position):
+        if (i, b) not in self._energy:  # the stream's removed energy after each prefix of its order
+            scores = self.modules[i].block_scores[b]
+            self._energy[i, b] = [0.0, *itertools.accumulate(max(float(scores[g]), 0.0) for g in removable)]
+        before, after = self._energy[i, b][position], self._energy[i, b][position + 1]
+        return (math.sqrt(after) - math.sqrt(before)) / max(self.modules[i].macs_per_group[b], 1e-9)
+
+
+class PerMillisecond(_Greedy):
     """Under `--latency`: every head and MLP channel ranked together by its score over the
     milliseconds its removal saves, as the latency table predicts them at the block's current
-    width (the marginal cost). Greedy, like `distortion`: the next removal is the one, among each
-    block's lowest-scored head and lowest-scored channel still removable, with the least score
-    per ms saved. Removing a block's last head, or the last channels of its MLP, saves the whole
+    width (the marginal cost). Greedy: the next removal is the one, among each block's
+    lowest-scored head and lowest-scored channel still removable, with the least score per ms
+    saved. Removing a block's last head, or the last channels of its MLP, saves the whole
     branch's overhead (norm, window gathers, Softmax), so whole branches compete with single
-    groups. The knob q is the fraction of the full greedy sequence removed."""
+    groups."""
 
     summary = "heads and MLP channels ranked together by score per millisecond saved (latency table)"
     needs_latency = True
 
     def __init__(self, modules, floors, latency=None):
-        Policy.__init__(self, modules, floors)
+        super().__init__(modules, floors)
         if latency is None or len(modules) != 2:
             raise ValueError("the per-ms policy needs a latency table (--latency) and no residual pruning")
-        tables = [latency.stages[s] for s in latency.block_stages]
-        saving = (lambda b, n: tables[b].head_saving(n), lambda b, n: tables[b].channel_saving(n))
-        streams, heap = [], []
-        for i, m in enumerate(modules):
-            for b, ranked in enumerate(m.ranked):
-                streams.append((i, b, list(reversed(ranked[min(floors[i], len(ranked)):]))))
-        count = [m.sizes[b] for m in modules for b in range(len(m.sizes))]
-        position = [0] * len(streams)
+        self.tables = [latency.stages[s] for s in latency.block_stages]
+        self._order()
 
-        def push(k: int) -> None:
-            i, b, removable = streams[k]
-            if position[k] < len(removable):
-                score = max(float(modules[i].block_scores[b][removable[position[k]]]), 0.0)
-                heapq.heappush(heap, (score / max(saving[i](b, count[k]), 1e-9), k))
-
-        for k in range(len(streams)):
-            push(k)
-        sequence = []
-        while heap:
-            _, k = heapq.heappop(heap)
-            i, b, removable = streams[k]
-            sequence.append((i, b, removable[position[k]]))
-            position[k] += 1
-            count[k] -= 1
-            push(k)
-        self.sequence = sequence
-        self.seq_module = torch.tensor([i for i, _, _ in sequence], dtype=torch.long)
-        self.seq_block = torch.tensor([b for _, b, _ in sequence], dtype=torch.long)
+    def priority(self, i, b, removable, position):
+        kept = self.modules[i].sizes[b] - position
+        saving = (self.tables[b].head_saving if i == 0 else self.tables[b].channel_saving)(kept)
+        return max(float(self.modules[i].block_scores[b][removable[position]]), 0.0) / max(saving, 1e-9)
 
 
 class BoundSplit(Policy):

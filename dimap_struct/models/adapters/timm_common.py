@@ -19,8 +19,8 @@ import timm.data
 import torch
 from torch import nn
 
-from ..lean import ChannelsLast, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported
-from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, fetch_error
+from ..lean import ChannelsLast, LeanBlockSpec, LeanMergeSpec, LeanSpec, LeanStageSpec, LeanUnsupported, headless
+from .base import AttentionSite, BlockSite, FamilyAdapter, MlpSite, fetch_error, is_headless
 from .hub import hub_session
 
 
@@ -147,7 +147,8 @@ class TimmSwinFamilyAdapter(FamilyAdapter):
                 built = tuple(getattr(block, "input_resolution", None) or block.feat_size)
                 if built != grid:
                     raise LeanUnsupported(f"blocks built for a {built} token map; the input gives {grid}")
-                blocks.append(LeanBlockSpec(self.lean_attention(block.attn), block.norm1, block.norm2, block.mlp,
+                attention = headless(block.attn.proj) if is_headless(block.attn) else self.lean_attention(block.attn)
+                blocks.append(LeanBlockSpec(attention, block.norm1, block.norm2, block.mlp,
                                             tuple(block.window_size), tuple(block.shift_size), self.post_norm,
                                             getattr(block, "norm3", None)))
             stages.append(LeanStageSpec(merge, blocks))

@@ -10,8 +10,8 @@ from __future__ import annotations
 from timm.models import swin_transformer as timm_swin
 from torch import nn
 
-from ..lean import LeanAttention, headless
-from .base import AttentionSite, PerHeadTensor, ResidualSite, head_width, is_headless, register_adapter
+from ..lean import LeanAttention
+from .base import AttentionSite, PerHeadTensor, ResidualSite, head_width, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
 
@@ -34,8 +34,6 @@ class TimmSwinV1Adapter(TimmSwinFamilyAdapter):
         )
 
     def lean_attention(self, attn: nn.Module):
-        if is_headless(attn):
-            return headless(attn.proj)
         return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, attn._get_rel_pos_bias()[0], attn.proj,
                              scale=attn.scale)
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from timm.models import swin_transformer_v2 as timm_v2
 from torch import nn
 
-from ..lean import LeanAttention, headless
-from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, head_width, is_headless, register_adapter
+from ..lean import LeanAttention
+from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, head_width, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
 
@@ -77,8 +77,6 @@ class TimmSwinV2Adapter(TimmSwinFamilyAdapter):
         )
 
     def lean_attention(self, attn: nn.Module):
-        if is_headless(attn):
-            return headless(attn.proj)
         n = attn.window_size[0] * attn.window_size[1]
         bias = attn.qkv.bias
         if attn.q_bias is not None:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from timm.models import swin_transformer_v2_cr as timm_cr
 from torch import nn
 
-from ..lean import LeanAttention, headless
-from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, head_width, is_headless, register_adapter
+from ..lean import LeanAttention
+from .base import MAX_LOGIT_SCALE, AttentionSite, PerHeadTensor, head_width, register_adapter
 from .timm_common import TimmSwinFamilyAdapter
 
 
@@ -68,8 +68,6 @@ class TimmSwinV2CrAdapter(TimmSwinFamilyAdapter):
         )
 
     def lean_attention(self, attn: nn.Module):
-        if is_headless(attn):
-            return headless(attn.proj)
         n = attn.window_size[0] * attn.window_size[1]
         position = attn._relative_positional_encodings().reshape(attn.num_heads, n, n)
         return LeanAttention(attn.qkv.weight, attn.qkv.bias, attn.num_heads, position, attn.proj,
