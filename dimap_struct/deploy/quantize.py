@@ -159,18 +159,23 @@ def compare_outputs(float_path: Path, int8_path: Path, probe: torch.Tensor) -> f
     return float(np.abs(outs[0] - outs[1]).max())
 
 
-def labelled_sample(data: str | os.PathLike, data_config: dict, count: int, seed: int,
-                    skip: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def labelled_sample(data: str | os.PathLike, data_config: dict, count: int, seed: int, skip: int = 0,
+                    fewer: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`count` preprocessed images and labels (None for a folder without class folders) of the
     train split of `data`: entries skip ..
     skip+count of a seeded permutation (skip=0 gives `prune.calibration.calibration_images`'
-    images; skip=count the next, disjoint ones). UserError if the split holds too few."""
+    images; skip=count the next, disjoint ones). UserError if the split holds too few, unless
+    `fewer`: then what there is after `skip` (possibly none)."""
     dataset = build_dataset(data, "train", data_config, labels_required=False)
     labelled = is_labelled(dataset)  # a flat folder calibrates; its check then reports agreement only
+    if fewer:
+        count = max(0, min(count, len(dataset) - skip))
     if skip + count > len(dataset):
         raise UserError(f"the calibration data has {len(dataset)} images in its train split; "
                         f"{skip + count} are needed (--calib-images {count}, calibration and check)")
     pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[skip:skip + count].tolist()
+    if not pick:
+        return torch.empty(0), None
     if hasattr(dataset, "batch"):  # folder and MNIST data sets take a list of indices at once
         images, labels = dataset[pick][:2]
         return images, torch.as_tensor(labels) if labelled else None

@@ -30,7 +30,7 @@ from ..options import CompressOptions, Options
 from ..prune.budget import Budget
 from ..prune.calibration import RIDGE, calibration_images, collect_stats
 from ..prune.costs import CostModel, build_cost_model
-from ..prune.criteria import LATENCY_POLICY, Calibration, ScoreContext, get_criterion
+from ..prune.criteria import Calibration, ScoreContext, get_criterion
 from ..prune.cut import cut
 from ..prune.replay import load_any
 from ..prune.residual import residual_options
@@ -185,10 +185,8 @@ def input_files(options) -> tuple[str, ...]:
 def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Budget, steps: Steps):
     net, adapter = loaded.model, loaded.adapter
     input_size = tuple(loaded.data_config["input_size"])
-    policy = options.policy
-    if policy is None and options.latency is not None and options.criterion == "dimap" and not options.prune_embed:
-        policy = LATENCY_POLICY
-    criterion = get_criterion(options.criterion, policy)
+    criterion = get_criterion(options.criterion, options.policy,
+                              latency=options.latency is not None and not options.prune_embed)
     with steps("find groups and count MACs"):
         blocks = adapter.blocks()
         costs = build_cost_model(net, adapter, blocks, input_size)
@@ -214,8 +212,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
     if options.latency is not None:
         with steps("per-block latency model (timed once per machine, then cached)"):
             latency, latency_source = _latency_model(loaded, options)
-        by_latency = {"cost": latency.predict, "target_cost": options.latency * latency.unpruned_ms,
-                      "latency": latency}
+        by_latency = {"latency": latency, "target_cost": options.latency * latency.unpruned_ms}
     with steps("select to the MACs budget" if latency is None else "select to the latency budget"):
         selection = select_to_budget(
             scores, costs,
@@ -279,12 +276,10 @@ def _held_out(loaded: LoadedModel, options: CompressOptions):
     """(images, labels or None, source) of the calibration data's train split that calibration
     does not use: the next `--calib-images` of its seeded permutation (as INT8's check), fewer
     when the split is short; None when nothing is left."""
-    size = len(build_dataset(options.calib_data, "train", loaded.data_config, labels_required=False))
-    count = min(options.calib_images, size - options.calib_images)
-    if count <= 0:
+    images, labels = labelled_sample(options.calib_data, loaded.data_config, options.calib_images, options.seed,
+                                     skip=options.calib_images, fewer=True)
+    if not len(images):
         return None
-    images, labels = labelled_sample(options.calib_data, loaded.data_config, count, options.seed,
-                                     skip=options.calib_images)
     return images, labels, f"train split of {options.calib_data}, images not used to calibrate"
 
 

@@ -434,7 +434,8 @@ def select_to_budget(
     With `cost(heads, widths[, residual])` (e.g. `latency.LatencyModel.predict`, non-increasing
     as groups go) and `target_cost`, the search aims at that cost instead of the MACs;
     `target_macs` is then ignored and reported as the MACs of the plan found. `latency` (a
-    `latency.LatencyModel`) is what the per-ms policy ranks by; its `predict` is then the cost."""
+    `latency.LatencyModel`): its `predict` is the cost when `cost` is not given, and the per-ms
+    policy ranks by its table."""
     kind = POLICIES[policy]
     distortion = scores.distortion or GroupScores(heads=None, mlp=None)
 
@@ -452,11 +453,9 @@ def select_to_budget(
         modules.append(module("residual", residual_scores, residual_weights, min_embed,
                               residual_channel_macs(costs), residual_distortion))
         floors.append(min_embed)
-    if kind.needs_latency:
-        rule = kind(modules, floors, latency=latency)
-        cost = cost or (None if latency is None else latency.predict)
-    else:
-        rule = kind(modules, floors)
+    rule = kind(modules, floors, latency=latency) if kind.needs_latency else kind(modules, floors)
+    if cost is None and latency is not None:
+        cost = latency.predict
     head_dims = head_dims or [1] * len(head_weights)
     steps = [[round_to // math.gcd(round_to, d) for d in head_dims]] + \
         [[round_to] * len(m.sizes) for m in modules[1:]]

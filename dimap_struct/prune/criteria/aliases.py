@@ -86,8 +86,12 @@ def criterion_names() -> list[str]:
     return sorted(set(ALIASES) | set(SCORES), key=lambda name: (name != "dimap", name))
 
 
-def get_criterion(name: str, policy: str | None = None) -> Criterion:
-    """The criterion `name` stands for, with `policy` instead of its own if given."""
+def get_criterion(name: str, policy: str | None = None, *, latency: bool = False) -> Criterion:
+    """The criterion `name` stands for, with `policy` instead of its own if given. `latency`: the
+    run budgets a latency table whose groups the per-ms policy can rank (`--latency` without
+    `--prune-embed`); the default criterion then takes `LATENCY_POLICY`."""
+    if policy is None and latency and name == "dimap":
+        policy = LATENCY_POLICY
     if name in ALIASES:
         score, own = ALIASES[name]
     elif name in SCORES:
