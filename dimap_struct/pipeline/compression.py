@@ -227,7 +227,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
         # kept (the report says how far it is); only a target under what the floors allow is refused
         raise UserError(f"--latency {options.latency:g}: the minimums (--min-heads, --min-mlp"
                         f"{', --min-embed' if options.prune_embed else ''}) allow no less than "
-                        f"{selection.achieved_cost / latency.unpruned_ms:.3f} of the predicted dense latency")
+                        f"{selection.floor_cost / latency.unpruned_ms:.3f} of the predicted dense latency")
     plan = selection.plan
 
     held_out = None
