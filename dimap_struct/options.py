@@ -403,9 +403,11 @@ class PruneOptions(SourceOptions):
     calib_images: int = option(256, "calibration images for recovery and for --criterion dimap-calib (with "
                                "--calib-data)", kind=int, minimum=1, group="recovery")
     recovery: str = option("refit", "with --calib-data, after the cut: refit = least-squares refit of the kept "
-                           "columns of proj and fc2 to the unpruned outputs; bias = move the removed groups' mean "
+                           "columns of proj and fc2 to the unpruned outputs; sequential = refit every kept layer "
+                           "(q/k/v, proj, fc1, fc2) in forward order on the pruned model's own inputs against the "
+                           "unpruned outputs (slower: a pass per layer); bias = move the removed groups' mean "
                            "contribution into the bias; none = keep the plain cut",
-                           choices=("refit", "bias", "none"), group="recovery")
+                           choices=("refit", "sequential", "bias", "none"), group="recovery")
 
     STRUCTURED_ONLY: ClassVar[tuple[str, ...]] = (
         "criterion", "policy", "score_mode", "min_heads", "min_mlp", "round_to", "prune_embed", "min_embed",

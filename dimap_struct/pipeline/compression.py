@@ -29,6 +29,7 @@ from ..models.lean import LeanUnsupported
 from ..options import CompressOptions, Options
 from ..prune.budget import Budget
 from ..prune.calibration import RIDGE, calibration_images, collect_stats
+from ..recover.sequential import SEQUENTIAL_RIDGE, recover_sequential
 from ..prune.costs import CostModel, build_cost_model
 from ..prune.criteria import Calibration, ScoreContext, get_criterion
 from ..prune.cut import cut
@@ -194,7 +195,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
     target = budget.target_macs(before.macs)
 
     stats = None
-    if options.calib_data is not None and (options.recovery != "none" or criterion.score.needs_stats):
+    if options.calib_data is not None and (options.recovery in ("refit", "bias") or criterion.score.needs_stats):
         # statistics of the unpruned model: what recovery refits to, and what `needs_stats` scores read
         with steps(f"calibration statistics ({options.calib_images} images)"):
             stats = collect_stats(net, blocks, _calibration_images(loaded, options), seed=options.seed)
@@ -236,6 +237,7 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
             held_out = _held_out(loaded, options)
             if held_out is not None:
                 held_out = (*held_out, logits(net, held_out[0]))
+    dense = copy.deepcopy(net) if options.calib_data is not None and options.recovery == "sequential" else None
     with steps("cut heads and channels"):
         reference = copy.deepcopy(net)
         mask(reference, adapter.__class__(reference), plan)
@@ -257,9 +259,10 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
                           "predicted_unpruned_ms": latency.unpruned_ms,
                           "predicted_ratio": selection.achieved_cost / latency.unpruned_ms,
                           "model_source": latency_source, "model": latency.to_dict()}
-    if stats is not None and options.recovery != "none":
+    if options.calib_data is not None and options.recovery != "none":
         with steps(f"recover ({options.recovery})"):
-            report.recovery = _recover(net, adapter, plan, stats, options)
+            report.recovery = _recover(net, adapter, plan, stats, options, dense, loaded)
+            del dense
     if held_out is not None:
         with steps("estimate accuracy"):
             images, labels, source, dense = held_out
@@ -308,12 +311,19 @@ def _calibration_images(loaded: LoadedModel, options: CompressOptions):
                               dataset=dataset)
 
 
-def _recover(net, adapter, plan, stats, options: CompressOptions) -> dict:
-    """Correct the cut model's proj and fc2 layers in place (docs/method.md section 8)."""
+def _recover(net, adapter, plan, stats, options: CompressOptions, dense, loaded: LoadedModel) -> dict:
+    """Correct the cut model in place (docs/method.md section 8): its proj and fc2 layers from the
+    dense statistics, or (sequential) every kept layer against `dense`, the unpruned copy."""
     start = time.perf_counter()
-    layers = recover(adapter.blocks(), plan, stats, options.recovery, RIDGE, plan.residual)
+    if options.recovery == "sequential":
+        layers = recover_sequential(dense, net, adapter.__class__(dense).blocks(), adapter.blocks(), plan,
+                                    _calibration_images(loaded, options), SEQUENTIAL_RIDGE, seed=options.seed)
+    else:
+        layers = recover(adapter.blocks(), plan, stats, options.recovery, RIDGE, plan.residual)
     result = RecoveryReport(options.recovery, options.calib_images, str(options.calib_data),
-                            data_fingerprint(options.calib_data), RIDGE, time.perf_counter() - start, layers)
+                            data_fingerprint(options.calib_data),
+                            SEQUENTIAL_RIDGE if options.recovery == "sequential" else RIDGE,
+                            time.perf_counter() - start, layers)
     return result.to_dict()
 
 
