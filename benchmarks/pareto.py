@@ -4,7 +4,8 @@ For a trained reference model (`--models`: reference-cifar10, reference-mnist) a
 (`--plans`) at each budget (`--budgets`), the pruned model is exported and its top-1 on the data's
 eval split measured three ways: zero-shot (data-free), after one-shot recovery from
 `--calib-images` train images (`refit` and `sequential`), and after KD fine-tuning
-(`dimap-finetune`, from the one-shot `refit` model, `--kd-epochs` or `--kd-steps`). The plans:
+(`dimap-finetune`, from the one-shot `refit` model, `--kd-epochs` or `--kd-steps`; all cells, or
+with `--kd-near S` per plan the cell nearest S times faster at batch 8). The plans:
 
 - `default-flops`: the default criterion under `--flops R`;
 - `default-latency`: the default under `--latency R --latency-batch 8`, floors 0;
@@ -53,7 +54,6 @@ def top1(model, loaded, data: str) -> float:
 def measure_cell(loaded, data: str, plan: str, ratio: float, folder: Path, args) -> dict:
     """Top-1 of one plan at one budget, every way; its ONNX file is `file` (zero-shot form)."""
     from dimap_struct import compress
-    from dimap_struct.pipeline import finetune
 
     options = budget_options(plan, ratio)
     path = folder / f"{loaded.name}_{plan}_{ratio:g}.onnx"
@@ -72,16 +72,37 @@ def measure_cell(loaded, data: str, plan: str, ratio: float, folder: Path, args)
                              **options)
         cell["top1"][method] = top1(recovered.model, loaded, data)
         cell["seconds"][method] = time.perf_counter() - start
-    if args.kd_steps != 0:
-        start = time.perf_counter()
-        training = dict(epochs=args.kd_epochs) if args.kd_steps is None else dict(max_steps=args.kd_steps,
-                                                                                 epochs=args.kd_epochs)
-        tuned = finetune(loaded, None, data=data, calib_data=data, calib_images=args.calib_images, recovery="refit",
-                         teacher_top1=args.dense_top1[loaded.name], eval_batch_size=500, **training, **options)
-        cell["top1"]["kd"] = tuned.report.finetune["finetuned_top1"]
-        cell["kd_steps"] = tuned.report.finetune["steps"]
-        cell["seconds"]["kd"] = time.perf_counter() - start
     return cell
+
+
+def distil(cell: dict, loaded, data: str, args) -> None:
+    """Add the cell's top-1 after KD fine-tuning (from the one-shot `refit` model)."""
+    from dimap_struct.pipeline import finetune
+
+    start = time.perf_counter()
+    training = dict(epochs=args.kd_epochs) if args.kd_steps is None else dict(max_steps=args.kd_steps,
+                                                                             epochs=args.kd_epochs)
+    tuned = finetune(loaded, None, data=data, calib_data=data, calib_images=args.calib_images, recovery="refit",
+                     teacher_top1=args.dense_top1[loaded.name], eval_batch_size=500, **training,
+                     **budget_options(cell["plan"], cell["budget"]))
+    cell["top1"]["kd"] = tuned.report.finetune["finetuned_top1"]
+    cell["kd"] = {"epochs": args.kd_epochs, "max_steps": args.kd_steps, "steps": tuned.report.finetune["steps"],
+                  "seconds": time.perf_counter() - start}
+
+
+def kd_cells(cells: list[dict], near: list[float] | None) -> list[dict]:
+    """The cells to fine-tune: all, or per plan the one whose batch-8 speed-up is nearest each of `near`."""
+    timed_cells = [c for c in cells if "refused" not in c and (c.get("speedup") or {}).get("8")]
+    if not near:
+        return timed_cells
+    chosen = []
+    for plan in dict.fromkeys(c["plan"] for c in timed_cells):
+        mine = [c for c in timed_cells if c["plan"] == plan]
+        for target in near:
+            best = min(mine, key=lambda c: abs(c["speedup"]["8"] - target))
+            if best not in chosen:
+                chosen.append(best)
+    return chosen
 
 
 def speed(cells: list[dict], dense: Path, args) -> None:
@@ -177,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kd-epochs", type=float, default=3.0)
     parser.add_argument("--kd-steps", type=int, default=None,
                         help="stop KD after N steps (0: no KD); default: --kd-epochs in full")
+    parser.add_argument("--kd-near", nargs="+", type=float, default=None, metavar="S",
+                        help="fine-tune only, per plan, the cell whose batch-8 speed-up is nearest S (default: all)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=0.5)
@@ -189,11 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     meta = {"command": command("pareto", argv), "date": dt.date.today().isoformat(), "machine": machine(),
             "platform": platform.platform(), "dense_top1": {}, "settings": {
-                k: getattr(args, k) for k in ("plans", "budgets", "calib_images", "kd_epochs", "kd_steps", "batches",
-                                              "threads")}}
+                k: getattr(args, k) for k in ("plans", "budgets", "calib_images", "batches", "threads")}}
     partial = Path(args.out + ".partial.json")
     done = json.loads(partial.read_text()) if partial.exists() else {}
-    cells = done.get("cells", []) if done.get("settings") == meta["settings"] else []
+    same = {k: done.get("settings", {}).get(k) for k in meta["settings"]} == meta["settings"]
+    cells = done.get("cells", []) if same else []
     args.dense_top1 = meta["dense_top1"]
     with work_folder(args.keep) as folder:
         for model in args.models:
@@ -211,8 +234,16 @@ def main(argv: list[str] | None = None) -> None:
                     cells.append(measure_cell(loaded, data, plan, ratio, folder, args))
                     print(json.dumps(cells[-1]), flush=True)
                     partial.write_text(json.dumps({"settings": meta["settings"], "cells": cells}, indent=1))
-            speed([c for c in cells if c["model"] == model], dense, args)
-            partial.write_text(json.dumps({"settings": meta["settings"], "cells": cells}, indent=1))
+            mine = [c for c in cells if c["model"] == model]
+            if any("speedup" not in c for c in mine if "refused" not in c):
+                speed(mine, dense, args)
+                partial.write_text(json.dumps({"settings": meta["settings"], "cells": cells}, indent=1))
+            for cell in kd_cells(mine, args.kd_near) if args.kd_steps != 0 else []:
+                if cell.get("kd", {}).get("epochs") == args.kd_epochs and cell["kd"]["max_steps"] == args.kd_steps:
+                    continue
+                distil(cell, loaded, data, args)
+                print(json.dumps(cell), flush=True)
+                partial.write_text(json.dumps({"settings": meta["settings"], "cells": cells}, indent=1))
     Path(args.out + ".md").write_text(markdown(cells, meta) + "\n")
     plot(Path(args.out + ".png"), cells, meta)
     write_json({**meta, "cells": cells}, args.out, start)

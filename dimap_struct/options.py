@@ -506,7 +506,9 @@ class TrainingOptions(Options):
     max_steps: int | None = option(None, "stop after N optimiser steps", kind=int, minimum=1, group="training")
     batch_size: int = option(64, "images per step and process", kind=int, minimum=1, group="training")
     lr: float = option(5e-4, "peak learning rate", kind=float, minimum=0, exclusive_minimum=True, group="training")
-    min_lr: float = option(1e-5, "final learning rate of the cosine decay", kind=float, minimum=0, group="training")
+    min_lr: float = option(1e-5, "final learning rate of the decay", kind=float, minimum=0, group="training")
+    sched: str = option("cosine", "decay of the learning rate after the warm-up, by timm's scheduler factory "
+                        "(linear: its poly at power 1)", choices=("cosine", "tanh", "linear"), group="training")
     warmup_fraction: float = option(0.1, "fraction of the steps spent warming up linearly", kind=float, minimum=0,
                                     maximum=1, group="training")
     weight_decay: float = option(0.05, "AdamW weight decay", kind=float, minimum=0, group="training")
@@ -520,6 +522,12 @@ class TrainingOptions(Options):
                                      kind=float, minimum=0, exclusive_minimum=True, group="training")
     smoothing: float = option(0.0, "label smoothing of the cross-entropy term", kind=float, minimum=0, maximum=0.5,
                               group="training")
+    mixup: float = option(0.0, "mix pairs of images and their labels, with weights from Beta(A, A) (timm.data.Mixup; "
+                          "0: off); the teacher sees the mixed images", kind=float, minimum=0, metavar="A",
+                          group="training")
+    cutmix: float = option(0.0, "paste a box of one image into another, its area from Beta(A, A) (timm.data.Mixup, "
+                           "alternating with --mixup when both are on; 0: off)", kind=float, minimum=0, metavar="A",
+                           group="training")
     ema_decay: float | None = option(None, "keep an exponential moving average of the weights with this decay "
                                      "(timm.utils.ModelEmaV3); the average is what is evaluated and exported",
                                      kind=float, minimum=0, exclusive_minimum=True, maximum=1, group="training")
@@ -545,6 +553,9 @@ class TrainingOptions(Options):
         super().check()
         if self.batch_size % self.accum_steps:
             raise UserError(f"--accum-steps {self.accum_steps} does not divide --batch-size {self.batch_size}")
+        if (self.mixup or self.cutmix) and self.batch_size % 2:
+            raise UserError(f"--mixup and --cutmix mix the images of a batch in pairs: --batch-size {self.batch_size} "
+                            "must be even")
         from timm.optim import list_optimizers  # deferred: start-up (torch, timm), as in _criteria
 
         names = list_optimizers()

@@ -209,6 +209,42 @@ def test_timm_training_parts(tiny_mnist):
     assert all(torch.equal(averaged[k], v) for k, v in student.state_dict().items())
 
 
+def test_mixup_and_cutmix_through_timm(tiny_mnist):
+    """--mixup / --cutmix change the steps, and a run resumed from a mid-run state ends on the same
+    weights (timm's Mixup draws from numpy's RNG, which the state holds)."""
+    import copy
+
+    from dimap_struct.models import load_model
+    from dimap_struct.options import TrainingOptions
+    from dimap_struct.recover.finetune import finetune, weights_digest
+
+    loaded = load_model("reference")
+
+    def train(state=None, **settings):
+        student = load_model("reference").model
+        saved = []
+        finetune(student, loaded.model, tiny_mnist, loaded.data_config,
+                 TrainingOptions(max_steps=4, batch_size=8, save_every=2, **settings), state=state,
+                 on_save=lambda st: saved.append(copy.deepcopy(st)))
+        return weights_digest(student), saved
+
+    plain, _ = train()
+    mixed, saved = train(mixup=0.8, cutmix=1.0, smoothing=0.1)
+    assert mixed != plain
+    assert train(saved[0], mixup=0.8, cutmix=1.0, smoothing=0.1)[0] == mixed
+
+
+def test_soft_labels_give_the_loss_of_their_classes():
+    from dimap_struct.recover.finetune import kd_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 10, generator=gen), torch.randn(6, 10, generator=gen)
+    labels = torch.arange(6)
+    one_hot = torch.nn.functional.one_hot(labels, 10).float()
+    torch.testing.assert_close(kd_loss(student, teacher, one_hot, 0.7, 2.0, smoothing=0.3),
+                               kd_loss(student, teacher, labels, 0.7, 2.0))
+
+
 def test_resume_refuses_a_different_command(tmp_path, capsys):
     from dimap_struct.cli import finetune as cli_finetune
 

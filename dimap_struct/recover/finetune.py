@@ -6,10 +6,10 @@ Single process, or one process per device under `torchrun --nproc_per_node N`
 averages the gradients, so all ranks hold identical weights after every step.
 
 Loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(labels).
-AdamW (or another of timm's optimizers, --opt) with a linear warm-up then a cosine decay, stepped
-per batch; optionally clipped gradients, label smoothing of the CE term, gradient accumulation over
-parts of the batch and a moving average of the weights (timm's ModelEmaV3), which is then the
-result. Both forwards run under the same autocast (--amp); fp16 scales the loss
+AdamW (or another of timm's optimizers, --opt) with a linear warm-up then timm's cosine (or tanh or
+linear, --sched) decay, stepped per batch; optionally clipped gradients, label smoothing of the CE term, gradient accumulation over
+parts of the batch, mixup / cutmix of the batch (timm's Mixup; the teacher sees the mixed images)
+and a moving average of the weights (timm's ModelEmaV3), which is then the result. Both forwards run under the same autocast (--amp); fp16 scales the loss
 (`torch.amp.GradScaler`). The loss stays on the device between read-backs (--log-every).
 
 A resume state (`save_state` / `read_state`) holds everything the next step depends on: the weights,
@@ -35,7 +35,9 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.data import Mixup
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.nn import functional as F
@@ -60,12 +62,15 @@ class TrainingConfig(Protocol):
     lr: float
     min_lr: float
     warmup_fraction: float
+    sched: str
     weight_decay: float
     alpha: float
     temperature: float
     opt: str
     clip_grad: float | None
     smoothing: float
+    mixup: float
+    cutmix: float
     ema_decay: float | None
     accum_steps: int
     amp: str
@@ -137,18 +142,25 @@ def weights_digest(model: nn.Module) -> str:
 
 def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float,
             smoothing: float = 0.0) -> torch.Tensor:
+    """`labels`: class indices, or (after Mixup) class probabilities, already smoothed."""
     t = temperature
+    if labels.dim() == 2:
+        smoothing = 0.0
     soft = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                     reduction="batchmean", log_target=True) * t * t
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=smoothing)
 
 
-def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
+def lr_schedule(optimizer, total: int, cfg: TrainingConfig):
+    """timm's scheduler for `cfg.sched` with one optimiser step as its unit of time: a linear
+    warm-up over `warmup_fraction` of the `total` steps (from lr / warm-up steps), then the decay
+    from `lr` to `min_lr` at step `total`. `step(t)` sets step t's rate: it is a function of t
+    alone, so a resumed run needs only the step."""
     warm = max(1, int(cfg.warmup_fraction * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    scheduler, _ = create_scheduler_v2(optimizer, sched="poly" if cfg.sched == "linear" else cfg.sched,
+                                       num_epochs=max(1, total - warm), warmup_epochs=warm, warmup_lr=cfg.lr / warm,
+                                       warmup_prefix=True, min_lr=cfg.min_lr, decay_rate=1.0, step_on_epochs=True)
+    return scheduler
 
 
 def default_workers(dataset, world_size: int) -> int:
@@ -327,6 +339,11 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
     forward = torch.compile(model) if cfg.compile else model
     optimizer = create_optimizer_v2(decay_groups(student, cfg.weight_decay), opt=cfg.opt, lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
+    schedule = lr_schedule(optimizer, total, cfg)
+    mixing = None
+    if cfg.mixup or cfg.cutmix:  # it smooths the mixed labels itself; its draws come from numpy's saved RNG
+        mixing = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                       num_classes=adapter_for_model(student).num_classes)
     ema = ModelEmaV3(student, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
     step, epoch, position = 0, 0, 0
@@ -365,8 +382,9 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
                     busy = True
                     images = images.to(ctx.device, non_blocking=True)
                     labels = labels.to(ctx.device, non_blocking=True)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(step, total, cfg)
+                    schedule.step(step)
+                    if mixing is not None:
+                        images, labels = mixing(images, labels)
                     optimizer.zero_grad(set_to_none=True)
                     loss = _accumulate(forward, model, teacher, images, labels, cfg, ctx, dtype, scaler)
                     losses.add(loss)
