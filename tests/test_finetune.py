@@ -51,23 +51,48 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-def test_two_gloo_processes_agree_and_match_the_log(tmp_path, small_mnist):
-    out = tmp_path / "ft.onnx"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "dimap_struct.cli.finetune", *LOUD, "--max-steps", "4", "--batch-size", "16", "--data", small_mnist,
-           "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", proc.stderr))
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
-    report = json.loads(out.with_suffix(".json").read_text())
-    ft = report["finetune"]
-    assert ft["world_size"] == 2 and ft["steps"] == 4 and ft["weights_sha256"] == digests["0"]
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, small_mnist):
+    """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine): the 4 ranks end
+    on one set of weights, which the report and the exported file are, and the model equals one process with 4x the batch in 4 accumulation
+    parts (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
+    common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", small_mnist]
+    nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
+             "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(tmp_path / "four.onnx")]
+    launches = [subprocess.Popen(nodes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                for _ in range(2)]
+    outputs = [p.communicate(timeout=400) for p in launches]
+    assert all(p.returncode == 0 for p in launches), [err[-2000:] for _, err in outputs]
+    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", "".join(err for _, err in outputs)))
+    assert set(digests) == {"0", "1", "2", "3"} and len(set(digests.values())) == 1
+    out = tmp_path / "four.onnx"
+    ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
+    assert ft["world_size"] == 4 and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
     # the exported model is the one the log describes: its accuracy is what the script reported
     measured = accuracy(onnx_classifier(out), small_mnist, split="eval")["top1"]
     assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
-    assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in proc.stdout
+    assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
     assert not out.with_suffix(".resume.pt").exists()
+    single = subprocess.run([sys.executable, "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "32",
+                             "--accum-steps", "4", "-o", str(tmp_path / "one.onnx")],
+                            capture_output=True, text=True, env=_env(), timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    from dimap_struct.data import build_dataset
+    from dimap_struct.models import load_model
+
+    images = build_dataset(small_mnist, "eval", load_model("reference").data_config)[list(range(64))][0]
+    four, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("four", "one"))
+    assert float((four - one).abs().max()) < 1e-4, float((four - one).abs().max())
 
 
 def test_sigterm_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):

@@ -227,6 +227,12 @@ class MNISTDataset(Dataset):
             return self._cache[index]
         return self._transform(index, None)
 
+    def seeded_batch(self, index: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """Augmented images for ``index``, image ``i``'s draw from ``seeds[i]`` alone: the same
+        image and seed give the same pixels in any batch, on any rank."""
+        theta = torch.cat([_random_affine(1, torch.Generator().manual_seed(seed)) for seed in seeds])
+        return self._transform(index, None, theta)
+
     def reseed(self, seed: int) -> None:
         """Restart the augmentation draws of this process (or of this DataLoader worker) from
         ``seed``: a batch fetched next is then a function of ``seed`` and its indices only."""
@@ -241,14 +247,17 @@ class MNISTDataset(Dataset):
             self._worker_rng = (info.seed, torch.Generator().manual_seed(info.seed))
         return self._worker_rng[1]
 
-    def _transform(self, index: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    def _transform(self, index: torch.Tensor, rng: torch.Generator | None,
+                   theta: torch.Tensor | None = None) -> torch.Tensor:
         x = self.images[index].unsqueeze(1).float().div_(255.0)  # (B, 1, 28, 28)
         size = (self.height, self.width)
-        if rng is None:
+        if theta is None and rng is not None:
+            theta = _random_affine(len(x), rng)
+        if theta is None:
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         else:
-            x = F.grid_sample(x, F.affine_grid(_random_affine(len(x), rng), [len(x), 1, *size],
+            x = F.grid_sample(x, F.affine_grid(theta, [len(x), 1, *size],
                                                align_corners=False),
                               mode="bilinear", padding_mode="zeros", align_corners=False)
         x = x.expand(-1, self.channels, -1, -1)

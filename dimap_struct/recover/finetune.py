@@ -14,9 +14,10 @@ and a moving average of the weights (timm's ModelEmaV3), which is then the resul
 
 A resume state (`save_state` / `read_state`) holds everything the next step depends on: the weights,
 the optimizer, the loss scaler, the moving average, the global RNG states, and the place in the data
-(epoch and batch). The batches' order depends on the seed and the epoch only, and each batch's
-augmentation on its own seed (`batch_seed`), so a run resumed from any step ends on the weights of
-one that never stopped.
+(epoch and batch). The batches' order depends on the seed and the epoch only, and each image's
+augmentation on its own seed (`image_seed`: the run's seed, the epoch and the image), so a run
+resumed from any step ends on the weights of one that never stopped, and 4 processes of B images
+take the step of 1 process of 4B.
 """
 from __future__ import annotations
 
@@ -172,16 +173,16 @@ def default_workers(dataset, world_size: int) -> int:
     return max(0, min(8, (os.cpu_count() or 1) // max(1, world_size) - 1))
 
 
-def batch_seed(seed: int, rank: int, epoch: int, position: int) -> int:
-    """The seed of one batch's augmentation: a function of the run's seed, the rank and the
-    batch's place in the run only, so a resumed run (any worker count) draws what it would have."""
-    key = f"{seed}/{rank}/{epoch}/{position}".encode()
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentation in one epoch: a function of the run's seed, the epoch
+    and the image only, so any world size, worker count or resumed run draws the same pixels."""
+    key = f"{seed}/{epoch}/{index}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 class EpochBatches(Sampler):
     """The batches of this rank's shard for one epoch, from batch `start` on; each batch is
-    `(batch_seed, indices)`. The shard's order depends on the sampler's seed and the epoch only
+    `((seed, epoch), indices)`, what `image_seed` needs. The shard's order depends on the sampler's seed and the epoch only
     (`DistributedSampler`), so skipping `start` batches resumes the epoch where it stopped."""
 
     def __init__(self, shard: DistributedSampler, batch_size: int, seed: int, rank: int):
@@ -202,14 +203,14 @@ class EpochBatches(Sampler):
     def __iter__(self):
         order = list(self.shard)
         for position in range(self.start, self.per_epoch):
-            yield (batch_seed(self.seed, self.rank, self.epoch, position),
-                   order[position * self.batch_size:(position + 1) * self.batch_size])
+            yield (self.seed, self.epoch), order[position * self.batch_size:(position + 1) * self.batch_size]
 
 
 class SeededBatches(Dataset):
-    """`dataset` fetched a batch at a time, the augmentation of each batch drawn from its seed
-    (python's, numpy's and torch's CPU generators, and an MNIST dataset's own). In the training
-    process itself those generators are put back afterwards: the training keeps its own draws."""
+    """`dataset` fetched a batch at a time, each image's augmentation drawn from its own seed
+    (`image_seed`: python's, numpy's and torch's CPU generators, or an MNIST dataset's draw). In
+    the training process itself those generators are put back afterwards: the training keeps its
+    own draws."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -218,17 +219,18 @@ class SeededBatches(Dataset):
         return len(self.dataset)
 
     def __getitems__(self, key):
-        seed, indices = key
+        (seed, epoch), indices = key
+        seeds = [image_seed(seed, epoch, i) for i in indices]
         with _kept_rng(get_worker_info() is None):
-            random.seed(seed)
-            np.random.seed(seed % 2 ** 32)
-            torch.default_generator.manual_seed(seed)
             if isinstance(self.dataset, MNISTDataset):
-                self.dataset.reseed(seed)
                 index = torch.as_tensor(indices, dtype=torch.long)
-                return self.dataset.batch(index), self.dataset.labels[index]
-            items = (self.dataset.__getitems__(indices) if hasattr(self.dataset, "__getitems__")
-                     else [self.dataset[i] for i in indices])
+                return self.dataset.seeded_batch(index, seeds), self.dataset.labels[index]
+            items = []
+            for i, one in zip(indices, seeds):
+                random.seed(one)
+                np.random.seed(one % 2 ** 32)
+                torch.default_generator.manual_seed(one)
+                items.append(self.dataset[i])
             return default_collate(items)
 
 
@@ -254,7 +256,7 @@ def train_loader(data, data_config: dict, cfg: TrainingConfig, ctx: DistContext,
                  seed: int = 0) -> tuple[DataLoader, EpochBatches]:
     """The training batches of this rank: its shard of every epoch (the order shared by all
     ranks through `seed`), `cfg.workers` worker processes (default `default_workers`), pinned
-    memory on CUDA. The augmentation differs per rank and per batch (`batch_seed`)."""
+    memory on CUDA. Each image's augmentation comes from its own seed (`image_seed`)."""
     dataset = build_dataset(data, "train", data_config, train_augment=True, seed=seed + 1000 * ctx.rank)
     shard = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                seed=seed, drop_last=True)

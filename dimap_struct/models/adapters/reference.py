@@ -37,9 +37,11 @@ class ReferenceAdapter(TimmSwinV1Adapter):
 
     @classmethod
     def build(cls, name: str, *, pretrained: bool, **model_kwargs) -> nn.Module:
-        if model_kwargs:
-            raise UserError(f"the reference model takes no model options ({', '.join(model_kwargs)})")
-        return build_reference(name, pretrained=pretrained, seed=torch.initial_seed())
+        other = sorted(set(model_kwargs) - {"drop_path_rate"})
+        if other:
+            raise UserError(f"the reference model takes only the model option drop_path_rate, not {', '.join(other)}")
+        return build_reference(name, pretrained=pretrained, seed=torch.initial_seed(),
+                               drop_path_rate=model_kwargs.get("drop_path_rate"))
 
     @classmethod
     def weights_description(cls, model: nn.Module, name: str) -> str:
