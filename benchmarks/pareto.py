@@ -136,6 +136,22 @@ def at_speedup(cells: list[dict], way: str, batch: str, target: float) -> tuple[
     return max(found, key=lambda f: f[0]) if found else None
 
 
+def one_shot(cell: dict) -> float:
+    """A cell's one-shot top-1: the better of `refit` and `sequential` (both a flag away)."""
+    return max(cell["top1"]["refit"], cell["top1"]["sequential"])
+
+
+def interpolated(cells: list[dict], plan: str, target: float, batch: str = "8") -> float | None:
+    """The plan's one-shot top-1 at `target` speed-up, on the straight line between the two
+    budgets whose speed-ups bracket it; None when no budget reaches it (docs/decisions.md)."""
+    points = sorted((c["speedup"][batch], one_shot(c)) for c in cells
+                    if c["plan"] == plan and "refused" not in c and (c.get("speedup") or {}).get(batch))
+    for (s0, t0), (s1, t1) in zip(points, points[1:]):
+        if s0 <= target <= s1:
+            return t0 + (t1 - t0) * (target - s0) / (s1 - s0) if s1 > s0 else max(t0, t1)
+    return points[-1][1] if points and points[-1][0] == target else None
+
+
 def markdown(cells: list[dict], meta: dict) -> str:
     lines = [f"# Accuracy against measured speed-up ({meta['date']}, {meta['machine']})", "",
              f"`{meta['command']}`", "",
@@ -160,6 +176,14 @@ def markdown(cells: list[dict], meta: dict) -> str:
             found = [at_speedup(rows, w, "8", target) for w in WAYS]
             lines.append(f"| {target:g}x | " + " | ".join(
                 f"{f[0]:.2f} ({f[1]['plan']} {f[1]['budget']:g})" if f else "none" for f in found) + " |")
+        plans = list(dict.fromkeys(c["plan"] for c in rows))
+        lines += ["", "One-shot top-1 (better of refit and sequential) interpolated at a batch-8 speed-up "
+                      "(the floors rule, docs/decisions.md):", "",
+                  "| speed-up | " + " | ".join(plans) + " |", "|---" * (len(plans) + 1) + "|"]
+        for target in (1.5, 2.0):
+            values = [interpolated(rows, plan, target) for plan in plans]
+            lines.append(f"| {target:g}x | " + " | ".join("not reached" if v is None else f"{v:.2f}"
+                                                          for v in values) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -171,18 +195,23 @@ def plot(path: Path, cells: list[dict], meta: dict, batch: str = "8") -> None:
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(c["model"] for c in cells))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
     for ax, model in zip(axes[0], models):
         rows = [c for c in cells if c["model"] == model and "refused" not in c and c.get("speedup", {}).get(batch)]
-        for way, marker in zip(WAYS, "osD^"):
-            points = [(c["speedup"][batch], c["top1"][way]) for c in rows if way in c["top1"]]
-            if not points:
-                continue
-            ax.scatter(*zip(*points), marker=marker, label=way, alpha=0.6)
-            ax.plot(*zip(*frontier(points)), alpha=0.6)
+        for plan, color in zip(dict.fromkeys(c["plan"] for c in rows), ("C0", "C1", "C2", "C3", "C4")):
+            mine = sorted((c for c in rows if c["plan"] == plan), key=lambda c: c["speedup"][batch])
+            for way, marker in zip(WAYS, "osD^"):
+                points = [(c["speedup"][batch], c["top1"][way]) for c in mine if way in c["top1"]]
+                if points:
+                    ax.scatter(*zip(*points), marker=marker, color=color, alpha=0.7,
+                               label=f"{plan}, {way}" if way in ("zero-shot", "kd") or len(mine) else None)
+            ax.plot([c["speedup"][batch] for c in mine], [one_shot(c) for c in mine], color=color, alpha=0.6)
+        points = [(c["speedup"][batch], one_shot(c)) for c in rows]
+        ax.plot(*zip(*frontier(points)), color="black", linestyle="--", alpha=0.5, label="one-shot Pareto front")
         ax.axhline(meta["dense_top1"][model], color="grey", linestyle=":", label="dense")
-        ax.set(title=f"{model}, batch {batch}", xlabel="measured speed-up", ylabel="top-1 (%)")
-        ax.legend(fontsize=8)
+        ax.set(title=f"{model}, batch {batch}; lines: one-shot (best of refit, sequential)",
+               xlabel="measured speed-up", ylabel="top-1 (%)")
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -208,7 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtimes", nargs="+", default=["onnxruntime"])
     parser.add_argument("--out", default=str(RESULTS / "pareto"))
     parser.add_argument("--keep", type=Path, default=None, help="keep the ONNX files in this folder")
+    parser.add_argument("--render", action="store_true", help="only write OUT.md and OUT.png from OUT.json")
     args = parser.parse_args(argv)
+    if args.render:
+        done = json.loads(Path(args.out + ".json").read_text())
+        Path(args.out + ".md").write_text(markdown(done["cells"], done) + "\n")
+        plot(Path(args.out + ".png"), done["cells"], done)
+        return
     start = time.perf_counter()
     meta = {"command": command("pareto", argv), "date": dt.date.today().isoformat(), "machine": machine(),
             "platform": platform.platform(), "dense_top1": {}, "settings": {
