@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     done = json.loads(partial.read_text()) if partial.exists() else {}
     same = {k: done.get("settings", {}).get(k) for k in meta["settings"]} == meta["settings"]
     cells = done.get("cells", []) if same else []
+    if same:
+        meta["dense_top1"].update(done.get("dense_top1", {}))
     args.dense_top1 = meta["dense_top1"]
     with work_folder(args.keep) as folder:
         for model in args.models:
@@ -268,17 +270,20 @@ def main(argv: list[str] | None = None) -> None:
                                                       and c["budget"] == ratio)]
                     cells.append(measure_cell(loaded, data, plan, ratio, folder, args))
                     print(json.dumps(cells[-1]), flush=True)
-                    partial.write_text(json.dumps({"settings": meta["settings"], "cells": cells}, indent=1))
+                    partial.write_text(json.dumps({"settings": meta["settings"], "dense_top1": meta["dense_top1"],
+                                                     "cells": cells}, indent=1))
             mine = [c for c in cells if c["model"] == model]
             if any("speedup" not in c for c in mine if "refused" not in c):
                 speed(mine, dense, args)
-                partial.write_text(json.dumps({"settings": meta["settings"], "cells": cells}, indent=1))
+                partial.write_text(json.dumps({"settings": meta["settings"], "dense_top1": meta["dense_top1"],
+                                                     "cells": cells}, indent=1))
             for cell in kd_cells(mine, args.kd_near) if args.kd_steps != 0 else []:
                 if cell.get("kd", {}).get("epochs") == args.kd_epochs and cell["kd"]["max_steps"] == args.kd_steps:
                     continue
                 distil(cell, loaded, data, args)
                 print(json.dumps(cell), flush=True)
-                partial.write_text(json.dumps({"settings": meta["settings"], "cells": cells}, indent=1))
+                partial.write_text(json.dumps({"settings": meta["settings"], "dense_top1": meta["dense_top1"],
+                                                     "cells": cells}, indent=1))
     Path(args.out + ".md").write_text(markdown(cells, meta) + "\n")
     plot(Path(args.out + ".png"), cells, meta)
     write_json({**meta, "cells": cells}, args.out, start)
