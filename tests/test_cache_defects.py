@@ -23,7 +23,7 @@ from dimap_struct.prune.latency import LatencyModel, StageTable, with_fixed_part
 
 
 def _synthetic_ms(modules, shape, threads, **kw):
-    return [0.05 + 1e-4 * sum(p.numel() for p in module.parameters()) for module in modules]
+    return [0.05 + 1e-4 * sum(p.numel() for p in latency_probe.built(module).parameters()) for module in modules]
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ def test_the_probe_times_a_chain_per_stage_at_every_head_count_and_mlp_width(fam
     calls = []
 
     def fake_time(modules, shape, threads, **kw):
+        modules = [latency_probe.built(module) for module in modules]
         for module in modules:
             with torch.no_grad():
                 out = module(torch.zeros(*shape))
@@ -245,3 +246,26 @@ def test_with_a_measured_skeleton_the_blocks_are_scaled_to_the_dense_model():
     assert model.predict(list(HEADS), list(CHANNELS)) == pytest.approx(model.dense_ms) == pytest.approx(model.unpruned_ms)
     assert model.predict([0, 0, 0], [0, 0, 0]) == pytest.approx(2.0)  # every branch removed: the skeleton
     assert LatencyModel.from_dict(model.to_dict()).scale == pytest.approx(1.25)
+
+
+def test_modules_are_timed_in_groups_that_share_one_anchor(monkeypatch):
+    """With at most 4 sessions open, 10 modules are timed in groups that each repeat the first; a
+    group's load factor cancels through it, so the times are those of one group of 10."""
+    monkeypatch.setattr(latency_probe, "SESSIONS_AT_ONCE", 4)
+    true_ms = [1.0 + i for i in range(10)]
+    groups = []
+
+    def fake_group(paths, x, threads, seconds_each, min_rounds):
+        ids = [int(p.stem[4:]) for p in paths]
+        groups.append(ids)
+        load = 1.0 + 0.5 * len(groups)  # every group runs under another load
+        return [true_ms[i] * load for i in ids]
+
+    monkeypatch.setattr(latency_probe, "_time_group", fake_group)
+    built = []
+    builders = [lambda i=i: built.append(i) or torch.nn.Linear(2, 2) for i in range(10)]
+    ms = latency_probe._time_modules(builders, (1, 3, 2), threads=1)
+    assert built == list(range(10))  # one module at a time, each once
+    assert all(len(g) <= 4 for g in groups) and all(g[0] == 0 for g in groups)
+    assert sorted({i for g in groups for i in g}) == list(range(10))
+    assert ms == pytest.approx([t * 1.5 for t in true_ms])

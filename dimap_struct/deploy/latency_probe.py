@@ -16,6 +16,7 @@ replaced. The cache is optional: where it cannot be written, the model is measur
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import statistics
@@ -174,7 +175,7 @@ def _measure(spec, input_size: tuple, batch: int, threads: int, key: dict,
         widths = mlp_grid(mlp)
         configs = [(h, mlp) for h in range(heads + 1)] + [(heads, m) for m in widths[:-1]]
         notify(f"timing stage {s + 1}/{len(spec.stages)}: {len(configs)} chains of {len(chain)} blocks")
-        ms = _time_modules([_chain_unit(chain, grid, h, m, width) for h, m in configs],
+        ms = _time_modules([functools.partial(_chain_unit, chain, grid, h, m, width) for h, m in configs],
                            (batch, grid[0] * grid[1], width), threads)
         by_heads, by_mlp = ms[:heads + 1], ms[heads + 1:] + [ms[heads]]
         attention = [(t - by_heads[0]) / len(chain) for t in by_heads]
@@ -238,28 +239,52 @@ def _random_block(template: LeanBlockSpec, heads: int, mlp: int, width: int) -> 
                          template.shift, template.post_norm)
 
 
-def _time_modules(modules: list[nn.Module], shape, threads: int, seconds_each: float = 0.25,
-                  min_rounds: int = 15) -> list[float]:
-    """Median ms of each module, exported alone (static shape) and run in onnxruntime as
+def built(module: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """`module`, or the module it builds when it is a builder (`_time_modules` takes either)."""
+    return module if isinstance(module, nn.Module) else module()
+
+
+SESSIONS_AT_ONCE = 12
+"""Sessions alive at once while timing: every chain of a swin_b stage at once held 9.2 GiB."""
+
+
+def _time_modules(modules: list[nn.Module | Callable[[], nn.Module]], shape, threads: int,
+                  seconds_each: float = 0.25, min_rounds: int = 15) -> list[float]:
+    """Median ms of each module (or module a callable builds, one at a time: a swin_b stage's
+    chains held 5 GiB of weights at once), exported alone (static shape) and run in onnxruntime as
     dimap-bench runs it, in turns (each round runs every module once), so that a change in the
     machine's load falls on all of them alike. Rounds: enough for about `seconds_each` per module,
-    at least `min_rounds`."""
+    at least `min_rounds`. At most `SESSIONS_AT_ONCE` sessions are open: beyond that, modules are
+    timed in groups, each with the first module again, and a group's times are scaled by the
+    first module's time in the first group over its time in that group."""
     with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
-        sessions = []
+        paths = []
         for i, module in enumerate(modules):
-            path = Path(tmp) / f"unit{i}.onnx"
+            module = built(module)
+            paths.append(Path(tmp) / f"unit{i}.onnx")
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
+                torch.onnx.export(module, (torch.zeros(*shape),), str(paths[-1]), dynamo=False, opset_version=17,
                                   input_names=["input"])
-            sessions.append(open_session(path, threads, tuned=True))
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        runners = [lambda session=session: session.run(None, {"input": x}) for session in sessions]
-        start = time.perf_counter()
-        for run in runners:  # one round, to size the rest
-            run()
-        per_round = time.perf_counter() - start
-        rounds = min(10_000, max(min_rounds, int(seconds_each * len(runners) / max(per_round, 1e-9))))
-        times = time_batch(runners, shape[0], warmup=0.0, min_iters=rounds, min_time=0.0, max_iters=rounds,
-                           on_run=None)
+        size, n = SESSIONS_AT_ONCE, len(paths)
+        groups = [list(range(min(size, n)))] + [list(range(i, min(i + size - 1, n))) for i in range(size, n, size - 1)]
+        out: list[float] = []
+        for k, members in enumerate(groups):
+            ms = _time_group([paths[i] for i in ([] if k == 0 else [0]) + members], x, threads, seconds_each,
+                             min_rounds)
+            out += ms if k == 0 else [t * out[0] / ms[0] for t in ms[1:]]
+    return out
+
+
+def _time_group(paths: list[Path], x: np.ndarray, threads: int, seconds_each: float, min_rounds: int) -> list[float]:
+    sessions = [open_session(path, threads, tuned=True) for path in paths]
+    runners = [lambda session=session: session.run(None, {"input": x}) for session in sessions]
+    start = time.perf_counter()
+    for run in runners:  # one round, to size the rest
+        run()
+    per_round = time.perf_counter() - start
+    rounds = min(10_000, max(min_rounds, int(seconds_each * len(runners) / max(per_round, 1e-9))))
+    times = time_batch(runners, x.shape[0], warmup=0.0, min_iters=rounds, min_time=0.0, max_iters=rounds,
+                       on_run=None)
     return [1e3 * statistics.median(t) for t in times]
