@@ -49,6 +49,16 @@ def export(loaded, path: Path, budget=None, **options) -> Path:
     return path
 
 
+def timing_arguments(parser, warmup: float = 0.5, min_iters: int = 20) -> None:
+    """The flags `timed` reads: --batches, --threads, --warmup, --min-iters, --min-time, --runtimes."""
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=warmup)
+    parser.add_argument("--min-iters", type=int, default=min_iters)
+    parser.add_argument("--min-time", type=float, default=2.0)
+    parser.add_argument("--runtimes", nargs="+", default=["onnxruntime"], help="onnxruntime and/or openvino")
+
+
 def timed(paths: list[Path], args) -> dict:
     """One interleaved `deploy.bench.benchmark` run of `paths` with the timing flags in `args`."""
     from dimap_struct.deploy.bench import benchmark

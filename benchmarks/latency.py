@@ -30,7 +30,8 @@ from dimap_struct.deploy.evaluate import accuracy, onnx_classifier
 from dimap_struct.deploy.onnx_file import read_report
 from dimap_struct.prune.criteria import criterion_names
 
-from .common import CIFAR10, RESULTS, command, export, large_vs_small_files, row, table, timed, work_folder, write_json
+from .common import (CIFAR10, RESULTS, command, export, large_vs_small_files, row, table, timed, timing_arguments,
+                     work_folder, write_json)
 
 
 def goals(results: dict, args) -> list[str]:
@@ -134,12 +135,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["swin_t", "swin_s", "swin_b"])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.5, 0.35])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--min-iters", type=int, default=10)
-    p.add_argument("--min-time", type=float, default=2.0)
-    p.add_argument("--runtimes", nargs="+", default=["onnxruntime"], help="onnxruntime and/or openvino")
+    timing_arguments(p, warmup=1.0, min_iters=10)
     p.add_argument("--criterion", default="dimap", choices=criterion_names(),
                    help="criterion of every pruned row (default: the default)")
     p.add_argument("--cifar", type=Path, default=CIFAR10, help="CIFAR-10 folder for the reference's top-1")

@@ -24,7 +24,7 @@ from dimap_struct import load_model
 from dimap_struct.deploy.onnx_file import read_report
 from dimap_struct.errors import UserError
 
-from .common import RESULTS, command, export, row, timed, work_folder, write_json
+from .common import RESULTS, command, export, row, timed, timing_arguments, work_folder, write_json
 
 PLANS = {"default": dict(min_heads=0, min_mlp=0), "dimap-cost": dict(criterion="dimap-cost")}
 
@@ -82,13 +82,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["reference-cifar10", "swin_t"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.7, 0.5, 0.35])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--min-iters", type=int, default=20)
-    parser.add_argument("--min-time", type=float, default=2.0)
-    parser.add_argument("--runtimes", nargs="+", default=["onnxruntime"])
+    timing_arguments(parser)
     parser.add_argument("--out", default=str(RESULTS / "latency_table"))
     parser.add_argument("--keep", type=Path, default=None, help="keep the ONNX files in this folder")
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ from dimap_struct import load_model
 from dimap_struct.deploy.evaluate import accuracy, torch_classifier
 from dimap_struct.errors import UserError
 
-from .common import REFERENCE_DATA, RESULTS, command, export, row, timed, work_folder, write_json
+from .common import REFERENCE_DATA, RESULTS, command, export, row, timed, timing_arguments, work_folder, write_json
 
 PLANS = {
     "default-flops": {},
@@ -229,12 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="stop KD after N steps (0: no KD); default: --kd-epochs in full")
     parser.add_argument("--kd-near", nargs="+", type=float, default=None, metavar="S",
                         help="fine-tune only, per plan, the cell whose batch-8 speed-up is nearest S (default: all)")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--min-iters", type=int, default=20)
-    parser.add_argument("--min-time", type=float, default=2.0)
-    parser.add_argument("--runtimes", nargs="+", default=["onnxruntime"])
+    timing_arguments(parser)
     parser.add_argument("--out", default=str(RESULTS / "pareto"))
     parser.add_argument("--keep", type=Path, default=None, help="keep the ONNX files in this folder")
     parser.add_argument("--render", action="store_true", help="only write OUT.md and OUT.png from OUT.json")
