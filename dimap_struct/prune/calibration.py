@@ -86,15 +86,7 @@ def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size:
 
     def hook(name):
         def accumulate(module, args):
-            x = args[0].detach()
-            x = x.reshape(current["images"], -1, x.shape[-1])  # (images, tokens, F)
-            if x.shape[1] > tokens_per_image:
-                draws = torch.rand(x.shape[:2], generator=streams[name], dtype=torch.float32)
-                pick = draws.argsort(dim=1)[:, :tokens_per_image].to(x.device)
-                x = torch.gather(x, 1, pick[..., None].expand(-1, -1, x.shape[-1]))
-            else:  # a copy: the model may still change its input in place
-                x = x.clone()
-            pending[name].append(x.reshape(-1, x.shape[-1]).cpu())
+            pending[name].append(sample_tokens(args[0], current["images"], streams[name], tokens_per_image))
             if sum(len(piece) for piece in pending[name]) >= chunk_rows:
                 flush(name)
         return accumulate
@@ -112,6 +104,20 @@ def collect_stats(model: nn.Module, blocks, images: torch.Tensor, *, batch_size:
         for h in handles:
             h.remove()
     return stats
+
+
+def sample_tokens(x: torch.Tensor, images: int, generator: torch.Generator, per_image: int) -> torch.Tensor:
+    """(tokens, F) rows of a layer's input `x` (images first, image-major: (images * windows, T, F)
+    or (images, T, F); F may be 0), on the CPU: `per_image` token positions of each image drawn
+    from `generator`, or every position when an image has no more. Always a copy: the model may
+    still change its input in place."""
+    x = x.detach().reshape(images, x.shape[:-1].numel() // images, x.shape[-1])
+    if x.shape[1] > per_image:
+        pick = torch.rand(x.shape[:2], generator=generator, dtype=torch.float32).argsort(dim=1)[:, :per_image]
+        x = torch.gather(x, 1, pick[..., None].to(x.device).expand(-1, -1, x.shape[-1]))
+    else:
+        x = x.clone()
+    return x.reshape(x.shape[0] * x.shape[1], x.shape[-1]).cpu()
 
 
 def calibration_error(a_new: torch.Tensor, a: torch.Tensor, gram: torch.Tensor, tokens: int) -> float:

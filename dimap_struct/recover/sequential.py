@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..prune.calibration import layer_seed
+from ..prune.calibration import layer_seed, sample_tokens
 
 
 SEQUENTIAL_RIDGE = 0.1
@@ -61,27 +61,6 @@ def layer_pairs(dense_blocks, pruned_blocks, plan) -> list[_Layer]:
     return out
 
 
-def _positions(shape: tuple[int, int], generator: torch.Generator, per_image: int) -> torch.Tensor | None:
-    """Token positions (images, per_image) drawn for one batch, or None for all of them."""
-    if shape[1] <= per_image:
-        return None
-    return torch.rand(shape, generator=generator).argsort(dim=1)[:, :per_image]
-
-
-def _per_image(x: torch.Tensor, images: int) -> torch.Tensor:
-    """`x` ((images * windows, tokens, F) or (images, tokens, F), image-major) as (images, T, F);
-    F may be 0 (a removed attention's proj)."""
-    return x.detach().reshape(images, x.shape[:-1].numel() // images, x.shape[-1])
-
-
-def _sample(x: torch.Tensor, images: int, pick: torch.Tensor | None) -> torch.Tensor:
-    """(tokens, F) rows of `x` at the positions `pick` (all if None)."""
-    x = _per_image(x, images)
-    if pick is not None:
-        x = torch.gather(x, 1, pick[..., None].to(x.device).expand(-1, -1, x.shape[-1]))
-    return x.reshape(x.shape[0] * x.shape[1], x.shape[-1]).to(torch.float64).cpu()
-
-
 @torch.no_grad()
 def dense_targets(dense: nn.Module, layers: list[_Layer], images: torch.Tensor, batch_size: int,
                   per_image: int, seed: int) -> list[list[torch.Tensor]]:
@@ -94,11 +73,9 @@ def dense_targets(dense: nn.Module, layers: list[_Layer], images: torch.Tensor, 
 
     def hook(i):
         def record(module, args, output):
-            y = _per_image(output, current["images"])
-            pick = _positions(y.shape[:2], streams[i], per_image)
             rows = layers[i].rows
-            y = _sample(y if rows is None else y[..., rows], current["images"], pick)
-            targets[i].append(y.to(torch.float32))
+            targets[i].append(sample_tokens(output if rows is None else output[..., rows], current["images"],
+                                            streams[i], per_image))
         return record
 
     for i, layer in enumerate(layers):
@@ -127,7 +104,7 @@ class _Normal:
         self.y2, self.tokens = 0.0, 0
 
     def add(self, x: torch.Tensor, images: int, batch: int) -> None:
-        x = _sample(x, images, _positions(_per_image(x, images).shape[:2], self.generator, self.per_image))
+        x = sample_tokens(x, images, self.generator, self.per_image).to(torch.float64)
         if self.bias:
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
         y = self.targets[batch].to(torch.float64)
