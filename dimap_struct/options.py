@@ -395,8 +395,8 @@ class PruneOptions(SourceOptions):
                                "faster model", kind=bool, group="selection")
     min_embed: int = option(16, "residual channels every stage keeps (with --prune-embed)", kind=int, minimum=1,
                             group="selection")
-    calib_data: str | None = option(None, "calibration images (an MNIST directory or an ImageFolder; its train "
-                                    "split): for data-driven criteria (taylor) and for one-shot recovery after "
+    calib_data: str | None = option(None, "calibration images (an MNIST directory, an ImageFolder, a .tar of "
+                                    "class folders or hfds/NAME; its train split): for data-driven criteria (taylor) and for one-shot recovery after "
                                     "the cut (--recovery)", metavar="PATH", group="selection")
     calib_batches: int = option(4, "calibration batches of 32 images for data-driven criteria", kind=int,
                                 minimum=1, group="selection")
@@ -498,8 +498,9 @@ AMP_MODES = ("auto", "bf16", "fp16", "none")
 class TrainingOptions(Options):
     """Knowledge-distillation fine-tuning (see `recover.finetune`)."""
 
-    data: str | None = option(None, "MNIST directory or ImageFolder; trains on its 'train' split, reports top-1 "
-                              "on 'eval' (default: $DIMAP_DATA)", metavar="PATH",
+    data: str | None = option(None, "MNIST directory, ImageFolder, .tar of class folders (or train.tar beside "
+                              "test.tar) or hfds/NAME (a Hugging Face dataset); trains on its 'train' split, "
+                              "reports top-1 on 'eval' (default: $DIMAP_DATA)", metavar="PATH",
                               group="training")
     epochs: float = option(1.0, "epochs (fractions allowed)", kind=float, minimum=0, exclusive_minimum=True,
                            group="training")
@@ -625,7 +626,8 @@ class EvalOptions(SourceOptions):
 
     model: str | None = option(None, "an .onnx file (onnxruntime), a pruned checkpoint (--save-pt) or a model "
                                "name (reference, swin_t, timm names)", positional=True)
-    data: str | None = option(None, "MNIST directory (IDX files) or an ImageFolder (default: $DIMAP_DATA)", metavar="PATH")
+    data: str | None = option(None, "MNIST directory (IDX files), an ImageFolder, a .tar of class folders or "
+                              "hfds/NAME (default: $DIMAP_DATA)", metavar="PATH")
     split: str = option("eval", "index % 5 == 4 is 'eval', the rest 'train'; 'all' is everything",
                         choices=("eval", "train", "all"))
     batch_size: int = option(128, "images per batch", kind=int, minimum=1)

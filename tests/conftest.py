@@ -5,6 +5,8 @@ import pytest
 import timm
 import torch
 
+from shared_data import CIFAR
+
 # Under pytest-xdist (`make test` runs two workers) each worker keeps to one intra-op thread, so
 # that two workers do not ask for four threads on a 2-core machine.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
@@ -56,3 +58,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def few(tmp_path_factory):
+    """3 train and 2 test CIFAR-10 photos of each class, copied into CIFAR-10's layout (skips the
+    test without ../shared/data/cifar10)."""
+    import shutil
+
+    if not (CIFAR / "test").is_dir():
+        pytest.skip("needs ../shared/data/cifar10")
+    root = tmp_path_factory.mktemp("cifar_few")
+    for split, count in {"train": 3, "test": 2}.items():
+        for folder in sorted((CIFAR / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    return root

@@ -2,6 +2,9 @@
 import os
 from pathlib import Path
 
+CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+"""The project's CIFAR-10 in ImageFolder layout (train/ and test/)."""
+
 
 def mnist_dir() -> Path | None:
     """The MNIST directory in $DIMAP_DATA (conftest.py sets it to ../shared/data/mnist when that

@@ -162,19 +162,21 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, tiny_mnis
     assert run("resumed", killed) == whole
 
 
-def test_workers_do_not_change_the_batches(tiny_mnist):
-    """Each batch's augmentation comes from its own seed: with or without a worker process the
-    training ends on the same weights."""
+@pytest.mark.parametrize("model, data", [("reference", "tiny_mnist"), ("reference-cifar10", "few")])
+def test_workers_do_not_change_the_batches(model, data, request):
+    """Each image's augmentation comes from its own seed: with or without a worker process the
+    training ends on the same weights (digits held in memory; photographs read by a worker as uint8
+    and normalised by timm's PrefetchLoader)."""
     from dimap_struct.models import load_model
     from dimap_struct.options import TrainingOptions
     from dimap_struct.recover.finetune import finetune, weights_digest
 
-    loaded = load_model("reference")
+    loaded = load_model(model)
     digests = []
     for workers in (0, 1):
-        student = load_model("reference").model
-        summary = finetune(student, loaded.model, tiny_mnist, loaded.data_config,
-                           TrainingOptions(max_steps=2, batch_size=8, workers=workers))
+        student = load_model(model).model
+        summary = finetune(student, loaded.model, request.getfixturevalue(data), loaded.data_config,
+                           TrainingOptions(max_steps=2, batch_size=4, workers=workers))
         assert summary["workers"] == workers and summary["amp"] == "none" and math.isfinite(summary["final_loss"])
         digests.append(weights_digest(student))
     assert digests[0] == digests[1]

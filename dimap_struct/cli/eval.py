@@ -41,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ..data import default_data
+    from ..data.timm_readers import reader_source
     from ..deploy.evaluate import accuracy, load_classifier
 
     options = EvalOptions.from_args(args, args.config)
@@ -51,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(options.threads)
     data = default_data(options.data)
-    if not Path(data).is_dir():  # fail before the (possibly slow) model load
+    if reader_source(data) is None and not Path(data).is_dir():  # fail before the (possibly slow) model load
         raise UserError(f"data directory not found: {data}")
     if options.runtime != "onnxruntime" and not str(options.model).lower().endswith(".onnx"):
         raise UserError(f"--runtime {options.runtime} runs .onnx files; {options.model} runs in PyTorch")

@@ -44,6 +44,7 @@ from torch.utils.data import (BatchSampler, ConcatDataset, DataLoader, Dataset, 
                               SequentialSampler, Subset)
 
 from ..errors import UserError
+from .timm_readers import hf_splits, reader_source, timm_images
 
 DATA_ENV = "DIMAP_DATA"
 """Environment variable naming the data directory used when no path is given."""
@@ -293,9 +294,10 @@ class FolderUnion(ConcatDataset):
         return self.datasets[0].classes
 
 
-def _folder_reading(data_config: dict, train_augment: bool):
+def _folder_reading(data_config: dict, train_augment: bool, normalized: bool = True):
     """(transform, loader) for image files: timm's transform for the data config and
-    :func:`read_image` in the model's channel count."""
+    :func:`read_image` in the model's channel count. ``normalized=False``: the transform ends on
+    uint8 tensors, to be normalised by timm's ``PrefetchLoader`` (its ``use_prefetcher``)."""
     # deferred (also below): image folders only; MNIST's IDX files (dimap-eval of an ONNX file on
     # MNIST) start without timm, torchvision and PIL
     from timm.data import create_transform
@@ -305,14 +307,14 @@ def _folder_reading(data_config: dict, train_augment: bool):
     channels = _input_size(data_config)[0]
     if channels not in IMAGE_MODES:
         raise UserError(f"image folders need a model with 1 or 3 input channels, this one has {channels}")
-    return (create_transform(**config, is_training=train_augment),
+    return (create_transform(**config, is_training=train_augment, use_prefetcher=not normalized),
             functools.partial(read_image, mode=IMAGE_MODES[channels]))
 
 
-def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool) -> Dataset:
+def _image_folder(root: Path, split: str, data_config: dict, train_augment: bool, normalized: bool = True) -> Dataset:
     from torchvision.datasets import ImageFolder  # deferred: image folders only (see _folder_reading)
 
-    transform, loader = _folder_reading(data_config, train_augment)
+    transform, loader = _folder_reading(data_config, train_augment, normalized)
     check_links(root)  # before torchvision's walk, which follows links into any loop
     try:
         folder = ImageFolder(str(root), transform=transform, allow_empty=True, loader=loader)
@@ -451,7 +453,7 @@ def _too_many_pixels(err: Exception) -> str:
 # ------------------------------------------------------------------------------ public
 
 def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = False,
-                  seed: int = 0, labels_required: bool = True) -> Dataset:
+                  seed: int = 0, labels_required: bool = True, normalized: bool = True) -> Dataset:
     """The ``split`` ("train", "eval", "all") of the dataset at ``path`` for ``data_config``.
 
     ``path`` None means ``$DIMAP_DATA`` (:func:`data_path`). ``data_config`` is timm's
@@ -460,9 +462,14 @@ def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = 
     affine for MNIST (drawn from ``seed``), timm's training transform for image folders.
     ``labels_required=False`` (calibration) also accepts a flat folder of images: an
     :class:`UnlabelledFolder` (labels ``UNLABELLED``, no classes), split by the index % 5 rule;
-    with True (evaluation, training) such a folder is a UserError.
+    with True (evaluation, training) such a folder is a UserError. ``normalized=False``: image
+    files come as uint8 tensors, for timm's ``PrefetchLoader`` to normalise (a quarter of the
+    bytes through a worker's shared memory); MNIST items are normalised either way.
     """
     split_indices(0, split)  # validates the name
+    source = reader_source(default_data(path))
+    if source is not None:
+        return _timm_source(source, default_data(path), split, data_config, train_augment, normalized)
     root = data_path(path)
     if not root.exists():
         raise UserError(f"data directory not found: {root}")
@@ -476,23 +483,43 @@ def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = 
     folders = split_folders(root)
     if folders is not None:  # the data set's own split: train/ to learn, test/ (val/) to measure
         if split == "all":
-            parts = [_image_folder(folders[s], "all", data_config, train_augment) for s in ("train", "eval")]
+            parts = [_image_folder(folders[s], "all", data_config, train_augment, normalized) for s in ("train", "eval")]
             if parts[0].classes != parts[1].classes:
                 raise UserError(f"{folders['train']} and {folders['eval']} hold different classes")
             return FolderUnion(parts)
-        return _image_folder(folders[split], "all", data_config, train_augment)
+        return _image_folder(folders[split], "all", data_config, train_augment, normalized)
     if any(p.is_dir() for p in root.iterdir()):
-        return _image_folder(root, split, data_config, train_augment)
+        return _image_folder(root, split, data_config, train_augment, normalized)
     files = _flat_images(root)
     if files and labels_required:
         raise UserError(f"{root} holds images but no class folders: evaluation and training need one "
                         "subfolder per class")
     if files:
-        folder = UnlabelledFolder(files, *_folder_reading(data_config, train_augment))
+        folder = UnlabelledFolder(files, *_folder_reading(data_config, train_augment, normalized))
         return FolderSplit(folder, split_indices(len(folder), split).tolist())
     flat = "" if labels_required else ", or, for calibration, a folder of images"
     raise UserError(f"{root} is neither MNIST (IDX files {MNIST_FILES[0]}[.gz] and "
                     f"{MNIST_FILES[1]}[.gz]) nor an image folder (one subfolder per class{flat})")
+
+
+def _timm_source(source: str, path: str, split: str, data_config: dict, train_augment: bool,
+                 normalized: bool) -> Dataset:
+    """A source of timm's readers (`timm_readers`), split as the data set is (train.tar and
+    test.tar; an HF dataset's train and validation) or else by the index % 5 rule."""
+    transform, _ = _folder_reading(data_config, train_augment, normalized)
+    mode = IMAGE_MODES[_input_size(data_config)[0]]
+    if source == "hfds":
+        parts = hf_splits(path.split("/", 1)[1])
+    else:
+        parts = {"train": "train", "eval": "eval"} if source == "tar-split" else {"train": None}
+    if "eval" not in parts:
+        whole = timm_images(source, path, parts["train"], transform, mode)
+        return FolderSplit(whole, split_indices(len(whole), split).tolist())
+    read = [timm_images(source, path, parts[s], transform, mode) for s in (("train", "eval") if split == "all"
+                                                                          else (split,))]
+    if len(read) == 2 and read[0].classes != read[1].classes:
+        raise UserError(f"{path}: the training and held-out parts hold different classes")
+    return read[0] if len(read) == 1 else FolderUnion(read)
 
 
 def num_classes(dataset: Dataset) -> int:
