@@ -3,7 +3,8 @@ the pruned models it plans (docs/method.md section 11)?
 
 Per model and batch: the dense lean export, then `--latency R` for each R in `--ratios` with the
 default (`one-module-per-ms`, floors 0: whole branches may go) and with `dimap-cost` (its own
-policy on the same table, default floors), all timed in one interleaved `deploy.bench.benchmark`
+policy on the same table, default floors), each with compress's own timed checks of the plan
+(`--latency-checks`, default), all timed in one interleaved `deploy.bench.benchmark`
 run at that batch (2 threads). Per plan: the table's predicted fraction of the unpruned plan, the
 measured fraction (pruned / dense median), their difference from R, and the prediction's error
 (predicted fraction / measured fraction - 1). The table is measured once per (model, batch) and
@@ -47,6 +48,7 @@ def measure(model: str, batch: int, folder: Path, args) -> list[dict]:
             plans.append({"model": model, "batch": batch, "plan": plan, "target": ratio, "file": path.name,
                           "compress_s": round(time.perf_counter() - start, 1),
                           "predicted": report.latency["predicted_ratio"],
+                          "checks": report.latency.get("checks", []),
                           "heads": report.architecture.heads, "mlp": report.architecture.mlp_widths})
     args.batches = [batch]
     result = timed(files, args)
@@ -58,19 +60,25 @@ def measure(model: str, batch: int, folder: Path, args) -> list[dict]:
     return plans + refused
 
 
+def _checks(row: dict) -> str:
+    """The fractions compress measured while it chose the plan (`--latency-checks`), in order."""
+    return ", ".join(f"{c['measured_ratio']:.3f}" for c in row.get("checks", [])) or "none"
+
+
 def markdown(rows: list[dict], args) -> str:
     lines = ["# `--latency R` against dimap-bench", "",
              f"{dt.date.today()}, {args.machine}. Command: `{command('latency_table', args.argv)}`.", "",
-             "| model | batch | plan | R | predicted | measured | measured - R | prediction error | branches removed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | batch | plan | R | predicted | measured | measured - R | prediction error | branches removed "
+             "| compress's checks (measured) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "refused" in r:
             lines.append(f"| {r['model']} | {r['batch']} | {r['plan']} | {r['target']:g} | refused: "
-                         f"{r['refused'].split(': ', 1)[-1]} | | | | |")
+                         f"{r['refused'].split(': ', 1)[-1]} | | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['batch']} | {r['plan']} | {r['target']:g} | {r['predicted']:.3f} | "
                      f"{r['measured']:.3f} | {r['off_target']:+.3f} | {100 * r['prediction_error']:+.1f}% | "
-                     f"{r['removed_branches']} |")
+                     f"{r['removed_branches']} | {_checks(r)} |")
     within = sum(abs(r.get("off_target", 1)) <= 0.03 for r in rows)
     accurate = sum(abs(r.get("prediction_error", 1)) <= 0.05 for r in rows)
     lines += ["", f"Within +-0.03 of R: {within} of {len(rows)}. Prediction within 5%: {accurate} of {len(rows)}.", ""]

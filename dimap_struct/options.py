@@ -378,6 +378,10 @@ class PruneOptions(SourceOptions):
                                 group="selection")
     latency_threads: int = option(2, "onnxruntime threads the --latency budget is for", kind=int, minimum=1,
                                   group="selection")
+    latency_checks: int = option(2, "with --latency: time the plan against the unpruned model (about two "
+                                 "seconds each, in turns) up to N times, selecting again with the target scaled by "
+                                 "the table's error while it lands more than 0.02 from R; 0 trusts the table",
+                                 kind=int, minimum=0, metavar="N", group="selection")
     criterion: str = option("dimap", "how groups are ranked: a score, or a name for a score and a policy "
                             "(docs/method.md section 3)", metavar="NAME", choices=_criteria, group="selection")
     policy: str | None = option(None, "how the scores become a plan, instead of the criterion's own policy "
@@ -411,7 +415,8 @@ class PruneOptions(SourceOptions):
 
     STRUCTURED_ONLY: ClassVar[tuple[str, ...]] = (
         "criterion", "policy", "score_mode", "min_heads", "min_mlp", "round_to", "prune_embed", "min_embed",
-        "calib_data", "calib_batches", "calib_images", "recovery", "latency", "latency_batch", "latency_threads")
+        "calib_data", "calib_batches", "calib_images", "recovery", "latency", "latency_batch", "latency_threads",
+        "latency_checks")
 
     def check(self) -> None:
         super().check()

@@ -79,11 +79,11 @@ def _nan_coefficients(node: dict) -> None:
 def test_nan_coefficients_in_the_cache_are_measured_again_and_reported(cache, capsys):
     """The issue's case: valid JSON, right key, NaN coefficients. Before: exit 0, predicted_ratio
     NaN, the model cut to 0.167 of its MACs, no word."""
-    first = dimap_struct.compress("reference", latency=0.5).report.latency
+    first = dimap_struct.compress("reference", latency=0.5, latency_checks=0).report.latency
     assert first["model_source"] == "measured"
     _edit(_entry(cache), _nan_coefficients)
     capsys.readouterr()
-    assert compress_cli.main(["reference", "--latency", "0.5", "--json"]) == 0
+    assert compress_cli.main(["reference", "--latency", "0.5", "--latency-checks", "0", "--json"]) == 0
     out, err = capsys.readouterr()
     latency = json.loads(out)["latency"]
     assert math.isfinite(latency["predicted_ratio"]) and abs(latency["predicted_ratio"] - 0.5) <= 0.01
@@ -91,7 +91,7 @@ def test_nan_coefficients_in_the_cache_are_measured_again_and_reported(cache, ca
     assert latency["model_source"].startswith("measured") and "damaged" in latency["model_source"]
     assert "damaged" in err and len(err.strip().splitlines()) == 1
     # measured again means cached again: the next run reads a sound entry
-    assert dimap_struct.compress("reference", latency=0.5).report.latency["model_source"] == "cache"
+    assert dimap_struct.compress("reference", latency=0.5, latency_checks=0).report.latency["model_source"] == "cache"
 
 
 def test_an_entry_edited_behind_its_checksum_is_measured_again(cache, reference, capsys):
@@ -170,7 +170,7 @@ def test_a_cache_under_a_file_is_skipped_with_one_warning(tmp_path, monkeypatch,
     (tmp_path / "afile").write_text("not a directory")
     monkeypatch.setenv("DIMAP_CACHE", str(tmp_path / "afile"))
     for _ in range(2):  # the second run reads under the file too
-        assert compress_cli.main(["reference", "--latency", "0.5", "--json"]) == 0
+        assert compress_cli.main(["reference", "--latency", "0.5", "--latency-checks", "0", "--json"]) == 0
         out, err = capsys.readouterr()
         assert json.loads(out)["latency"]["model_source"] == "measured"
         assert "not writable" in _one_warning(err)

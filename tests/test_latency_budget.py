@@ -185,10 +185,10 @@ def test_where_branches_cost_more_than_their_groups_the_per_ms_plan_removes_them
 
 def test_the_default_under_latency_ranks_by_score_per_ms(monkeypatch):
     monkeypatch.setattr(latency_probe, "load_or_measure", _fake_probe)
-    result = dimap_struct.compress("reference", latency=0.6, min_heads=0)
+    result = dimap_struct.compress("reference", latency=0.6, min_heads=0, latency_checks=0)
     assert result.report.policy == "one-module-per-ms" and result.selection.policy == "one-module-per-ms"
     assert abs(result.report.latency["predicted_ratio"] - 0.6) <= 0.01
-    embed = dimap_struct.compress("reference", latency=0.6, prune_embed=True)
+    embed = dimap_struct.compress("reference", latency=0.6, prune_embed=True, latency_checks=0)
     assert embed.report.policy == "one-module-per-mac"  # the per-ms rule ranks heads and channels only
 
 
@@ -208,10 +208,10 @@ def test_a_latency_below_the_minimums_names_the_nearest(monkeypatch, capsys):
     from dimap_struct.deploy import latency_probe
 
     monkeypatch.setattr(latency_probe, "load_or_measure", _fake_probe)
-    assert cli.main(["reference", "--latency", "0.02"]) == 2
+    assert cli.main(["reference", "--latency", "0.02", "--latency-checks", "0"]) == 2
     err = capsys.readouterr().err
     assert "allow no less than" in err and len(err.strip().splitlines()) == 1
-    result = dimap_struct.compress("reference", latency=0.97)
+    result = dimap_struct.compress("reference", latency=0.97, latency_checks=0)
     assert result.report.latency["target"] == 0.97
     assert abs(result.report.latency["predicted_ratio"] - 0.97) <= 0.01
     # The budget's scale is the model's own prediction for the unpruned plan, not the measured dense time.
@@ -269,3 +269,45 @@ def test_modules_are_timed_in_groups_that_share_one_anchor(monkeypatch):
     assert all(len(g) <= 4 for g in groups) and all(g[0] == 0 for g in groups)
     assert sorted({i for g in groups for i in g}) == list(range(10))
     assert ms == pytest.approx([t * 1.5 for t in true_ms])
+
+
+def test_checks_select_again_with_the_target_scaled_by_the_measured_error(monkeypatch):
+    """The table predicts 1.2 times too little at every plan: the first check measures 0.72 for
+    R = 0.6, the target is scaled by 0.6 / 0.72, and the plan selected for that target (the same
+    as selecting for 0.5 directly) measures 0.6 and is kept; the report says what each check saw."""
+    table = {}
+
+    def measured(spec, heads, widths, input_size, batch=1, threads=2):
+        return 1.2 * table["model"].predict(heads, widths) / table["model"].unpruned_ms
+
+    def probe(*args, **kw):
+        table["model"], source = _fake_probe(*args, **kw)
+        return table["model"], source
+
+    monkeypatch.setattr(latency_probe, "load_or_measure", probe)
+    monkeypatch.setattr(latency_probe, "measured_fraction", measured)
+    result = dimap_struct.compress("reference", latency=0.6, min_heads=0)
+    checks = result.report.latency["checks"]
+    assert len(checks) == 2 and checks[0]["target_ratio"] == pytest.approx(0.6)
+    assert checks[0]["measured_ratio"] == pytest.approx(1.2 * checks[0]["predicted_ratio"])
+    assert checks[1]["target_ratio"] == pytest.approx(0.6 * 0.6 / checks[0]["measured_ratio"])
+    assert abs(result.report.latency["measured_ratio"] - 0.6) <= 0.02
+    direct = dimap_struct.compress("reference", latency=checks[1]["target_ratio"], min_heads=0, latency_checks=0)
+    assert result.selection.plan.head_counts == direct.selection.plan.head_counts
+    assert result.selection.plan.mlp_widths == direct.selection.plan.mlp_widths
+    # one check: the table's plan, measured and kept whatever it measures
+    once = dimap_struct.compress("reference", latency=0.6, min_heads=0, latency_checks=1).report.latency
+    assert len(once["checks"]) == 1 and once["predicted_ratio"] == pytest.approx(checks[0]["predicted_ratio"])
+
+
+def test_a_plans_measured_fraction_comes_from_both_models_timed_in_turns():
+    """`measured_fraction` on the digits reference: the unpruned plan measures about 1, and the
+    plan without any branch (the skeleton: stem, merges, head) well under it."""
+    loaded = dimap_struct.load_model("reference")
+    input_size = tuple(loaded.data_config["input_size"])
+    spec = loaded.adapter.lean_spec(input_size)
+    heads = [b.attn.num_heads for b in loaded.adapter.blocks()]
+    widths = [b.mlp.width for b in loaded.adapter.blocks()]
+    whole = latency_probe.measured_fraction(spec, heads, widths, input_size)
+    bare = latency_probe.measured_fraction(spec, [0] * len(heads), [0] * len(widths), input_size)
+    assert 0.8 <= whole <= 1.25 and bare < 0.6 * whole, (whole, bare)

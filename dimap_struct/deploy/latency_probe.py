@@ -191,6 +191,22 @@ def _measure(spec, input_size: tuple, batch: int, threads: int, key: dict,
                            [_mlp(b) for b in blocks], dense, skeleton)
 
 
+def measured_fraction(spec, head_counts, mlp_widths, input_size, batch: int = 1, threads: int = 2) -> float:
+    """The latency of a plan over the unpruned model's, measured: the lean model of `spec` (the
+    adapter's `lean_spec`) and the same model with each block at the plan's head count and MLP
+    width (random weights: timing depends on shapes only) exported and timed in turns in
+    onnxruntime, as dimap-bench runs them (`_time_modules`, about a second each)."""
+    plan = iter(zip(head_counts, mlp_widths))
+    with warnings.catch_warnings():  # a removed branch is built with zero-width layers, and torch warns
+        warnings.simplefilter("ignore")
+        stages = [dataclasses.replace(stage, blocks=[_random_block(b, *next(plan), _width(b)) for b in stage.blocks])
+                  for stage in spec.stages]
+    dense, pruned = _time_modules([LeanSwin(spec, input_size).eval(),
+                                   LeanSwin(dataclasses.replace(spec, stages=stages), input_size).eval()],
+                                  (batch, *input_size), threads, seconds_each=1.0)
+    return pruned / dense
+
+
 def _skeleton(spec):
     """`spec` with every block's branches removed: what no plan can prune (stem, merges, head,
     the blocks' constant adds)."""

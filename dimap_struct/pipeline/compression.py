@@ -7,6 +7,7 @@ own package (`models`, `prune`, `recover`, `deploy`, `report`) and `compress` ru
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 from contextlib import contextmanager, nullcontext
@@ -46,6 +47,9 @@ current_stage: str | None = None
 """The label of the stage running now (for the CLI's one-line error, e.g. when memory runs out)."""
 MASK_TOLERANCE = 1e-3
 """Max abs logit difference allowed between the pruned model and the masked original."""
+LATENCY_TOLERANCE = 0.02
+"""|measured fraction - R| at which a --latency plan is kept without another check: inside the
+0.03 that --latency promises, with room for the timing's own noise."""
 
 
 @dataclass
@@ -214,14 +218,15 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
         with steps("per-block latency model (timed once per machine, then cached)"):
             latency, latency_source = _latency_model(loaded, options)
         by_latency = {"latency": latency, "target_cost": options.latency * latency.unpruned_ms}
+    select = functools.partial(
+        select_to_budget, scores, costs,
+        head_weights=[4 * b.attn.head_dim * b.attn.in_features for b in blocks],
+        channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
+        target_macs=target, policy=criterion.policy, head_dims=[b.attn.head_dim for b in blocks],
+        min_heads=options.min_heads, min_mlp=options.min_mlp, round_to=options.round_to,
+        min_embed=options.min_embed, **embed, **by_latency)
     with steps("select to the MACs budget" if latency is None else "select to the latency budget"):
-        selection = select_to_budget(
-            scores, costs,
-            head_weights=[4 * b.attn.head_dim * b.attn.in_features for b in blocks],
-            channel_weights=[2 * b.mlp.fc1.in_features for b in blocks],
-            target_macs=target, policy=criterion.policy, head_dims=[b.attn.head_dim for b in blocks],
-            min_heads=options.min_heads, min_mlp=options.min_mlp, round_to=options.round_to,
-            min_embed=options.min_embed, **embed, **by_latency)
+        selection = select()
     if latency is not None and selection.target_cost + 0.01 * latency.unpruned_ms < min(selection.floor_cost,
                                                                                          selection.achieved_cost):
         # a plan near the target that lands over it because one removal takes a whole branch is
@@ -229,6 +234,10 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
         raise UserError(f"--latency {options.latency:g}: the minimums (--min-heads, --min-mlp"
                         f"{', --min-embed' if options.prune_embed else ''}) allow no less than "
                         f"{selection.floor_cost / latency.unpruned_ms:.3f} of the predicted dense latency")
+    checks = []
+    if latency is not None and options.latency_checks and not options.prune_embed:
+        with steps(f"time the plan against the unpruned model (up to {options.latency_checks} times)"):
+            selection, checks = _measured_to_target(select, selection, latency.unpruned_ms, loaded, options)
     plan = selection.plan
 
     held_out = None
@@ -259,6 +268,9 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
                           "predicted_unpruned_ms": latency.unpruned_ms,
                           "predicted_ratio": selection.achieved_cost / latency.unpruned_ms,
                           "model_source": latency_source, "model": latency.to_dict()}
+        if checks:
+            report.latency.update(checks=checks, measured_ratio=min((c["measured_ratio"] for c in checks),
+                                                                     key=lambda m: abs(m - options.latency)))
     if options.calib_data is not None and options.recovery != "none":
         with steps(f"recover ({options.recovery})"):
             report.recovery = _recover(net, adapter, plan, stats, options, dense, loaded)
@@ -273,6 +285,30 @@ def _prune_structured(loaded: LoadedModel, options: CompressOptions, budget: Bud
                                     f"{len(images)} held-out images: this plan breaks the model "
                                     "(try a larger budget, --calib-data recovery or dimap-finetune)")
     return net, selection, report
+
+
+def _measured_to_target(select, selection, unpruned_ms: float, loaded: LoadedModel, options: CompressOptions):
+    """(the selection to keep, what each check saw): time `selection`'s plan against the unpruned
+    model (`latency_probe.measured_fraction`) and, while it lands more than `LATENCY_TOLERANCE`
+    from --latency R, select again with the target cost scaled by R over the measured fraction
+    (the table's error at that plan, taken as a ratio); at most --latency-checks timings. The
+    plan measured closest to R is kept. Each check: the target, predicted and measured fractions."""
+    input_size = tuple(loaded.data_config["input_size"])
+    spec = loaded.adapter.lean_spec(input_size)
+    tried = []
+    target = selection.target_cost
+    for _ in range(options.latency_checks):
+        measured = latency_probe.measured_fraction(spec, selection.plan.head_counts, selection.plan.mlp_widths,
+                                                   input_size, options.latency_batch, options.latency_threads)
+        tried.append((selection, {"target_ratio": target / unpruned_ms,
+                                  "predicted_ratio": selection.achieved_cost / unpruned_ms,
+                                  "measured_ratio": measured}))
+        if abs(measured - options.latency) <= LATENCY_TOLERANCE or len(tried) == options.latency_checks:
+            break
+        target *= options.latency / measured
+        selection = select(target_cost=target)
+    kept, _ = min(tried, key=lambda t: abs(t[1]["measured_ratio"] - options.latency))
+    return kept, [check for _, check in tried]
 
 
 def _held_out(loaded: LoadedModel, options: CompressOptions):

@@ -56,6 +56,16 @@ def _estimate(estimate: dict) -> str:
     return text + ")"
 
 
+def _latency_text(latency: dict) -> str:
+    """--latency's row: the target, the table's prediction and, when the plan was timed, the measured fraction."""
+    text = (f"target {latency['target']:g} of the dense model (batch {latency['batch']}, {latency['threads']} "
+            f"threads); predicted {latency['predicted_ratio']:.3f}")
+    if "measured_ratio" in latency:
+        checks = len(latency["checks"])
+        text += f", measured {latency['measured_ratio']:.3f} ({checks} timing{'s' if checks > 1 else ''} in turns)"
+    return text
+
+
 def _structured_rows(summary: Table, report: Report) -> None:
     mode = f", score mode {report.score_mode}" if report.score_mode else ""
     parts = f"score {report.score}, policy {report.policy}" if report.score else f"selection: {report.selection['policy']}"
@@ -65,6 +75,8 @@ def _structured_rows(summary: Table, report: Report) -> None:
     mark = "on target" if achieved.on_target else "[red]off target[/]"
     summary.add_row("achieved", f"{_g(achieved.macs)} MACs ({achieved.ratio:.3f}), {mark}")
     summary.add_row("params", f"{_m(report.original.params)} -> {_m(achieved.params)} ({achieved.params_ratio:.3f})")
+    if report.latency is not None:
+        summary.add_row("latency", _latency_text(report.latency))
     summary.add_row("mask equivalence", f"max |diff| {report.verification['mask_equivalence_max_abs_diff']:.2e}")
 
 
