@@ -300,14 +300,33 @@ def test_checks_select_again_with_the_target_scaled_by_the_measured_error(monkey
     assert len(once["checks"]) == 1 and once["predicted_ratio"] == pytest.approx(checks[0]["predicted_ratio"])
 
 
-def test_a_plans_measured_fraction_comes_from_both_models_timed_in_turns():
-    """`measured_fraction` on the digits reference: the unpruned plan measures about 1, and the
-    plan without any branch (the skeleton: stem, merges, head) well under it."""
+def test_a_plans_measured_fraction_times_the_plan_against_the_unpruned_model(monkeypatch):
+    """`measured_fraction` times two lean models in one call (in turns): the unpruned one and one
+    whose blocks have the plan's head counts and MLP widths (0: the branch removed); the fraction
+    is the second time over the first."""
+    from dimap_struct.models.lean import LeanSwin
+
     loaded = dimap_struct.load_model("reference")
     input_size = tuple(loaded.data_config["input_size"])
     spec = loaded.adapter.lean_spec(input_size)
-    heads = [b.attn.num_heads for b in loaded.adapter.blocks()]
-    widths = [b.mlp.width for b in loaded.adapter.blocks()]
-    whole = latency_probe.measured_fraction(spec, heads, widths, input_size)
-    bare = latency_probe.measured_fraction(spec, [0] * len(heads), [0] * len(widths), input_size)
-    assert 0.8 <= whole <= 1.25 and bare < 0.6 * whole, (whole, bare)
+    timed, specs = [], []
+
+    def fake_time(modules, shape, threads, seconds_each=0.25, min_rounds=15):
+        timed.append((modules, shape, threads))
+        return [4.0, 1.0]
+
+    def recording(spec, size):
+        specs.append(spec)
+        return LeanSwin(spec, size)
+
+    monkeypatch.setattr(latency_probe, "_time_modules", fake_time)
+    monkeypatch.setattr(latency_probe, "LeanSwin", recording)
+    heads, widths = [2, 0, 3, 1, 4, 8], [54, 50, 0, 117, 262, 0]
+    assert latency_probe.measured_fraction(spec, heads, widths, input_size, batch=8, threads=1) == 0.25
+    (modules, shape, threads), = timed
+    assert shape == (8, *input_size) and threads == 1 and all(isinstance(m, LeanSwin) for m in modules)
+    assert specs[0] is spec
+    dense, pruned = ([b for stage in s.stages for b in stage.blocks] for s in specs)
+    assert [latency_probe._heads(b) for b in dense] == [b.attn.num_heads for b in loaded.adapter.blocks()]
+    assert [latency_probe._heads(b) for b in pruned] == heads
+    assert [latency_probe._mlp(b) for b in pruned] == widths
