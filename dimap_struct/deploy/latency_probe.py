@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,12 @@ from ..models.lean import LeanAttention, LeanBlockSpec, LeanSwin, headless, hidd
 from ..prune.latency import LatencyModel, StageTable, mlp_grid, monotone, with_fixed_part
 from .bench import machine_record, time_batch
 from .onnx_file import open_session
+
+PLAUSIBLE_SCALE = (0.3, 3.0)
+"""The blocks' scale (whole model over the chains' sum, `with_fixed_part`) of the tables cached
+here lies within 0.75 to 1.11; a timing of the unpruned model disturbed by other work once gave 0.05, which made every
+target under 0.76 unreachable. Outside this range the whole model is timed again."""
+TIMINGS_OF_THE_WHOLE = 3
 
 # 2: the model records its own prediction of the unpruned plan; 3: entries carry a sha256; 4: a measured
 # table per stage instead of a fitted linear model; 5: a measured skeleton and a block scale
@@ -181,14 +188,20 @@ def _measure(spec, input_size: tuple, batch: int, threads: int, key: dict,
         attention = [(t - by_heads[0]) / len(chain) for t in by_heads]
         channels = [(t - by_mlp[0]) / len(chain) for t in by_mlp]
         stages.append(StageTable(monotone(attention), widths, monotone(channels), width))
-    notify("timing the unpruned model and its skeleton")
-    dense, skeleton = _time_modules([LeanSwin(spec, input_size).eval(), LeanSwin(_skeleton(spec), input_size).eval()],
-                                    (batch, *input_size), threads, seconds_each=1.0)
     blocks = [b for stage in spec.stages for b in stage.blocks]
     block_stages = [s for s, stage in enumerate(spec.stages) for _ in stage.blocks]
     stage_widths = [_width(stage.blocks[0]) for stage in spec.stages]
-    return with_fixed_part(key, stages, block_stages, stage_widths, [_heads(b) for b in blocks],
-                           [_mlp(b) for b in blocks], dense, skeleton)
+    tries = []
+    for attempt in range(TIMINGS_OF_THE_WHOLE):
+        notify("timing the unpruned model and its skeleton" + (" again (the blocks' scale was implausible)"
+                                                                if attempt else ""))
+        dense, skeleton = _time_modules([LeanSwin(spec, input_size).eval(), LeanSwin(_skeleton(spec), input_size).eval()],
+                                        (batch, *input_size), threads, seconds_each=1.0)
+        tries.append(with_fixed_part(key, stages, block_stages, stage_widths, [_heads(b) for b in blocks],
+                                     [_mlp(b) for b in blocks], dense, skeleton))
+        if PLAUSIBLE_SCALE[0] <= tries[-1].scale <= PLAUSIBLE_SCALE[1]:
+            break
+    return min(tries, key=lambda model: abs(math.log(model.scale)))  # the most plausible of the timings
 
 
 def measured_fraction(spec, head_counts, mlp_widths, input_size, batch: int = 1, threads: int = 2) -> float:
