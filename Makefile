@@ -27,14 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt uv
 	$(BIN)/uv pip install --quiet --no-cache --python $(BIN)/python -c constraints.txt \
 		-e '.[test,dynamo,openvino,hf,datasets]'
-	$(BIN)/python -c "$(WARM_IMPORTS)"
 	touch $(STAMP)
-
-# One import of what the commands load writes its byte code (about 30 s here): processes that
-# start together later (the test workers, torchrun's ranks) would each compile the same modules
-# (an import of torch and timm took 29 s with nothing compiled, 9 s after).
-WARM_IMPORTS := import torch.onnx, timm, onnxruntime.quantization, onnxslim, onnxscript, transformers.models.swin, \
-	dimap_struct.pipeline, dimap_struct.cli.compress, dimap_struct.cli.finetune, dimap_struct.cli.eval, dimap_struct.cli.bench
 
 DATA ?= ../shared/data/cifar10
 
