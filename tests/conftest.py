@@ -75,20 +75,3 @@ def few(tmp_path_factory):
             for image in sorted(folder.iterdir())[:count]:
                 shutil.copy(image, root / split / folder.name / image.name)
     return root
-
-
-LONGEST = ("test_finetune.py::test_two_nodes_of_two_processes", "test_finetune.py::test_sigterm_leaves_no_output",
-           "test_signals.py::test_signals_at_random_moments", "test_export.py::", "test_reliability.py::test_r25_",
-           "test_packaging.py::", "test_surgery.py::test_mask_equivalence[swin_t]", "test_eval.py::test_pruned_onnx",
-           "test_lean_export.py::test_the_lean_graph_has_no_shape", "test_signals.py::test_full_disk",
-           "test_cli.py::test_offline_pretrained", "test_policy.py::test_every_alias", "test_cli.py::test_checkpoint_formats")
-"""Tests of 10 s or more (`pytest --durations=30` under `make test`), longest first, or their
-module when a module-scoped fixture is the cost. They run first, in this order: with two
-workers, a long test that starts last keeps one worker busy while the other has nothing left."""
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        return next((i for i, key in enumerate(LONGEST) if key in item.nodeid), len(LONGEST))
-
-    items.sort(key=rank)  # stable: the rest keep their order
