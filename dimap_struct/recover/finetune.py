@@ -260,7 +260,8 @@ def train_loader(data, data_config: dict, cfg: TrainingConfig, ctx: DistContext,
     `cfg.workers` workers (default `default_workers`), pinned memory on CUDA. Each image's
     augmentation comes from its own seed (`image_seed`). Image files leave the workers as uint8
     and are normalised on the training device by timm's `PrefetchLoader` (a quarter of the bytes
-    through shared memory: with float32 the workers spent a third of their time on page faults)."""
+    through shared memory: with float32, two workers took 8.2 CPU-s and 335k page faults in a run timing 1,280
+    images at 224 px, with uint8 4.9 CPU-s and 71k)."""
     dataset = build_dataset(data, "train", data_config, train_augment=True, seed=seed + 1000 * ctx.rank,
                             normalized=False)
     shard = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
