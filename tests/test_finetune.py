@@ -59,13 +59,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, small_mnist):
+def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_mnist):
     """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine): the 4 ranks end
     on one set of weights, which the report and the exported file are, and the model equals one process with 4x the batch in 4 accumulation
     parts (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
-    common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", small_mnist]
+    common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", tiny_mnist]
     nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
              "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(tmp_path / "four.onnx")]
@@ -79,7 +79,7 @@ def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, small
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
     assert ft["world_size"] == 4 and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
     # the exported model is the one the log describes: its accuracy is what the script reported
-    measured = accuracy(onnx_classifier(out), small_mnist, split="eval")["top1"]
+    measured = accuracy(onnx_classifier(out), tiny_mnist, split="eval")["top1"]
     assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
     assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
     assert not out.with_suffix(".resume.pt").exists()
@@ -89,9 +89,9 @@ def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, small
 
     # the one process runs here, through the API the command calls (a fifth torch start costs seconds)
     finetune("reference", None, pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2,
-             data=small_mnist, batch_size=32, accum_steps=4, output=str(tmp_path / "one.onnx"))
+             data=tiny_mnist, batch_size=32, accum_steps=4, output=str(tmp_path / "one.onnx"))
 
-    images = build_dataset(small_mnist, "eval", load_model("reference").data_config)[list(range(64))][0]
+    images = build_dataset(tiny_mnist, "eval", load_model("reference").data_config)[list(range(20))][0]
     four, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("four", "one"))
     assert float((four - one).abs().max()) < 1e-4, float((four - one).abs().max())
 
