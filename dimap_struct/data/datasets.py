@@ -467,10 +467,11 @@ def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = 
     bytes through a worker's shared memory); MNIST items are normalised either way.
     """
     split_indices(0, split)  # validates the name
-    source = reader_source(default_data(path))
+    given = default_data(path)
+    source = reader_source(given)
     if source is not None:
-        return _timm_source(source, default_data(path), split, data_config, train_augment, normalized)
-    root = data_path(path)
+        return _timm_source(source, given, split, data_config, train_augment, normalized)
+    root = Path(given)
     if not root.exists():
         raise UserError(f"data directory not found: {root}")
     if not root.is_dir():
