@@ -584,7 +584,8 @@ class FinetuneOptions(TrainingOptions, PruneOptions):
                                 group="output", recipe=False)
     force: bool = option(False, "overwrite existing output files", kind=bool, group="output", recipe=False)
     resume: bool = option(False, "continue from OUT.resume.pt at the step it was saved (after each epoch, every "
-                          "--save-every steps, and when a signal stopped training)", kind=bool,
+                          "--save-every steps, and when a signal stopped training); the process count, "
+                          "--batch-size and --accum-steps may change if --batch-size x processes stays", kind=bool,
                           group="output", recipe=False)
     plain_export: bool = option(False, "export the model's own forward (timm's or torchvision's graph) instead "
                                 "of the lean graph of the same function", kind=bool, group="output")

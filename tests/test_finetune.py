@@ -1,4 +1,5 @@
 """dimap-finetune: single process, torchrun with 2 gloo processes, interruption and --resume."""
+import dataclasses
 import json
 import math
 import os
@@ -59,37 +60,51 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_mnist):
-    """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine): the 4 ranks end
-    on one set of weights, which the report and the exported file are, and the model equals one process with 4x the batch in 4 accumulation
-    parts (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
+def test_two_nodes_of_two_processes_resume_one_process_and_take_its_step(tmp_path, tiny_mnist):
+    """One process of 32 images per step (4 --accum-steps parts) is stopped after its first step;
+    torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine) of 8 images each
+    resumes its state and takes the second step. The 4 ranks end on one set of weights, which the
+    report and the exported file are, and the model equals one process that was never stopped
+    (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
+    from dimap_struct import signals
+    from dimap_struct.data import build_dataset
+    from dimap_struct.models import load_model
+    from dimap_struct.pipeline import finetune
+
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
+    out = tmp_path / "four.onnx"
+    api = dict(pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2, data=tiny_mnist,
+               batch_size=32, accum_steps=4)
+
+    def stop(step, total, loss):
+        if step == 1:
+            raise signals.Terminated(signal.SIGTERM)
+
+    # the process that is stopped, and the one that is not, run here through the API the command
+    # calls (each torch start costs seconds)
+    with pytest.raises(signals.Terminated):
+        finetune("reference", None, output=str(out), on_train_step=stop, **api)
+    assert out.with_suffix(".resume.pt").is_file() and not out.exists()
+    finetune("reference", None, output=str(tmp_path / "one.onnx"), **api)
+
     common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", tiny_mnist]
     nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
-             "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(tmp_path / "four.onnx")]
+             "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(out), "--resume"]
     launches = [subprocess.Popen(nodes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
                 for _ in range(2)]
     outputs = [p.communicate(timeout=400) for p in launches]
     assert all(p.returncode == 0 for p in launches), [err[-2000:] for _, err in outputs]
     digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", "".join(err for _, err in outputs)))
     assert set(digests) == {"0", "1", "2", "3"} and len(set(digests.values())) == 1
-    out = tmp_path / "four.onnx"
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
-    assert ft["world_size"] == 4 and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
+    assert ft["world_size"] == 4 and ft["resumed"] and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
     # the exported model is the one the log describes: its accuracy is what the script reported
     measured = accuracy(onnx_classifier(out), tiny_mnist, split="eval")["top1"]
     assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
     assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
     assert not out.with_suffix(".resume.pt").exists()
-    from dimap_struct.data import build_dataset
-    from dimap_struct.models import load_model
-    from dimap_struct.pipeline import finetune
-
-    # the one process runs here, through the API the command calls (a fifth torch start costs seconds)
-    finetune("reference", None, pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2,
-             data=tiny_mnist, batch_size=32, accum_steps=4, output=str(tmp_path / "one.onnx"))
 
     images = build_dataset(tiny_mnist, "eval", load_model("reference").data_config)[list(range(20))][0]
     four, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("four", "one"))
@@ -280,17 +295,26 @@ def test_resume_refuses_a_different_command(tmp_path, capsys):
 
     code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
     assert code == 2 and "no " in capsys.readouterr().err
-    # a checkpoint whose identity (recipe, process count) is another command's is refused
+    # a state whose identity (recipe, images per step) is another command's is refused, naming
+    # what differs; the process count, --batch-size and --accum-steps are not part of it
     from dimap_struct.options import FinetuneOptions
-    from dimap_struct.recover.finetune import rng_state, save_state
+    from dimap_struct.pipeline.finetuning import _identity
+    from dimap_struct.recover.finetune import DistContext, rng_state, save_state
 
-    other = FinetuneOptions(model="reference", pretrained=False, flops="0.6").recipe()
+    def identity(world_size, **options):
+        return _identity(FinetuneOptions(model="reference", pretrained=False, **options),
+                         dataclasses.replace(DistContext(), world_size=world_size))
+
+    assert identity(4, batch_size=16) == identity(2, batch_size=32, accum_steps=4) == identity(1, batch_size=64)
     well_formed = {"student": {}, "optimizer": {"state": {}, "param_groups": [{}]}, "scaler": {}, "ema": {},
                    "rng": rng_state(torch.device("cpu")), "epoch": 1, "position": 0, "step": 8}
-    save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), well_formed, {"recipe": other, "world_size": 1})
-    code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
-    err = capsys.readouterr().err
-    assert code == 2 and "different command (flops 0.6 there, 0.5 here)" in err and len(err.splitlines()) == 1
+    for other, differs in ((identity(1, flops="0.6"), "flops 0.6 there, 0.5 here"),
+                           (identity(2, batch_size=64, flops="0.5"), "images per step (--batch-size x processes) 128 there, "
+                                                        "64 here")):
+        save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), well_formed, other)
+        code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"different command ({differs})" in err and len(err.splitlines()) == 1, err
 
 
 def test_iterative_rounds_reach_the_target_and_trace_heads_back(tmp_path, small_mnist):

@@ -180,8 +180,12 @@ def _in_rounds(job: _Job, on_step, teacher_top1) -> tuple[nn.Module, Report, str
 
 
 def _identity(options: FinetuneOptions, ctx: DistContext) -> dict:
-    """What a resume state must have been saved by: the same recipe and process count."""
-    return {"recipe": options.recipe(), "world_size": ctx.world_size}
+    """What a resume state must have been saved by: the same recipe and images per step. The
+    process count, --batch-size and --accum-steps may change as long as --batch-size x processes
+    stays: a step's images are the same then (`recover.finetune.EpochBatches`), and the gradients
+    add up to the same step within float rounding."""
+    recipe = {k: v for k, v in options.recipe().items() if k not in ("batch_size", "accum_steps")}
+    return {"recipe": recipe, "images_per_step": options.batch_size * ctx.world_size}
 
 
 def _resume_state(options: FinetuneOptions, ctx: DistContext) -> dict | None:
@@ -201,7 +205,8 @@ def _resume_state(options: FinetuneOptions, ctx: DistContext) -> dict | None:
 
 
 def _differences(saved: dict, now: dict) -> str:
-    """What differs between two identities, e.g. "flops 0.6 there, 0.5 here; process count 2 there, 1 here"."""
+    """What differs between two identities, e.g. "flops 0.6 there, 0.5 here; images per step
+    (--batch-size x processes) 64 there, 32 here"."""
     def parts(a: dict, b: dict) -> list[str]:
         out = []
         for key in sorted(set(a) | set(b), key=str):
@@ -209,7 +214,8 @@ def _differences(saved: dict, now: dict) -> str:
             if isinstance(x, dict) and isinstance(y, dict):
                 out += parts(x, y)
             elif x != y:
-                name = "process count" if key == "world_size" else str(key)
+                name = {"images_per_step": "images per step (--batch-size x processes)",
+                        "world_size": "process count"}.get(key, str(key))
                 out.append(f"{name} {x} there, {y} here")
         return out
 

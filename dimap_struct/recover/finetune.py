@@ -184,7 +184,9 @@ def image_seed(seed: int, epoch: int, index: int) -> int:
 class EpochBatches(Sampler):
     """The batches of this rank's shard for one epoch, from batch `start` on; each batch is
     `((seed, epoch), indices)`, what `image_seed` needs. The shard's order depends on the sampler's seed and the epoch only
-    (`DistributedSampler`), so skipping `start` batches resumes the epoch where it stopped."""
+    (`DistributedSampler`), so skipping `start` batches resumes the epoch where it stopped. Rank
+    r of W takes every W-th image of the epoch's permutation, so step k of all ranks together
+    reads images k*W*B .. (k+1)*W*B - 1 of it: the same images for any W of one W x B."""
 
     def __init__(self, shard: DistributedSampler, batch_size: int, seed: int, rank: int):
         self.shard, self.batch_size, self.seed, self.rank = shard, batch_size, seed, rank
@@ -308,7 +310,9 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
     models train on `ctx.device` and are back on the CPU when it returns or raises.
 
     `state`: a state `on_save` was given (`read_state`): training continues at its step, and
-    ends with the weights an uninterrupted run ends with (same world size).
+    ends with the weights an uninterrupted run ends with (with another world size of the same
+    images per step, within float rounding, when the model draws no per-sample randomness such
+    as drop-path: its draws follow the per-rank batch).
     `on_save(state)`: called on every rank with a resume state (student, optimizer, scaler, EMA,
     RNG states, epoch, position in the epoch, step; live tensors: serialise them at once) after
     each full epoch, every `cfg.save_every` steps, and when a KeyboardInterrupt (a signal,
