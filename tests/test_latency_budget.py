@@ -75,6 +75,36 @@ def test_the_probe_times_a_chain_per_stage_at_every_head_count_and_mlp_width(fam
     assert 0 < model.fixed_ms < model.dense_ms and model.scale > 0
 
 
+@pytest.mark.parametrize("family", ["swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256"])
+def test_onnxruntime_runs_the_same_graph_of_a_chain_exported_without_torchs_constant_folding(family, tmp_path):
+    """The probe exports without torch's constant folding (`export_unit`): the graph onnxruntime
+    optimises and runs is the one it runs from torch's folded export, node for node and initializer
+    for initializer, so the timing is the same."""
+    import onnx
+    import onnxruntime as ort
+
+    adapter = adapter_for_model(small(family))
+    spec = adapter.lean_spec(tuple(adapter.data_config()["input_size"]))
+    chain = spec.stages[0].blocks[:2]
+    width = latency_probe._width(chain[0])
+    grid = (spec.grid[0], spec.grid[1])
+    unit = latency_probe._chain_unit(chain, grid, latency_probe._heads(chain[0]), 8, width)
+    shape = (2, grid[0] * grid[1], width)
+    torch.onnx.export(unit, (torch.zeros(*shape),), str(tmp_path / "folded.onnx"), dynamo=False, opset_version=17,
+                      input_names=["input"])
+    latency_probe.export_unit(unit, shape, tmp_path / "unfolded.onnx")
+    graphs = []
+    for name in ("folded", "unfolded"):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / f"{name}.run.onnx")
+        ort.InferenceSession(str(tmp_path / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(tmp_path / f"{name}.run.onnx")).graph
+        graphs.append(([(n.op_type, len(n.input)) for n in graph.node], sorted(tuple(i.dims) for i in graph.initializer)))
+    assert graphs[0] == graphs[1]
+    assert len(onnx.load(str(tmp_path / "unfolded.onnx")).graph.node) > len(graphs[1][0])  # it did fold
+
+
 def _model(fixed_ms: float = 1.0) -> LatencyModel:
     # one head of stage i costs 0.5 * (i + 1) ms, one MLP channel 0.02 ms (c = 1 in this model)
     stages = [linear_table(h, m, 0.5 * (i + 1), 0.02, steps=m) for i, (h, m) in enumerate(zip(HEADS, CHANNELS))]
