@@ -311,8 +311,8 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
 
     `state`: a state `on_save` was given (`read_state`): training continues at its step, and
     ends with the weights an uninterrupted run ends with (with another world size of the same
-    images per step, within float rounding, when the model draws no per-sample randomness such
-    as drop-path: its draws follow the per-rank batch).
+    images per step, within float rounding, when nothing draws per process's batch: drop-path
+    and --mixup / --cutmix do).
     `on_save(state)`: called on every rank with a resume state (student, optimizer, scaler, EMA,
     RNG states, epoch, position in the epoch, step; live tensors: serialise them at once) after
     each full epoch, every `cfg.save_every` steps, and when a KeyboardInterrupt (a signal,
