@@ -1,7 +1,7 @@
 """Wall time and peak memory of `dimap-compress` end to end (issue 2's speed/memory goal).
 
-Runs the installed CLI as a child process several times and reports the median wall time and
-the peak resident set size (ru_maxrss of the child; each repeat runs in a fresh process, so a
+Runs the installed CLI as a child process several times and reports the median wall time (with
+`--latency`: the first run's and the median of the others, apart) and the peak resident set size (ru_maxrss of the child; each repeat runs in a fresh process, so a
 repeat's peak is its own). Writes benchmarks/results/compress_time.{json,md}.
 
     .venv/bin/python -m benchmarks.compress_time                 # swin_b, R = 0.5, 3 repeats
@@ -91,7 +91,7 @@ def main() -> None:
         + (f"| median wall (s) | runs (s) | peak RSS (GiB) | achieved MACs ratio |\n|---|---|---|---|\n"
            f"| {summary['median_wall_s']} | " if args.latency is None else
            f"| wall, table measured (s) | median wall, table cached (s) | runs (s) | peak RSS (GiB) | achieved MACs "
-           f"ratio |\n|---|---|---|---|---|\n| {summary['cold_wall_s']} | {summary['cached_median_wall_s']} | ")
+           f"ratio |\n|---|---|---|---|---|\n| {summary['cold_wall_s']} | {summary['cached_median_wall_s'] or '-'} | ")
         + f"{', '.join(str(r['wall_s']) for r in rows)} | {summary['max_peak_rss_gib']} | "
         f"{summary['achieved_ratio']:.4f} |\n\n"
         f"Stage seconds (last run): {stages}\n")

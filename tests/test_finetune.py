@@ -1,4 +1,5 @@
-"""dimap-finetune: single process, torchrun with 2 gloo processes, interruption and --resume."""
+"""dimap-finetune: single process, torchrun (2 nodes x 2 gloo processes; 2 processes resuming one
+process's state), interruption and --resume."""
 import dataclasses
 import json
 import math
@@ -60,12 +61,48 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_nodes_of_two_processes_resume_one_process_and_take_its_step(tmp_path, tiny_mnist):
+def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_mnist):
+    """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine): the 4 ranks end
+    on one set of weights, which the report and the exported file are, and the model equals one process with 4x the batch in 4 accumulation
+    parts (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
+    common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", tiny_mnist]
+    nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
+             "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(tmp_path / "four.onnx")]
+    launches = [subprocess.Popen(nodes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                for _ in range(2)]
+    outputs = [p.communicate(timeout=400) for p in launches]
+    assert all(p.returncode == 0 for p in launches), [err[-2000:] for _, err in outputs]
+    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", "".join(err for _, err in outputs)))
+    assert set(digests) == {"0", "1", "2", "3"} and len(set(digests.values())) == 1
+    out = tmp_path / "four.onnx"
+    ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
+    assert ft["world_size"] == 4 and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
+    # the exported model is the one the log describes: its accuracy is what the script reported
+    measured = accuracy(onnx_classifier(out), tiny_mnist, split="eval")["top1"]
+    assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
+    assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
+    assert not out.with_suffix(".resume.pt").exists()
+    from dimap_struct.data import build_dataset
+    from dimap_struct.models import load_model
+    from dimap_struct.pipeline import finetune
+
+    # the one process runs here, through the API the command calls (a fifth torch start costs seconds)
+    finetune("reference", None, pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2,
+             data=tiny_mnist, batch_size=32, accum_steps=4, output=str(tmp_path / "one.onnx"))
+
+    images = build_dataset(tiny_mnist, "eval", load_model("reference").data_config)[list(range(20))][0]
+    four, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("four", "one"))
+    assert float((four - one).abs().max()) < 1e-4, float((four - one).abs().max())
+
+
+def test_two_processes_resume_a_stopped_process_of_their_images_per_step(tmp_path, tiny_mnist):
     """One process of 32 images per step (4 --accum-steps parts) is stopped after its first step;
-    torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine) of 8 images each
-    resumes its state and takes the second step. The 4 ranks end on one set of weights, which the
-    report and the exported file are, and the model equals one process that was never stopped
-    (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
+    torchrun --nproc-per-node 2 of 16 images each resumes its state and takes the second step: the
+    2 ranks agree, the report says it resumed, and the model equals one process that was never
+    stopped (drop-path off, as it draws per forward)."""
     from dimap_struct import signals
     from dimap_struct.data import build_dataset
     from dimap_struct.models import load_model
@@ -73,7 +110,7 @@ def test_two_nodes_of_two_processes_resume_one_process_and_take_its_step(tmp_pat
 
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
-    out = tmp_path / "four.onnx"
+    out = tmp_path / "two.onnx"
     api = dict(pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2, data=tiny_mnist,
                batch_size=32, accum_steps=4)
 
@@ -81,34 +118,25 @@ def test_two_nodes_of_two_processes_resume_one_process_and_take_its_step(tmp_pat
         if step == 1:
             raise signals.Terminated(signal.SIGTERM)
 
-    # the process that is stopped, and the one that is not, run here through the API the command
-    # calls (each torch start costs seconds)
+    # the process that is stopped, and the one that is not, run here through the API the command calls
     with pytest.raises(signals.Terminated):
         finetune("reference", None, output=str(out), on_train_step=stop, **api)
     assert out.with_suffix(".resume.pt").is_file() and not out.exists()
     finetune("reference", None, output=str(tmp_path / "one.onnx"), **api)
 
-    common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", tiny_mnist]
-    nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
-             "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(out), "--resume"]
-    launches = [subprocess.Popen(nodes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-                for _ in range(2)]
-    outputs = [p.communicate(timeout=400) for p in launches]
-    assert all(p.returncode == 0 for p in launches), [err[-2000:] for _, err in outputs]
-    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", "".join(err for _, err in outputs)))
-    assert set(digests) == {"0", "1", "2", "3"} and len(set(digests.values())) == 1
+    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "dimap_struct.cli.finetune", *LOUD, "--config", str(recipe), "--max-steps", "2",
+                             "--data", tiny_mnist, "--batch-size", "16", "-o", str(out), "--resume"],
+                            capture_output=True, text=True, env=_env(), timeout=400)
+    assert launch.returncode == 0, launch.stderr[-2000:]
+    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", launch.stderr))
+    assert set(digests) == {"0", "1"} and len(set(digests.values())) == 1
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
-    assert ft["world_size"] == 4 and ft["resumed"] and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
-    # the exported model is the one the log describes: its accuracy is what the script reported
-    measured = accuracy(onnx_classifier(out), tiny_mnist, split="eval")["top1"]
-    assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
-    assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
+    assert ft["world_size"] == 2 and ft["resumed"] and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
     assert not out.with_suffix(".resume.pt").exists()
-
     images = build_dataset(tiny_mnist, "eval", load_model("reference").data_config)[list(range(20))][0]
-    four, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("four", "one"))
-    assert float((four - one).abs().max()) < 1e-4, float((four - one).abs().max())
+    two, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("two", "one"))
+    assert float((two - one).abs().max()) < 1e-4, float((two - one).abs().max())
 
 
 def test_sigterm_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
@@ -315,6 +343,12 @@ def test_resume_refuses_a_different_command(tmp_path, capsys):
         code = cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"])
         err = capsys.readouterr().err
         assert code == 2 and f"different command ({differs})" in err and len(err.splitlines()) == 1, err
+    # the form of 0.2.0 and before (the process count instead of the images per step)
+    save_state(cli_finetune.resume_path(str(tmp_path / "x.onnx")), well_formed,
+               {"recipe": FinetuneOptions(model="reference", pretrained=False, flops="0.5").recipe(), "world_size": 1})
+    assert cli_finetune.main([*BASE, "-o", str(tmp_path / "x.onnx"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "saved by an earlier version" in err and len(err.splitlines()) == 1, err
 
 
 def test_iterative_rounds_reach_the_target_and_trace_heads_back(tmp_path, small_mnist):

@@ -81,3 +81,14 @@ def test_installed_wheel_runs_dimap_compress(wheel, tmp_path):
     _run([str(venv / "bin" / "dimap-compress"), "reference", "--flops", "0.5", "-o", out.name, "--quiet"],
          cwd=tmp_path, timeout=180)
     assert out.is_file() and out.with_suffix(".json").is_file()
+
+
+def test_every_module_compiles_without_a_warning():
+    """An invalid escape in a docstring warns at compile time (a SyntaxWarning on stderr from
+    Python 3.12) wherever byte code is not cached, e.g. under PYTHONDONTWRITEBYTECODE."""
+    import warnings
+
+    for path in sorted((ROOT / "dimap_struct").rglob("*.py")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compile(path.read_text(), str(path), "exec")

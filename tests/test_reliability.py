@@ -156,19 +156,27 @@ def test_r34_library_warnings_stay_off_stderr_without_debug(capsys):
         run_command("prog", argparse.Namespace(quiet=True, debug=True), run)
 
 
-def test_r25_stdout_that_fails_exits_quietly_and_keeps_the_files(tmp_path, capsys, monkeypatch):
+def test_r25_stdout_that_fails_exits_quietly_and_keeps_the_files(tmp_path, capfd, monkeypatch):
     """--json into a full device: one line, exit 2, the published files complete; into a pipe
     whose reader left: no message, 141 like `cat` killed by SIGPIPE. In this process, through the
-    command's entry point: Python ignores SIGPIPE here as in the console script, so a write into
-    the closed pipe fails with EPIPE in both."""
+    command's entry point (Python ignores SIGPIPE here as in the console script, so a write into
+    the closed pipe fails with EPIPE in both); stderr read at its file descriptor, and no warning
+    may leave the command."""
     from dimap_struct.cli import compress
+
+    def run(stdout, argv):
+        monkeypatch.setattr(sys, "stdout", stdout)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = compress.main(argv)
+        monkeypatch.undo()
+        assert not caught, [str(w.message) for w in caught]
+        return code
 
     out = tmp_path / "m.onnx"
     with open("/dev/full", "w") as full:
-        monkeypatch.setattr(sys, "stdout", full)
-        code = compress.main(["reference", "--json", "-o", str(out)])
-        monkeypatch.undo()
-    err = capsys.readouterr().err
+        code = run(full, ["reference", "--json", "-o", str(out)])
+    err = capfd.readouterr().err
     assert code == 2, err
     assert err.strip().splitlines() == [
         "dimap-compress: error: cannot write standard output: No space left on device; the files written are "
@@ -178,11 +186,9 @@ def test_r25_stdout_that_fails_exits_quietly_and_keeps_the_files(tmp_path, capsy
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader leaves before the output comes, like `head -c 0`
     with open(write_end, "w") as pipe:
-        monkeypatch.setattr(sys, "stdout", pipe)
-        code = compress.main(["reference", "--json"])
-        monkeypatch.undo()
+        code = run(pipe, ["reference", "--json"])
     assert code == 141
-    assert capsys.readouterr().err == ""
+    assert capfd.readouterr().err == ""
 
 
 def test_r22_ctrl_c_while_the_libraries_load_is_one_line():

@@ -208,6 +208,7 @@ def _exit_code(prog: str, args: argparse.Namespace, run: Callable[[argparse.Name
             return _failed(prog, args, err)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        os.close(devnull)
         if err.errno == errno.EPIPE:  # e.g. piped into `head`: the reader left; like `cat`, say nothing
             return 128 + 13
         print(f"{prog}: error: cannot write standard output: {err.strerror}; the files written are complete",

@@ -199,6 +199,9 @@ def _resume_state(options: FinetuneOptions, ctx: DistContext) -> dict | None:
         raise UserError(f"--resume: no {path} to continue from")
     state = read_state(path)
     saved, now = state["meta"], _identity(options, ctx)
+    if "world_size" in saved:  # states of 0.2.0 and before named the process count
+        raise UserError(f"--resume: {path} was saved by an earlier version of dimap-finetune; start the "
+                        "training again without --resume")
     if saved != now:
         raise UserError(f"--resume: {path} was saved by a different command ({_differences(saved, now)})")
     return state

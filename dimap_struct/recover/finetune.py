@@ -311,8 +311,8 @@ def finetune(student: nn.Module, teacher: nn.Module, data, data_config: dict, cf
 
     `state`: a state `on_save` was given (`read_state`): training continues at its step, and
     ends with the weights an uninterrupted run ends with (with another world size of the same
-    images per step, within float rounding, when nothing draws per process's batch: drop-path
-    and --mixup / --cutmix do).
+    images per step, within float rounding, when nothing draws per process's batch: drop-path,
+    dropout and --mixup / --cutmix do).
     `on_save(state)`: called on every rank with a resume state (student, optimizer, scaler, EMA,
     RNG states, epoch, position in the epoch, step; live tensors: serialise them at once) after
     each full epoch, every `cfg.save_every` steps, and when a KeyboardInterrupt (a signal,
@@ -366,7 +366,7 @@ def _train(student, teacher, loader, batches, cfg, ctx, dtype, total, state, on_
     if state is not None:
         if state["position"] >= steps_per_epoch:
             raise UserError(f"the resume state stopped at batch {state['position']} of an epoch that has "
-                            f"{steps_per_epoch}; was it saved with other data or another --batch-size?")
+                            f"{steps_per_epoch}; was it saved with other data?")
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler.is_enabled() and state["scaler"]:

@@ -284,7 +284,7 @@ class FamilyAdapter(ABC):
         return state_dict
 
     block_key: ClassVar[str | None] = None
-    """Regex matching one state-dict key per block, with groups (stage, block), e.g.
+    r"""Regex matching one state-dict key per block, with groups (stage, block), e.g.
     `r"layers\.(\d+)\.blocks\.(\d+)\.norm1\.weight$"`; `describe_state_dict` counts them."""
     width_key: ClassVar[str | None] = None
     """The state-dict key whose first dimension is the embedding width."""
