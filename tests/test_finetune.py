@@ -49,6 +49,25 @@ def tiny_mnist(tmp_path_factory):
     return _mnist_subset(tmp_path_factory.mktemp("mnist_tiny"), 100)
 
 
+ONE_PROCESS = dict(pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2, batch_size=32,
+                   accum_steps=4)
+"""One process of 32 images per step in 4 parts, 2 steps: the run the torchrun tests are compared to
+(drop-path off, as it draws per forward)."""
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_mnist):
+    """The ONNX file of `ONE_PROCESS` on the 100 digits, run here through the API the command
+    calls (a torch start less), and 20 held-out digits to compare models on."""
+    from dimap_struct.data import build_dataset
+    from dimap_struct.models import load_model
+    from dimap_struct.pipeline import finetune
+
+    out = tmp_path_factory.mktemp("one_process") / "one.onnx"
+    finetune("reference", None, data=tiny_mnist, output=str(out), **ONE_PROCESS)
+    return out, build_dataset(tiny_mnist, "eval", load_model("reference").data_config)[list(range(20))][0]
+
+
 def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -61,7 +80,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_mnist):
+def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_mnist, one_process):
     """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine): the 4 ranks end
     on one set of weights, which the report and the exported file are, and the model equals one process with 4x the batch in 4 accumulation
     parts (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
@@ -85,44 +104,31 @@ def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_
     assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
     assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
     assert not out.with_suffix(".resume.pt").exists()
-    from dimap_struct.data import build_dataset
-    from dimap_struct.models import load_model
-    from dimap_struct.pipeline import finetune
-
-    # the one process runs here, through the API the command calls (a fifth torch start costs seconds)
-    finetune("reference", None, pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2,
-             data=tiny_mnist, batch_size=32, accum_steps=4, output=str(tmp_path / "one.onnx"))
-
-    images = build_dataset(tiny_mnist, "eval", load_model("reference").data_config)[list(range(20))][0]
-    four, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("four", "one"))
-    assert float((four - one).abs().max()) < 1e-4, float((four - one).abs().max())
+    one, images = one_process
+    four = onnx_classifier(out).predict(images)
+    assert float((four - onnx_classifier(one).predict(images)).abs().max()) < 1e-4
 
 
-def test_two_processes_resume_a_stopped_process_of_their_images_per_step(tmp_path, tiny_mnist):
+def test_two_processes_resume_a_stopped_process_of_their_images_per_step(tmp_path, tiny_mnist, one_process):
     """One process of 32 images per step (4 --accum-steps parts) is stopped after its first step;
     torchrun --nproc-per-node 2 of 16 images each resumes its state and takes the second step: the
     2 ranks agree, the report says it resumed, and the model equals one process that was never
     stopped (drop-path off, as it draws per forward)."""
     from dimap_struct import signals
-    from dimap_struct.data import build_dataset
-    from dimap_struct.models import load_model
     from dimap_struct.pipeline import finetune
 
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
     out = tmp_path / "two.onnx"
-    api = dict(pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2, data=tiny_mnist,
-               batch_size=32, accum_steps=4)
 
     def stop(step, total, loss):
         if step == 1:
             raise signals.Terminated(signal.SIGTERM)
 
-    # the process that is stopped, and the one that is not, run here through the API the command calls
+    # the process that is stopped runs here, through the API the command calls
     with pytest.raises(signals.Terminated):
-        finetune("reference", None, output=str(out), on_train_step=stop, **api)
+        finetune("reference", None, data=tiny_mnist, output=str(out), on_train_step=stop, **ONE_PROCESS)
     assert out.with_suffix(".resume.pt").is_file() and not out.exists()
-    finetune("reference", None, output=str(tmp_path / "one.onnx"), **api)
 
     launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "-m", "dimap_struct.cli.finetune", *LOUD, "--config", str(recipe), "--max-steps", "2",
@@ -134,9 +140,9 @@ def test_two_processes_resume_a_stopped_process_of_their_images_per_step(tmp_pat
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
     assert ft["world_size"] == 2 and ft["resumed"] and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
     assert not out.with_suffix(".resume.pt").exists()
-    images = build_dataset(tiny_mnist, "eval", load_model("reference").data_config)[list(range(20))][0]
-    two, one = (onnx_classifier(tmp_path / f"{n}.onnx").predict(images) for n in ("two", "one"))
-    assert float((two - one).abs().max()) < 1e-4, float((two - one).abs().max())
+    one, images = one_process
+    two = onnx_classifier(out).predict(images)
+    assert float((two - onnx_classifier(one).predict(images)).abs().max()) < 1e-4
 
 
 def test_sigterm_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
