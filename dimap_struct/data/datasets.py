@@ -67,11 +67,6 @@ def default_data(path=None):
     return found
 
 
-def data_path(path=None) -> Path:
-    """`default_data(path)` as a Path."""
-    return Path(default_data(path))
-
-
 def split_indices(n: int, split: str) -> np.ndarray:
     """Indices of ``split`` among ``n`` samples: ``i % 5 == 4`` is eval, the rest train."""
     if split not in SPLITS:
@@ -456,7 +451,7 @@ def build_dataset(path, split: str, data_config: dict, *, train_augment: bool = 
                   seed: int = 0, labels_required: bool = True, normalized: bool = True) -> Dataset:
     """The ``split`` ("train", "eval", "all") of the dataset at ``path`` for ``data_config``.
 
-    ``path`` None means ``$DIMAP_DATA`` (:func:`data_path`). ``data_config`` is timm's
+    ``path`` None means ``$DIMAP_DATA`` (:func:`default_data`). ``data_config`` is timm's
     (``resolve_model_data_config``): ``input_size`` (C, H, W), ``mean``, ``std`` and, for
     image folders, ``interpolation`` / ``crop_pct`` / ``crop_mode``. ``train_augment``: random
     affine for MNIST (drawn from ``seed``), timm's training transform for image folders.

@@ -217,8 +217,7 @@ def _differences(saved: dict, now: dict) -> str:
             if isinstance(x, dict) and isinstance(y, dict):
                 out += parts(x, y)
             elif x != y:
-                name = {"images_per_step": "images per step (--batch-size x processes)",
-                        "world_size": "process count"}.get(key, str(key))
+                name = "images per step (--batch-size x processes)" if key == "images_per_step" else str(key)
                 out.append(f"{name} {x} there, {y} here")
         return out
 
