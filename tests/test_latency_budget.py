@@ -1,6 +1,8 @@
 """`--latency R`: the measured latency table (prune/latency.py), the chains the probe times,
 and the budget search on the table, with synthetic timings (real timing in tests is unstable);
 bad input."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -313,7 +315,10 @@ def test_checks_select_again_with_the_target_scaled_by_the_measured_error(monkey
     as selecting for 0.5 directly) measures 0.6 and is kept; the report says what each check saw."""
     table = {}
 
-    def measured(spec, heads, widths, input_size, batch=1, threads=2):
+    unpruned = []
+
+    def measured(spec, heads, widths, input_size, batch=1, threads=2, **kw):
+        unpruned.append(kw["unpruned"])
         return 1.2 * table["model"].predict(heads, widths) / table["model"].unpruned_ms
 
     def probe(*args, **kw):
@@ -325,6 +330,7 @@ def test_checks_select_again_with_the_target_scaled_by_the_measured_error(monkey
     result = dimap_struct.compress("reference", latency=0.6, min_heads=0)
     checks = result.report.latency["checks"]
     assert len(checks) == 2 and checks[0]["target_ratio"] == pytest.approx(0.6)
+    assert len(set(unpruned)) == 1 and len(unpruned) == 2  # the unpruned model exported once for both checks
     assert checks[0]["measured_ratio"] == pytest.approx(1.2 * checks[0]["predicted_ratio"])
     assert checks[1]["target_ratio"] == pytest.approx(0.6 * 0.6 / checks[0]["measured_ratio"])
     assert abs(result.report.latency["measured_ratio"] - 0.6) <= 0.02
@@ -366,3 +372,7 @@ def test_a_plans_measured_fraction_times_the_plan_against_the_unpruned_model(mon
     assert [latency_probe._heads(b) for b in dense] == [b.attn.num_heads for b in loaded.adapter.blocks()]
     assert [latency_probe._heads(b) for b in pruned] == heads
     assert [latency_probe._mlp(b) for b in pruned] == widths
+    # with the unpruned model's export given, it is timed from that file
+    exported = Path("unpruned.onnx")
+    latency_probe.measured_fraction(spec, heads, widths, input_size, batch=8, threads=1, unpruned=exported)
+    assert timed[-1][0][0] is exported and isinstance(timed[-1][0][1], LeanSwin)

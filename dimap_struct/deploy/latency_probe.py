@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -204,17 +205,29 @@ def _measure(spec, input_size: tuple, batch: int, threads: int, key: dict,
     return min(tries, key=lambda model: abs(math.log(model.scale)))  # the most plausible of the timings
 
 
-def measured_fraction(spec, head_counts, mlp_widths, input_size, batch: int = 1, threads: int = 2) -> float:
+@contextmanager
+def exported_unpruned(spec, input_size, batch: int = 1):
+    """The lean model of `spec` exported once, for every `measured_fraction` of one selection
+    (a path; the file is removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
+        path = Path(tmp) / "unpruned.onnx"
+        export_unit(LeanSwin(spec, input_size).eval(), (batch, *input_size), path)
+        yield path
+
+
+def measured_fraction(spec, head_counts, mlp_widths, input_size, batch: int = 1, threads: int = 2,
+                      unpruned: Path | None = None) -> float:
     """The latency of a plan over the unpruned model's, measured: the lean model of `spec` (the
-    adapter's `lean_spec`) and the same model with each block at the plan's head count and MLP
-    width (random weights: timing depends on shapes only) exported and timed in turns in
-    onnxruntime, as dimap-bench runs them (`_time_modules`, about a second each)."""
+    adapter's `lean_spec`; `unpruned`: its export by `exported_unpruned`) and the same model with
+    each block at the plan's head count and MLP width (random weights: timing depends on shapes
+    only) exported and timed in turns in onnxruntime, as dimap-bench runs them (`_time_modules`,
+    about a second each)."""
     plan = iter(zip(head_counts, mlp_widths))
     with warnings.catch_warnings():  # a removed branch is built with zero-width layers, and torch warns
         warnings.simplefilter("ignore")
         stages = [dataclasses.replace(stage, blocks=[_random_block(b, *next(plan), _width(b)) for b in stage.blocks])
                   for stage in spec.stages]
-    dense, pruned = _time_modules([LeanSwin(spec, input_size).eval(),
+    dense, pruned = _time_modules([unpruned or LeanSwin(spec, input_size).eval(),
                                    LeanSwin(dataclasses.replace(spec, stages=stages), input_size).eval()],
                                   (batch, *input_size), threads, seconds_each=1.0)
     return pruned / dense
@@ -277,10 +290,10 @@ SESSIONS_AT_ONCE = 12
 """Sessions alive at once while timing: every chain of a swin_b stage at once held 9.2 GiB."""
 
 
-def _time_modules(modules: list[nn.Module | Callable[[], nn.Module]], shape, threads: int,
+def _time_modules(modules: list[nn.Module | Callable[[], nn.Module] | Path], shape, threads: int,
                   seconds_each: float = 0.25, min_rounds: int = 15) -> list[float]:
     """Median ms of each module (or module a callable builds, one at a time: a swin_b stage's
-    chains held 5 GiB of weights at once), exported alone (static shape) and run in onnxruntime as
+    chains held 5 GiB of weights at once; or ONNX file of one, exported by `export_unit`), exported alone (static shape) and run in onnxruntime as
     dimap-bench runs it, in turns (each round runs every module once), so that a change in the
     machine's load falls on all of them alike. Rounds: enough for about `seconds_each` per module,
     at least `min_rounds`. At most `SESSIONS_AT_ONCE` sessions are open: beyond that, modules are
@@ -289,11 +302,11 @@ def _time_modules(modules: list[nn.Module | Callable[[], nn.Module]], shape, thr
     with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
         paths = []
         for i, module in enumerate(modules):
-            module = built(module)
+            if isinstance(module, Path):
+                paths.append(module)
+                continue
             paths.append(Path(tmp) / f"unit{i}.onnx")
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                export_unit(module, shape, paths[-1])
+            export_unit(built(module), shape, paths[-1])
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         size, n = SESSIONS_AT_ONCE, len(paths)
         groups = [list(range(min(size, n)))] + [list(range(i, min(i + size - 1, n))) for i in range(size, n, size - 1)]
@@ -311,8 +324,10 @@ def export_unit(module: nn.Module, shape, path: Path) -> None:
     graph it runs has the same operators in the same order and the same initializer shapes:
     tests/test_latency_budget.py), and torch's folding took a third of the export time of a swin_b
     chain (0.97 s against 0.65 s)."""
-    torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], do_constant_folding=False)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(*shape),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], do_constant_folding=False)
 
 
 def _time_group(paths: list[Path], x: np.ndarray, threads: int, seconds_each: float, min_rounds: int) -> list[float]:

@@ -297,16 +297,18 @@ def _measured_to_target(select, selection, unpruned_ms: float, loaded: LoadedMod
     spec = loaded.adapter.lean_spec(input_size)
     tried = []
     target = selection.target_cost
-    for _ in range(options.latency_checks):
-        measured = latency_probe.measured_fraction(spec, selection.plan.head_counts, selection.plan.mlp_widths,
-                                                   input_size, options.latency_batch, options.latency_threads)
-        tried.append((selection, {"target_ratio": target / unpruned_ms,
-                                  "predicted_ratio": selection.achieved_cost / unpruned_ms,
-                                  "measured_ratio": measured}))
-        if abs(measured - options.latency) <= LATENCY_TOLERANCE or len(tried) == options.latency_checks:
-            break
-        target *= options.latency / measured
-        selection = select(target_cost=target)
+    with latency_probe.exported_unpruned(spec, input_size, options.latency_batch) as unpruned:
+        for _ in range(options.latency_checks):
+            measured = latency_probe.measured_fraction(spec, selection.plan.head_counts, selection.plan.mlp_widths,
+                                                       input_size, options.latency_batch, options.latency_threads,
+                                                       unpruned=unpruned)
+            tried.append((selection, {"target_ratio": target / unpruned_ms,
+                                      "predicted_ratio": selection.achieved_cost / unpruned_ms,
+                                      "measured_ratio": measured}))
+            if abs(measured - options.latency) <= LATENCY_TOLERANCE or len(tried) == options.latency_checks:
+                break
+            target *= options.latency / measured
+            selection = select(target_cost=target)
     kept, _ = min(tried, key=lambda t: abs(t[1]["measured_ratio"] - options.latency))
     return kept, [check for _, check in tried]
 
