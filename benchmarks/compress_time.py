@@ -1,8 +1,8 @@
 """Wall time and peak memory of `dimap-compress` end to end (issue 2's speed/memory goal).
 
 Runs the installed CLI as a child process several times and reports the median wall time (with
-`--latency`: the first run's and the median of the others, apart) and the peak resident set size (ru_maxrss of the child; each repeat runs in a fresh process, so a
-repeat's peak is its own). Writes benchmarks/results/compress_time.{json,md}.
+`--latency`: the first run's and the median of the others, apart) and the peak resident set
+size (ru_maxrss of the child; each repeat runs in a fresh process, so a repeat's peak is its own). Writes benchmarks/results/compress_time.{json,md}.
 
     .venv/bin/python -m benchmarks.compress_time                 # swin_b, R = 0.5, 3 repeats
     .venv/bin/python -m benchmarks.compress_time --model swin_large_patch4_window12_384 --repeats 1
@@ -86,14 +86,16 @@ def main() -> None:
     stem = RESULTS / f"compress_time_{args.model}{'' if args.latency is None else '_latency'}"
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     stages = " | ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds_last_run"].items())
+    if args.latency is None:
+        walls = {"median wall (s)": summary["median_wall_s"]}
+    else:
+        walls = {"wall, table measured (s)": summary["cold_wall_s"],
+                 "median wall, table cached (s)": summary["cached_median_wall_s"] or "-"}
+    columns = {**walls, "runs (s)": ", ".join(str(r["wall_s"]) for r in rows),
+               "peak RSS (GiB)": summary["max_peak_rss_gib"], "achieved MACs ratio": f"{summary['achieved_ratio']:.4f}"}
     stem.with_suffix(".md").write_text(
         f"`{shown}` ({summary['date']}, {summary['machine']}, {len(rows)} runs)\n\n"
-        + (f"| median wall (s) | runs (s) | peak RSS (GiB) | achieved MACs ratio |\n|---|---|---|---|\n"
-           f"| {summary['median_wall_s']} | " if args.latency is None else
-           f"| wall, table measured (s) | median wall, table cached (s) | runs (s) | peak RSS (GiB) | achieved MACs "
-           f"ratio |\n|---|---|---|---|---|\n| {summary['cold_wall_s']} | {summary['cached_median_wall_s'] or '-'} | ")
-        + f"{', '.join(str(r['wall_s']) for r in rows)} | {summary['max_peak_rss_gib']} | "
-        f"{summary['achieved_ratio']:.4f} |\n\n"
+        f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n| {' | '.join(str(v) for v in columns.values())} |\n\n"
         f"Stage seconds (last run): {stages}\n")
 
 
