@@ -2,14 +2,20 @@ import os
 from pathlib import Path
 
 import pytest
-import timm
-import torch
 
 from shared_data import CIFAR
 
-# Under pytest-xdist (`make test` runs two workers) each worker keeps to one intra-op thread, so
-# that two workers do not ask for four threads on a 2-core machine.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers) each worker keeps to one intra-op thread,
+    so that two workers do not ask for four threads on a 2-core machine. xdist's controller runs no
+    test, so it does not import torch at all: seconds of CPU taken from its workers as they start."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if getattr(config.option, "numprocesses", None) and not worker:
+        return
+    import torch
+
+    torch.set_num_threads(1 if worker else min(2, os.cpu_count() or 1))
 
 # The commands read data from --data or $DIMAP_DATA only; the tests use the project's shared
 # MNIST beside the checkout (../shared/data/mnist) when it is there and DIMAP_DATA is not set.
@@ -29,6 +35,9 @@ MODELS = {
 def random_model():
     """Build (and cache for the session) a timm Swin with seeded random weights; callers must
     not modify it (compress() copies its input)."""
+    import timm
+    import torch
+
     cache = {}
 
     def get(key: str):
@@ -54,6 +63,8 @@ def narrow_swin():
 def one_torch_thread():
     """One intra-op thread for a module's tests (use with pytest.mark.usefixtures): with another
     job on this 2-core machine, two threads made a small model's forward pass far slower."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
