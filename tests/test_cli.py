@@ -133,10 +133,11 @@ def test_checkpoint_formats_load_the_same_weights(tmp_path, tiny_state):
     }
     for name, write in files.items():
         write(tmp_path / name)
-        loaded = load_model("swin_t", checkpoint=tmp_path / name, seed=99).model.state_dict()
-        assert loaded.keys() == tiny_state.keys(), name
-        assert all(torch.equal(loaded[k], tiny_state[k]) for k in loaded), name
-        assert "checkpoint" in load_model("swin_t", checkpoint=tmp_path / name).weights
+        loaded = load_model("swin_t", checkpoint=tmp_path / name, seed=99)
+        state = loaded.model.state_dict()
+        assert state.keys() == tiny_state.keys(), name
+        assert all(torch.equal(state[k], tiny_state[k]) for k in state), name
+        assert "checkpoint" in loaded.weights
 
 
 def test_offline_pretrained_says_what_to_do(tmp_path, capsys, monkeypatch):
