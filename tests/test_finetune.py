@@ -1,5 +1,5 @@
-"""dimap-finetune: single process, torchrun (2 nodes x 2 gloo processes resuming one process's
-state), interruption and --resume."""
+"""dimap-finetune: single process, torchrun (2 nodes x 2 gloo processes; 2 processes resuming one
+process's state), interruption and --resume."""
 import dataclasses
 import json
 import math
@@ -51,7 +51,7 @@ def tiny_mnist(tmp_path_factory):
 
 ONE_PROCESS = dict(pretrained=False, flops=0.5, model_kwargs={"drop_path_rate": 0.0}, max_steps=2, batch_size=32,
                    accum_steps=4)
-"""One process of 32 images per step in 4 parts, 2 steps: the run the torchrun test is compared to
+"""One process of 32 images per step in 4 parts, 2 steps: the run the torchrun tests are compared to
 (drop-path off, as it draws per forward)."""
 
 
@@ -80,20 +80,46 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_nodes_of_two_processes_resume_one_process_and_take_its_step(tmp_path, tiny_mnist, one_process):
+def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_mnist, one_process):
+    """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine): the 4 ranks end
+    on one set of weights, which the report and the exported file are, and the model equals one process with 4x the batch in 4 accumulation
+    parts (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
+    common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", tiny_mnist]
+    nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
+             "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(tmp_path / "four.onnx")]
+    launches = [subprocess.Popen(nodes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                for _ in range(2)]
+    outputs = [p.communicate(timeout=400) for p in launches]
+    assert all(p.returncode == 0 for p in launches), [err[-2000:] for _, err in outputs]
+    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", "".join(err for _, err in outputs)))
+    assert set(digests) == {"0", "1", "2", "3"} and len(set(digests.values())) == 1
+    out = tmp_path / "four.onnx"
+    ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
+    assert ft["world_size"] == 4 and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
+    # the exported model is the one the log describes: its accuracy is what the script reported
+    measured = accuracy(onnx_classifier(out), tiny_mnist, split="eval")["top1"]
+    assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
+    assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
+    assert not out.with_suffix(".resume.pt").exists()
+    one, images = one_process
+    four = onnx_classifier(out).predict(images)
+    assert float((four - onnx_classifier(one).predict(images)).abs().max()) < 1e-4
+
+
+def test_two_processes_resume_a_stopped_process_of_their_images_per_step(tmp_path, tiny_mnist, one_process):
     """One process of 32 images per step (4 --accum-steps parts) is stopped after its first step;
-    torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine) of 8 images each
-    resumes its state (another process count, the same images per step) and takes the second
-    step: the 4 ranks end on one set of weights, which the report and the exported file are, and
-    the model equals the one process that was never stopped, whose step the 4 ranks took (each
-    image's augmentation has its own seed; drop-path off, as it draws per forward). One launch
-    for both promises: each rank of a launch starts torch, timm and the pruning anew."""
+    torchrun --nproc-per-node 2 of 16 images each resumes its state and takes the second step: the
+    2 ranks agree, the report says it resumed, and the model equals one process that was never
+    stopped (drop-path off, as it draws per forward)."""
     from dimap_struct import signals
     from dimap_struct.pipeline import finetune
 
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
-    out = tmp_path / "four.onnx"
+    out = tmp_path / "two.onnx"
 
     def stop(step, total, loss):
         if step == 1:
@@ -104,26 +130,19 @@ def test_two_nodes_of_two_processes_resume_one_process_and_take_its_step(tmp_pat
         finetune("reference", None, data=tiny_mnist, output=str(out), on_train_step=stop, **ONE_PROCESS)
     assert out.with_suffix(".resume.pt").is_file() and not out.exists()
 
-    nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
-             "-m", "dimap_struct.cli.finetune", *LOUD, "--config", str(recipe), "--max-steps", "2",
-             "--data", tiny_mnist, "--batch-size", "8", "-o", str(out), "--resume"]
-    launches = [subprocess.Popen(nodes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-                for _ in range(2)]
-    outputs = [p.communicate(timeout=400) for p in launches]
-    assert all(p.returncode == 0 for p in launches), [err[-2000:] for _, err in outputs]
-    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", "".join(err for _, err in outputs)))
-    assert set(digests) == {"0", "1", "2", "3"} and len(set(digests.values())) == 1
+    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "dimap_struct.cli.finetune", *LOUD, "--config", str(recipe), "--max-steps", "2",
+                             "--data", tiny_mnist, "--batch-size", "16", "-o", str(out), "--resume"],
+                            capture_output=True, text=True, env=_env(), timeout=400)
+    assert launch.returncode == 0, launch.stderr[-2000:]
+    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", launch.stderr))
+    assert set(digests) == {"0", "1"} and len(set(digests.values())) == 1
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
-    assert ft["world_size"] == 4 and ft["resumed"] and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
-    # the exported model is the one the log describes: its accuracy is what the script reported
-    measured = accuracy(onnx_classifier(out), tiny_mnist, split="eval")["top1"]
-    assert measured == pytest.approx(ft["finetuned_top1"], abs=0.1)
-    assert f"fine-tuned {ft['finetuned_top1']:.2f}%" in "".join(stdout for stdout, _ in outputs)
+    assert ft["world_size"] == 2 and ft["resumed"] and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
     assert not out.with_suffix(".resume.pt").exists()
     one, images = one_process
-    four = onnx_classifier(out).predict(images)
-    assert float((four - onnx_classifier(one).predict(images)).abs().max()) < 1e-4
+    two = onnx_classifier(out).predict(images)
+    assert float((two - onnx_classifier(one).predict(images)).abs().max()) < 1e-4
 
 
 def test_sigterm_leaves_no_output_and_resume_finishes(tmp_path, small_mnist):
