@@ -28,13 +28,11 @@ def test_reference_reaches_97_percent(capsys):
 
 
 def test_pruned_onnx_evaluates_like_pytorch(tmp_path, capsys):
-    """2,000 digits: the preprocessing read from the file is what is tested (the whole test set's
-    top-1 is test_reference_reaches_97_percent's)."""
     out = tmp_path / "r.onnx"
     result = dimap_struct.compress("reference", 0.5, output=out)
     loaded = load_model("reference")
-    ours = accuracy(torch_classifier(result.model, loaded.data_config, "pruned"), mnist_dir(), limit=2000)
-    code, text, _ = _eval(capsys, str(out), "--data", str(mnist_dir()), "--limit", "2000", "--json", "--quiet")
+    ours = accuracy(torch_classifier(result.model, loaded.data_config, "pruned"), mnist_dir())
+    code, text, _ = _eval(capsys, str(out), "--data", str(mnist_dir()), "--json", "--quiet")  # the ONNX file
     assert code == 0
     theirs = json.loads(text)  # its preprocessing read from the ONNX metadata
     assert theirs["top1"] == pytest.approx(ours["top1"], abs=0.1)
@@ -49,7 +47,8 @@ def _one_line_error(code, err, needle):
 def test_a_missing_model_file_is_named_before_a_missing_data_directory(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("DIMAP_DATA", raising=False)
     code, _, err = _eval(capsys, str(tmp_path / "missing.onnx"), "--quiet")
-    _one_line_error(code, err, f"model file not found: {tmp_path / 'missing.onnx'}")
+    _one_line_error(code, err, "model file not found: ")  # a long path is shortened in the middle
+    assert err.strip().endswith("missing.onnx"), err
 
 
 def test_bad_input(capsys, tmp_path):

@@ -96,9 +96,10 @@ def test_full_disk_names_the_output_and_leaves_nothing(tmp_path, capfd):
     from dimap_struct.cli.compress import main
 
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, limits[1]))  # the soft limit only: it can be raised back
+    handler = signal.getsignal(signal.SIGXFSZ)
     try:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, limits[1]))  # the soft limit only: it can be raised back
         code = main(["reference", "--flops", "0.5", "-o", str(tmp_path / "m.onnx")])
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
