@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..data import default_data
     from ..data.timm_readers import reader_source
     from ..deploy.evaluate import accuracy, load_classifier
-    from ..files import check_input
+    from ..deploy.onnx_file import check_file
 
     options = EvalOptions.from_args(args, args.config)
     if options.model is None:
@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(options.threads)
     if str(options.model).lower().endswith(".onnx"):  # a wrong MODEL is named before a missing data directory
-        check_input(options.model, "model file")
+        check_file(Path(options.model))
     data = default_data(options.data)
     if reader_source(data) is None and not Path(data).is_dir():  # fail before the (possibly slow) model load
         raise UserError(f"data directory not found: {data}")
