@@ -1,8 +1,9 @@
 """Wall time and peak memory of `dimap-compress` end to end (issue 2's speed/memory goal).
 
 Runs the installed CLI as a child process several times and reports the median wall time (with
-`--latency`: the first run's and the median of the others, apart) and the peak resident set
-size (ru_maxrss of the child; each repeat runs in a fresh process, so a repeat's peak is its own). Writes benchmarks/results/compress_time.{json,md}.
+`--latency`: the first run's and the median of the others, apart) and the peak resident set size
+(ru_maxrss of the child; each repeat runs in a fresh process, so a repeat's peak is its own).
+Writes benchmarks/results/compress_time.{json,md}.
 
     .venv/bin/python -m benchmarks.compress_time                 # swin_b, R = 0.5, 3 repeats
     .venv/bin/python -m benchmarks.compress_time --model swin_large_patch4_window12_384 --repeats 1

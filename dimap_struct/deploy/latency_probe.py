@@ -293,10 +293,10 @@ SESSIONS_AT_ONCE = 12
 def _time_modules(modules: list[nn.Module | Callable[[], nn.Module] | Path], shape, threads: int,
                   seconds_each: float = 0.25, min_rounds: int = 15) -> list[float]:
     """Median ms of each module (or module a callable builds, one at a time: a swin_b stage's
-    chains held 5 GiB of weights at once; or ONNX file of one, exported by `export_unit`), exported alone (static shape) and run in onnxruntime as
-    dimap-bench runs it, in turns (each round runs every module once), so that a change in the
-    machine's load falls on all of them alike. Rounds: enough for about `seconds_each` per module,
-    at least `min_rounds`. At most `SESSIONS_AT_ONCE` sessions are open: beyond that, modules are
+    chains held 5 GiB of weights at once; or the ONNX file of one, exported by `export_unit`),
+    exported alone (static shape) and run in onnxruntime as dimap-bench runs it, in turns (each
+    round runs every module once), so that a change in the machine's load falls on all of them
+    alike. Rounds: enough for about `seconds_each` per module, at least `min_rounds`. At most `SESSIONS_AT_ONCE` sessions are open: beyond that, modules are
     timed in groups, each with the first module again, and a group's times are scaled by the
     first module's time in the first group over its time in that group."""
     with tempfile.TemporaryDirectory(prefix=".dimap-probe-") as tmp:
