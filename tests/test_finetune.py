@@ -72,6 +72,18 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
+def _no_drop_path_recipe(tmp_path) -> str:
+    """A recipe file with drop-path off (it draws per forward), for the torchrun launches."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
+    return str(recipe)
+
+
+def _digests(stderr: str) -> dict[str, str]:
+    """Each rank's logged weights digest (with --debug)."""
+    return dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", stderr))
+
+
 def _free_port() -> int:
     import socket
 
@@ -82,11 +94,11 @@ def _free_port() -> int:
 
 def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_mnist, one_process):
     """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous, gloo, one machine): the 4 ranks end
-    on one set of weights, which the report and the exported file are, and the model equals one process with 4x the batch in 4 accumulation
-    parts (each image's augmentation has its own seed; drop-path off, as it draws per forward)."""
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
-    common = [*LOUD, "--config", str(recipe), "--max-steps", "2", "--data", tiny_mnist]
+    on one set of weights, which the report and the exported file are, and the model equals one
+    process with 4x the batch in 4 accumulation parts (each image's augmentation has its own seed;
+    drop-path off, as it draws per forward)."""
+    recipe = _no_drop_path_recipe(tmp_path)
+    common = [*LOUD, "--config", recipe, "--max-steps", "2", "--data", tiny_mnist]
     nodes = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t2x2",
              "-m", "dimap_struct.cli.finetune", *common, "--batch-size", "8", "-o", str(tmp_path / "four.onnx")]
@@ -94,7 +106,7 @@ def test_two_nodes_of_two_processes_take_the_step_of_one_process(tmp_path, tiny_
                 for _ in range(2)]
     outputs = [p.communicate(timeout=400) for p in launches]
     assert all(p.returncode == 0 for p in launches), [err[-2000:] for _, err in outputs]
-    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", "".join(err for _, err in outputs)))
+    digests = _digests("".join(err for _, err in outputs))
     assert set(digests) == {"0", "1", "2", "3"} and len(set(digests.values())) == 1
     out = tmp_path / "four.onnx"
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
@@ -117,8 +129,7 @@ def test_two_processes_resume_a_stopped_process_of_their_images_per_step(tmp_pat
     from dimap_struct import signals
     from dimap_struct.pipeline import finetune
 
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"command": "dimap-finetune", "model_kwargs": {"drop_path_rate": 0.0}}))
+    recipe = _no_drop_path_recipe(tmp_path)
     out = tmp_path / "two.onnx"
 
     def stop(step, total, loss):
@@ -131,11 +142,11 @@ def test_two_processes_resume_a_stopped_process_of_their_images_per_step(tmp_pat
     assert out.with_suffix(".resume.pt").is_file() and not out.exists()
 
     launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "dimap_struct.cli.finetune", *LOUD, "--config", str(recipe), "--max-steps", "2",
+                             "-m", "dimap_struct.cli.finetune", *LOUD, "--config", recipe, "--max-steps", "2",
                              "--data", tiny_mnist, "--batch-size", "16", "-o", str(out), "--resume"],
                             capture_output=True, text=True, env=_env(), timeout=400)
     assert launch.returncode == 0, launch.stderr[-2000:]
-    digests = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", launch.stderr))
+    digests = _digests(launch.stderr)
     assert set(digests) == {"0", "1"} and len(set(digests.values())) == 1
     ft = json.loads(out.with_suffix(".json").read_text())["finetune"]
     assert ft["world_size"] == 2 and ft["resumed"] and ft["steps"] == 2 and ft["weights_sha256"] == digests["0"]
