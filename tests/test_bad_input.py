@@ -263,6 +263,7 @@ COMPRESS = {
     "calib-data-of-more-classes": (["reference", "--calib-data", "{p}/twelve"], 2,
                                    ["has 12 classes, the model predicts only 10"], [], []),
     "unknown-model": (["swin_tt"], 2, ["unknown model 'swin_tt'"], [], []),
+    "missing-checkpoint-as-model": (["{p}/missing.pt"], 2, ["model file not found", "missing.pt"], [], []),
     "quantize-unknown-scheme": (["reference", "--quantize", "int4", "-o", "{p}/q.onnx"], 2,
                                 ["--quantize must be one of int8, int8-dynamic, int8-static"], ["{p}/q.onnx"], []),
     "quantize-static-without-data": (["reference", "--quantize", "int8-static", "-o", "{p}/q.onnx"], 2,

@@ -83,4 +83,9 @@ def is_pruned_path(path) -> bool:
     """Whether a model argument names a file meant as a pruned checkpoint (an existing path
     with a checkpoint suffix): such a file is read with `read_spec`, whose errors say what is
     wrong, rather than taken for an unknown model name."""
-    return str(path).lower().endswith(SUFFIXES + (".pth", ".bin")) and os.path.lexists(path)
+    return names_a_file(path) and os.path.lexists(path)
+
+
+def names_a_file(path) -> bool:
+    """Whether a model argument ends with a checkpoint suffix, which no model name does."""
+    return str(path).lower().endswith(SUFFIXES + (".pth", ".bin"))

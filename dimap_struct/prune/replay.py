@@ -16,7 +16,8 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import UserError
-from ..models.checkpoint import is_pruned_path, read_spec
+from ..files import check_input
+from ..models.checkpoint import is_pruned_path, names_a_file, read_spec
 from ..models.load import LoadedModel, load_model, wrap_model
 from ..untrusted import check_tensors, safetensors_load
 from .cut import cut
@@ -76,4 +77,6 @@ def load_any(model: "str | nn.Module | LoadedModel", *, checkpoint=None, pretrai
         return dataclasses.replace(loaded, weights=f"pruned checkpoint {Path(model).name} (from {saved['weights']})",
                                    data_config=saved["data_config"],
                                    model_kwargs=saved["architecture"]["model_kwargs"])
+    if names_a_file(model):  # a missing checkpoint is named as a file, not taken for an unknown model name
+        check_input(model, "model file")
     return load_model(str(model), checkpoint=checkpoint, pretrained=pretrained, seed=seed, **(model_kwargs or {}))
